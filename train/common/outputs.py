@@ -1,0 +1,139 @@
+"""What every run leaves in ``output_dir`` besides checkpoints: the resolved recipe, metrics and a model card.
+
+Layout (the contract ``eval.artifacts`` reads): ``adapter/``, ``merged/``, ``lorasmith.json``, ``metrics.json``,
+``README.md`` (model card), ``recipe.yaml``, ``checkpoint-*/``. Files are written atomically (temp file +
+rename) so an interrupted run never leaves a half-written JSON or YAML behind. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+RECIPE_NAME = "recipe.yaml"
+METRICS_NAME = "metrics.json"
+MODEL_CARD_NAME = "README.md"
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def recipe_dict(*arguments) -> dict:
+    """The resolved run configuration: every field of the shared dataclasses and the non-default training fields.
+
+    Training arguments contribute only what differs from their class defaults (TrainingArguments has ~150
+    fields, most irrelevant), excluding bookkeeping that changes between identical runs.
+    """
+    recipe: dict = {}
+    for args in arguments:
+        values = args.to_dict() if hasattr(args, "to_dict") else dataclasses.asdict(args)
+        if hasattr(args, "to_dict"):  # a TrainingArguments subclass
+            defaults = _training_defaults(type(args))
+            values = {k: v for k, v in values.items() if defaults.get(k, object()) != v and k not in _VOLATILE}
+        recipe.update(values)
+    return recipe
+
+
+_VOLATILE = {"logging_dir", "resume_from_checkpoint", "local_rank", "_n_gpu", "use_cpu", "report_to"}
+
+
+def _training_defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def save_recipe(output_dir: str | os.PathLike, *arguments) -> dict:
+    """Write ``recipe.yaml`` (the resolved configuration that produced this folder) and return it."""
+    recipe = recipe_dict(*arguments)
+    write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(_plain(recipe), sort_keys=True, allow_unicode=True))
+    return recipe
+
+
+def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:
+    """Merge ``metrics`` into ``metrics.json`` (keys like ``before``/``after``/``train`` accumulate) and return all."""
+    path = Path(output_dir) / METRICS_NAME
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(_plain(metrics))
+    write_atomic(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+def write_model_card(
+    output_dir: str | os.PathLike, *, title: str, base_model: str, task: str, recipe: dict, metrics: dict, usage: str
+) -> None:
+    """``README.md`` with what was trained, how to use it, the metrics table and the full recipe."""
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft" if recipe.get("use_peft") else "library_name: transformers",
+        "tags: [lorasmith, " + task + "]",
+        "---",
+        f"# {title}",
+        "",
+        f"Fine-tuned from `{base_model}` with [lorasmith](https://pypi.org/project/lorasmith/) (task: `{task}`).",
+        "",
+        "## Usage",
+        "",
+        usage.strip(),
+        "",
+        "## Metrics",
+        "",
+        metrics_table(metrics),
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(_plain(recipe), sort_keys=True, allow_unicode=True).strip(),
+        "```",
+        "",
+    ]
+    write_atomic(Path(output_dir) / MODEL_CARD_NAME, "\n".join(lines))
+
+
+def metrics_table(metrics: dict) -> str:
+    """A Markdown table of scalar metrics; nested groups (``before``, ``after``) become columns."""
+    groups = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if flat:
+        groups = {"value": flat, **groups}
+    if not groups:
+        return "(no metrics recorded)"
+    names = sorted({k for group in groups.values() for k, v in group.items() if isinstance(v, (int, float))})
+    header = "| metric | " + " | ".join(groups) + " |"
+    rule = "|---|" + "---|" * len(groups)
+    rows = [
+        f"| {name} | " + " | ".join(_format(group.get(name)) for group in groups.values()) + " |" for name in names
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _plain(value):
+    """Make enums, tuples and paths YAML/JSON-safe."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return getattr(value, "value", str(value))
