@@ -1,0 +1,659 @@
+"""Read a data source into a ``datasets.Dataset``, as the file has it (no schema, no renaming).
+
+Sources: a file (csv, tsv, json, jsonl, parquet, xlsx, txt, pkl, and ``.gz`` of each), a glob of
+files of one format (concatenated in sorted order), a folder written by ``Dataset.save_to_disk``,
+a hub dataset id (only when ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` is unset), or an
+in-memory ``Dataset`` / ``DatasetDict``.
+
+Invariants of what comes back:
+- csv, tsv, txt and xlsx columns are strings: nothing is turned into NaN or a number ("NA",
+  "null", "1.0" stay text). Types are the task schema's business (``data_utils.schemas``).
+- json/jsonl/parquet/pkl columns keep their own types; a column mixing types is an error.
+- The user's files are only read (never written, no cache files beside them).
+- ``ReadResult.locate(i)`` turns a 0-based record index into the file and 1-based row a person
+  finds in an editor: the data row for csv/tsv/xlsx (header not counted), the line for txt/jsonl.
+
+csv/tsv use the standard library ``csv`` module rather than ``pandas.read_csv``: with
+``keep_default_na=False`` pandas pads a short row with "" and the row would pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import glob
+import gzip
+import io
+import json
+import os
+import pickle
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, concatenate_datasets
+from datasets.table import InMemoryTable
+
+from data_utils.errors import DataError
+from data_utils.options import as_bool, reject_unknown
+
+READ_OPTIONS = {
+    "format": "override the extension: csv, tsv, json, jsonl, parquet, xlsx, txt or pkl",
+    "header": "csv/tsv/xlsx first row is the header (default true); false names columns '0', '1', ...",
+    "quoting": "csv/tsv quotes: 'minimal' (default) or 'none' (quote characters are text)",
+    "sep": "csv/tsv field delimiter (default ',' for .csv, tab for .tsv)",
+    "encoding": "text encoding (default utf-8; a byte-order mark is ignored)",
+    "sheet": "xlsx sheet name or 0-based index (default the first sheet)",
+    "split": "split of a saved DatasetDict or hub dataset (default: the only split, else 'train')",
+    "field": "key of a .json object that holds the list of records",
+}
+
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".xlsx": "xlsx",
+    ".txt": "txt",
+    ".pkl": "pkl",
+    ".pickle": "pkl",
+}
+FORMATS = tuple(dict.fromkeys(EXTENSIONS.values()))
+_TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "txt")
+_BINARY_MAGICS = (b"PAR1", b"PK\x03\x04", b"\xd0\xcf\x11\xe0", b"\x80", b"\x1f\x8b")
+_QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_MAX_LISTED_ROWS = 10
+
+csv.field_size_limit(2**31 - 1)
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """Rows that came from one file; ``row_numbers[i]`` is record i's row when not simply i + 1."""
+
+    name: str
+    num_rows: int
+    row_numbers: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A dataset as read, plus where each of its records came from (for error messages)."""
+
+    dataset: Dataset
+    source: str
+    files: tuple[FileRows, ...]
+
+    def values(self, column: str) -> list:
+        """Column ``column`` as a Python list."""
+        return column_values(self.dataset, column)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """0-based record index -> (file name, 1-based row or line in that file)."""
+        for part in self.files:
+            if index < part.num_rows:
+                return part.name, part.row_numbers[index] if part.row_numbers else index + 1
+            index -= part.num_rows
+        raise IndexError(index)
+
+    def describe_rows(self, indices: Sequence[int]) -> str:
+        """Rows as "7, 12, 40" for one file; "a.csv row 7, b.csv row 2" across files; at most 10 listed."""
+        shown = [self.locate(i) for i in indices[:_MAX_LISTED_ROWS]]
+        if len(self.files) == 1:
+            text = ", ".join(str(row) for _, row in shown)
+        else:
+            text = ", ".join(f"{name} row {row}" for name, row in shown)
+        return text + (", ..." if len(indices) > _MAX_LISTED_ROWS else "")
+
+
+def column_values(dataset: Dataset, column: str) -> list:
+    """``dataset[column]`` as a Python list, read through arrow (``dataset[column]`` decodes row by row)."""
+    return dataset.select_columns([column]).with_format("arrow")[:].column(column).to_pylist()
+
+
+def read(source, **options) -> ReadResult:
+    """Read ``source`` (see module docstring) with the ``READ_OPTIONS`` given; raise ``DataError``."""
+    reject_unknown(options, READ_OPTIONS, "reading data")
+    if isinstance(source, DatasetDict):
+        source = _pick_split(source, options.get("split"), "<in-memory DatasetDict>")
+    if isinstance(source, Dataset):
+        return _whole(_non_empty(source, "<in-memory dataset>"), "<in-memory dataset>")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _whole(_read_saved_folder(path, options), text)
+    if path.is_file():
+        return _read_file(path, text, options)
+    if glob.has_magic(text):
+        return _read_glob(text, options)
+    if _HUB_ID.fullmatch(text) and path.suffix.lower() not in EXTENSIONS and not text.endswith(".gz"):
+        return _whole(_read_hub(text, options), text)
+    raise _missing_file(path, text)
+
+
+def file_format(path: Path, override: str | None = None) -> str:
+    """The format name of ``path`` from its extension (``.gz`` stripped) or ``override``."""
+    if override is not None:
+        if override not in FORMATS:
+            raise DataError(
+                f"unknown format '{override}'", source=str(path), expected=f"one of {', '.join(FORMATS)}"
+            )
+        return override
+    name = path.name.lower().removesuffix(".gz")
+    suffix = Path(name).suffix
+    if suffix not in EXTENSIONS:
+        raise DataError(
+            f"unsupported file type '{suffix or path.name}'",
+            source=str(path),
+            expected=f"one of {', '.join(EXTENSIONS)} (optionally .gz), or pass format=...",
+        )
+    return EXTENSIONS[suffix]
+
+
+def _whole(dataset: Dataset, name: str) -> ReadResult:
+    return ReadResult(dataset, name, (FileRows(name, dataset.num_rows),))
+
+
+def _non_empty(dataset: Dataset, name: str) -> Dataset:
+    if dataset.num_rows == 0:
+        raise DataError("has no rows", source=name)
+    return dataset
+
+
+# ---------------------------------------------------------------- sources other than one file
+
+
+def _missing_file(path: Path, name: str) -> DataError:
+    folder = path.parent
+    if not folder.is_dir():
+        hint = f" (the folder '{folder}' does not exist either)"
+    else:
+        siblings = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+        close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.5)
+        if close:
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?"
+        else:
+            hint = f"; '{folder}' holds: {', '.join(siblings[:10]) or '(nothing)'}"
+    offline = [variable for variable in _OFFLINE_VARIABLES if _is_set(variable)]
+    if offline and _HUB_ID.fullmatch(name):
+        hint += f" (not looked up as a hub dataset id: {offline[0]} is set, offline)"
+    return DataError("not a file or folder" + hint, source=name)
+
+
+def _is_set(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _read_hub(name: str, options: dict) -> Dataset:
+    offline = [variable for variable in _OFFLINE_VARIABLES if _is_set(variable)]
+    if offline:
+        raise _missing_file(Path(name), name)
+    from datasets import load_dataset
+
+    split = options.get("split", "train")
+    try:
+        dataset = load_dataset(name, split=split)
+    except Exception as error:  # noqa: BLE001 - any hub failure is reported to the user as data error
+        raise DataError(
+            f"not a local file, and loading it as a hub dataset (split '{split}') failed: "
+            f"{type(error).__name__}: {error}",
+            source=name,
+        ) from error
+    return _non_empty(dataset, name)
+
+
+def _pick_split(datasets: DatasetDict, split: str | None, name: str) -> Dataset:
+    if split is None:
+        if len(datasets) == 1:
+            return next(iter(datasets.values()))
+        split = "train"
+    if split not in datasets:
+        raise DataError(
+            f"has no split '{split}'",
+            source=name,
+            expected=f"split= one of {', '.join(datasets) or '(none)'}",
+        )
+    return datasets[split]
+
+
+def _read_saved_folder(path: Path, options: dict) -> Dataset:
+    from datasets import load_from_disk
+
+    if not any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
+        entries = sorted(entry.name for entry in path.iterdir())[:10]
+        raise DataError(
+            "is a folder but not one written by Dataset.save_to_disk "
+            f"(it holds: {', '.join(entries) or 'nothing'})",
+            source=str(path),
+            expected=f"a file, a glob such as '{path}/*.csv', or a save_to_disk folder",
+        )
+    loaded = load_from_disk(str(path))
+    if isinstance(loaded, DatasetDict):
+        loaded = _pick_split(loaded, options.get("split"), str(path))
+    return _non_empty(loaded, str(path))
+
+
+def _read_glob(pattern: str, options: dict) -> ReadResult:
+    paths = sorted(Path(match) for match in glob.glob(os.path.expanduser(pattern), recursive=True))
+    paths = [path for path in paths if path.is_file()]
+    if not paths:
+        raise DataError("the glob matches no files", source=pattern)
+    formats = {str(path): file_format(path, options.get("format")) for path in paths}
+    if len(set(formats.values())) > 1:
+        listing = ", ".join(f"{name} ({fmt})" for name, fmt in formats.items())
+        raise DataError(f"the glob matches files of different formats: {listing}", source=pattern)
+    parts = [_read_file(path, str(path), options) for path in paths]
+    first = parts[0]
+    for part in parts[1:]:
+        if part.dataset.column_names != first.dataset.column_names:
+            raise DataError(
+                f"has columns ({', '.join(part.dataset.column_names)}) but {first.source} has "
+                f"({', '.join(first.dataset.column_names)}); every file of a glob needs the same columns",
+                source=part.source,
+            )
+    try:
+        dataset = concatenate_datasets([part.dataset for part in parts])
+    except ValueError as error:
+        raise DataError(
+            f"the files of the glob have different column types: {error}", source=pattern
+        ) from error
+    return ReadResult(dataset, pattern, tuple(rows for part in parts for rows in part.files))
+
+
+# ---------------------------------------------------------------- one file
+
+
+def _read_file(path: Path, name: str, options: dict) -> ReadResult:
+    fmt = file_format(path, options.get("format"))
+    raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        if raw[:2] != b"\x1f\x8b":
+            raise DataError(
+                f"is named .gz but is not gzip-compressed (it looks like {_sniff(raw)})", source=name
+            )
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+    if not raw.strip():
+        raise DataError("the file is empty", source=name)
+    default_encoding = str(options.get("encoding", "utf-8")).lower().replace("_", "-") in ("utf-8", "utf8")
+    if fmt in _TEXT_FORMATS and (
+        raw.startswith(_BINARY_MAGICS) or (default_encoding and b"\x00" in raw[:4096])
+    ):
+        raise _content_mismatch(raw, name, fmt)
+    table, row_numbers = _READERS[fmt](raw, name, options)
+    if table.num_rows == 0:
+        raise DataError("has no data rows", source=name)
+    dataset = Dataset(InMemoryTable(table))
+    return ReadResult(dataset, name, (FileRows(name, table.num_rows, row_numbers),))
+
+
+def _sniff(raw: bytes) -> str:
+    """A few words on what ``raw`` looks like, for "content does not match extension" messages."""
+    magics = {
+        b"PAR1": "a parquet file",
+        b"PK\x03\x04": "a zip archive (an .xlsx file is one)",
+        b"\xd0\xcf\x11\xe0": "an old Excel .xls file",
+        b"\x1f\x8b": "gzip-compressed data",
+        b"\x80": "a Python pickle",
+        b"\xff\xfe": "UTF-16 text (pass encoding='utf-16' or re-encode it as UTF-8)",
+        b"\xfe\xff": "UTF-16 text (pass encoding='utf-16' or re-encode it as UTF-8)",
+    }
+    for magic, kind in magics.items():
+        if raw.startswith(magic):
+            return kind
+    head = raw[:4096].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    first_line = head.split("\n", 1)[0]
+    if "\x00" in head:
+        return "binary data"
+    if head.startswith(("{", "[")):
+        return "JSON"
+    if "\t" in first_line:
+        return "tab-separated text (TSV)"
+    if "," in first_line:
+        return "comma-separated text (CSV)"
+    return "plain text"
+
+
+def _content_mismatch(raw: bytes, name: str, fmt: str) -> DataError:
+    return DataError(
+        f"the content does not match the .{fmt} extension: it looks like {_sniff(raw)}",
+        source=name,
+        expected=f"{fmt} content; rename the file to its real type or pass format=...",
+    )
+
+
+def _decode(raw: bytes, name: str, options: dict) -> str:
+    encoding = options.get("encoding", "utf-8")
+    try:
+        text = raw.decode(
+            "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        )
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"is not valid {encoding}: byte {raw[error.start : error.end]!r} at byte offset {error.start} "
+            f"(line {line})",
+            source=name,
+            expected=f"{encoding} text; re-encode the file (e.g. `iconv -f latin1 -t utf-8 IN > OUT`) "
+            "or pass encoding='latin-1' (or the file's real encoding)",
+        ) from error
+    except LookupError as error:
+        raise DataError(f"unknown encoding '{encoding}'", source=name) from error
+    return text
+
+
+def _string_table(columns: Sequence[str], records: Sequence[Sequence[str]]) -> pa.Table:
+    """Column-major string table from row-major records; short records are padded with null."""
+    return pa.table(
+        {
+            column: pa.array([record[j] if j < len(record) else None for record in records], type=pa.string())
+            for j, column in enumerate(columns)
+        }
+    )
+
+
+def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int] | None) -> pa.Table:
+    """Table with one inferred arrow type per column; a column mixing types is a ``DataError``."""
+    arrays = {}
+    for column, values in columns.items():
+        try:
+            arrays[column] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            first_row_of_type: dict[str, int] = {}
+            for i, value in enumerate(values):
+                if value is not None:
+                    first_row_of_type.setdefault(
+                        type(value).__name__, row_numbers[i] if row_numbers else i + 1
+                    )
+            seen = ", ".join(f"{kind} (first in row {row})" for kind, row in first_row_of_type.items())
+            raise DataError(
+                f"the column mixes value types: {seen}",
+                source=name,
+                column=column,
+                expected="one type per column (quote numbers that are labels or text)",
+            ) from error
+    return pa.table(arrays)
+
+
+def _read_delimited(raw: bytes, name: str, options: dict, default_sep: str) -> tuple[pa.Table, None]:
+    if _sniff(raw) == "JSON":
+        raise _content_mismatch(raw, name, "tsv" if default_sep == "\t" else "csv")
+    text = _decode(raw, name, options)
+    sep = options.get("sep", default_sep)
+    _reject_wrong_delimiter(text, name, sep)
+    header = as_bool("header", options.get("header", True))
+    quoting_name = str(options.get("quoting", "minimal")).lower()
+    if quoting_name not in _QUOTING:
+        raise DataError(f"unknown quoting '{quoting_name}'", source=name, expected="'minimal' or 'none'")
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=sep, quoting=_QUOTING[quoting_name], strict=True
+    )
+    records: list[list[str]] = []
+    last_line = 0
+    try:
+        for record in reader:
+            if record:  # a blank line is no record
+                records.append(record)
+            last_line = reader.line_num
+    except csv.Error as error:
+        raise DataError(
+            f"cannot split line {last_line + 1} into fields: {error}",
+            source=name,
+            expected="balanced quotes around fields; if quote characters are part of the text, pass quoting='none'",
+        ) from error
+    if not records:
+        raise DataError("the file is empty", source=name)
+    if header:
+        columns, data = records[0], records[1:]
+        if not data:
+            raise DataError(f"has a header ({', '.join(columns)}) but no data rows", source=name)
+        columns = [column if column else f"Unnamed: {j}" for j, column in enumerate(columns)]
+        duplicated = sorted({column for column in columns if columns.count(column) > 1})
+        if duplicated:
+            raise DataError(f"the header names column(s) {', '.join(duplicated)} more than once", source=name)
+        _reject_ragged(data, columns, name, sep, quoting_name)
+    else:
+        columns, data = [str(j) for j in range(max(len(record) for record in records))], records
+    return _string_table(columns, data), None
+
+
+def _reject_wrong_delimiter(text: str, name: str, sep: str) -> None:
+    """The first line splits on the other usual delimiter and not on ``sep``: the wrong one was chosen."""
+    other = {",": "\t", "\t": ","}.get(sep)
+    first_line = text.lstrip("\r\n").split("\n", 1)[0]
+    if other is None or sep in first_line or other not in first_line:
+        return
+    looks, use = (
+        ("tab-separated", ".tsv or sep='\\t'") if other == "\t" else ("comma-separated", ".csv or sep=','")
+    )
+    raise DataError(
+        f"looks {looks}: the first line has {first_line.count(other) + 1} fields split by {other!r} and no {sep!r}",
+        source=name,
+        expected=f"{sep!r}-separated fields; use {use}",
+    )
+
+
+def _reject_ragged(data: list[list[str]], columns: list[str], name: str, sep: str, quoting: str) -> None:
+    bad = [i for i, record in enumerate(data) if len(record) != len(columns)]
+    if not bad:
+        return
+    first = data[bad[0]]
+    if len(first) > len(columns):
+        hint = f"a field that contains {sep!r} must be quoted"
+        if quoting == "minimal" and any('"' in field for field in first):
+            hint += "; if quote characters are part of the text, pass quoting='none'"
+        if sep == "," and any("\t" in field for record in data[:50] for field in record):
+            hint += "; the file contains tabs: if it is tab-separated, use .tsv or sep='\\t'"
+    else:
+        hint = "every row to have a value for every column (an empty value is written as an empty field)"
+    rows = ", ".join(str(i + 1) for i in bad[:_MAX_LISTED_ROWS]) + (
+        ", ..." if len(bad) > _MAX_LISTED_ROWS else ""
+    )
+    raise DataError(
+        f"has {len(first)} fields but the header has {len(columns)} ({', '.join(columns)})"
+        + (f" ({len(bad)} rows like this: {rows})" if len(bad) > 1 else ""),
+        source=name,
+        row=bad[0] + 1,
+        expected=hint,
+    )
+
+
+def _read_csv(raw: bytes, name: str, options: dict):
+    return _read_delimited(raw, name, options, ",")
+
+
+def _read_tsv(raw: bytes, name: str, options: dict):
+    return _read_delimited(raw, name, options, "\t")
+
+
+def _read_txt(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
+    text = _decode(raw, name, options)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return pa.table({"text": pa.array(lines, type=pa.string())}), None
+
+
+def _read_jsonl(raw: bytes, name: str, options: dict) -> tuple[pa.Table, list[int]]:
+    text = _decode(raw, name, options)
+    records, line_numbers = [], []
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip()[:1] != "{" and not records:
+            raise _content_mismatch(raw, name, "jsonl")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                f"malformed JSON: {error.msg} at character {error.colno}",
+                source=name,
+                row=line_number,
+                expected="one JSON object per line",
+            ) from error
+        if not isinstance(record, dict):
+            raise DataError(
+                f"holds a JSON {type(record).__name__}, not an object",
+                source=name,
+                row=line_number,
+                expected='one JSON object per line, e.g. {"text": "..."}',
+            )
+        records.append(record)
+        line_numbers.append(line_number)
+    return _records_table(records, name, line_numbers), line_numbers
+
+
+def _records_table(records: list[dict], name: str, row_numbers: list[int] | None) -> pa.Table:
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    return _typed_table({key: [record.get(key) for record in records] for key in keys}, name, row_numbers)
+
+
+def _read_json(raw: bytes, name: str, options: dict):
+    text = _decode(raw, name, options).lstrip()
+    if text[:1] not in ("{", "["):
+        raise _content_mismatch(raw, name, "json")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and text[:1] == "{":
+            return _read_jsonl(raw, name, options)  # JSON lines saved as .json, as many exporters do
+        raise DataError(
+            f"malformed JSON at line {error.lineno}, character {error.colno}: {error.msg}", source=name
+        ) from error
+    field = options.get("field")
+    if field is not None:
+        if not isinstance(data, dict) or field not in data:
+            keys = ", ".join(data) if isinstance(data, dict) else "(the top level is a list)"
+            raise DataError(f"has no key '{field}' at the top level (keys: {keys})", source=name)
+        data = data[field]
+    expected = "a list of objects, an object of equal-length lists, or an object with one list of objects"
+    if isinstance(data, dict):
+        lists = {key: value for key, value in data.items() if isinstance(value, list)}
+        if len(lists) == len(data) and len({len(value) for value in lists.values()}) == 1:
+            return _typed_table(lists, name, None), None
+        if len(lists) == 1 and all(isinstance(item, dict) for item in next(iter(lists.values()))):
+            data = next(iter(lists.values()))
+        else:
+            raise DataError(f"holds an object with keys {', '.join(data)}", source=name, expected=expected)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        bad = (
+            next((i for i, item in enumerate(data) if not isinstance(item, dict)), None)
+            if isinstance(data, list)
+            else None
+        )
+        where = f" (item {bad + 1} is a {type(data[bad]).__name__})" if bad is not None else ""
+        raise DataError(f"holds a JSON {type(data).__name__}{where}", source=name, expected=expected)
+    if not data:
+        raise DataError("holds no records", source=name)
+    return _records_table(data, name, None), None
+
+
+def _read_parquet(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
+    import pyarrow.parquet as pq
+
+    if not (raw[:4] == b"PAR1" and raw[-4:] == b"PAR1"):
+        raise _content_mismatch(raw, name, "parquet")
+    try:
+        return pq.read_table(pa.BufferReader(raw)), None
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"is a damaged parquet file: {error}", source=name) from error
+
+
+def _read_xlsx(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
+    import pandas as pd
+
+    if raw[:4] != b"PK\x03\x04":
+        old = raw.startswith(b"\xd0\xcf\x11\xe0")
+        if old:
+            raise DataError(
+                "is an old Excel .xls file", source=name, expected="an .xlsx or .csv file: save it as one"
+            )
+        raise _content_mismatch(raw, name, "xlsx")
+    try:
+        workbook = pd.ExcelFile(io.BytesIO(raw), engine="openpyxl")
+    except Exception as error:  # noqa: BLE001 - openpyxl raises many types for a damaged workbook
+        raise DataError(f"is not a readable .xlsx workbook: {error}", source=name) from error
+    sheet = options.get("sheet", 0)
+    sheets = workbook.sheet_names
+    if isinstance(sheet, str) and sheet.isdigit() and sheet not in sheets:
+        sheet = int(sheet)
+    if (isinstance(sheet, int) and not 0 <= sheet < len(sheets)) or (
+        isinstance(sheet, str) and sheet not in sheets
+    ):
+        raise DataError(f"has no sheet {sheet!r}", source=name, expected=f"sheet= one of {', '.join(sheets)}")
+    header = as_bool("header", options.get("header", True))
+    frame = workbook.parse(sheet, dtype=str, keep_default_na=False, header=0 if header else None)
+    columns = [str(column) for column in frame.columns]
+    if frame.empty:
+        if columns:
+            raise DataError(f"has a header ({', '.join(columns)}) but no data rows", source=name)
+        raise DataError("the sheet is empty", source=name)
+    return _string_table(columns, list(frame.itertuples(index=False, name=None))), None
+
+
+def _read_pkl(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
+    """A pickled list of sentences (-> ``text``), a pair of aligned lists (-> ``anchor``, ``positive``),
+    a dict of equal-length lists, or a pandas DataFrame. Unpickling runs code: read only trusted files."""
+    import pandas as pd
+
+    try:
+        data = pickle.loads(raw)
+    except Exception as error:  # noqa: BLE001 - unpickling raises anything the stream encodes
+        raise DataError(
+            f"is not a readable pickle ({type(error).__name__}: {error}); it looks like {_sniff(raw)}",
+            source=name,
+        ) from error
+    expected = "a list of sentences, a pair of aligned lists (anchor, positive), a dict of equal-length lists, or a pandas DataFrame"
+    if isinstance(data, pd.DataFrame):
+        columns = {str(column): data[column].tolist() for column in data.columns}
+        return _typed_table(columns, name, None), None
+    if isinstance(data, list) and data and all(isinstance(item, str) for item in data):
+        return _typed_table({"text": data}, name, None), None
+    if (
+        isinstance(data, (list, tuple))
+        and len(data) == 2
+        and all(isinstance(item, (list, tuple)) for item in data)
+    ):
+        anchors, positives = data
+        if len(anchors) != len(positives):
+            raise DataError(
+                f"holds two lists of different lengths ({len(anchors)} and {len(positives)})",
+                source=name,
+                expected="two aligned lists: positives[i] pairs with anchors[i]",
+            )
+        return _typed_table({"anchor": list(anchors), "positive": list(positives)}, name, None), None
+    if isinstance(data, dict) and data and all(isinstance(value, (list, tuple)) for value in data.values()):
+        if len({len(value) for value in data.values()}) == 1:
+            return _typed_table({str(key): list(value) for key, value in data.items()}, name, None), None
+    raise DataError(f"holds {_describe_object(data)}", source=name, expected=expected)
+
+
+def _describe_object(data) -> str:
+    kind = type(data).__name__
+    if isinstance(data, (list, tuple, dict)):
+        if not data:
+            return f"an empty {kind}"
+        items = list(data.values()) if isinstance(data, dict) else list(data)
+        item_kinds = sorted({type(item).__name__ for item in items})
+        return f"a {kind} of {len(items)} items of type {', '.join(item_kinds)}"
+    return f"a {kind}"
+
+
+_READERS = {
+    "csv": _read_csv,
+    "tsv": _read_tsv,
+    "json": _read_json,
+    "jsonl": _read_jsonl,
+    "parquet": _read_parquet,
+    "xlsx": _read_xlsx,
+    "txt": _read_txt,
+    "pkl": _read_pkl,
+}
