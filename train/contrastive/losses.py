@@ -159,9 +159,9 @@ class InfoNCELoss(nn.Module):
         is_term = (positive_ids != PAD_ID) & ~earlier_same  # (B, P)
         if (is_term & ~matches.any(dim=2)).any():
             raise ValueError("a positive id of an anchor is not among the candidates of the global batch")
-        rows = torch.arange(candidate_ids.shape[0], device=candidate_ids.device)
-        # (B, P): first global occurrence of each positive id, replaced by the aligned partner when it has the id
-        positive_index = torch.where(matches, rows, candidate_ids.shape[0]).amin(dim=2)
+        # (B, P): first global occurrence of each positive id (argmax returns the first maximum), replaced by
+        # the aligned partner when the partner has that id
+        positive_index = matches.to(torch.uint8).argmax(dim=2)
         if view.local.pair_index is not None:
             partner = view.local_pair_index  # (B,)
             is_partner = positive_ids == candidate_ids[partner][:, None]
