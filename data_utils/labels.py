@@ -6,9 +6,9 @@ The label map travels inside the dataset: ``load(..., task="labeled")`` stores `
 returns the list. Pass the training set's names as ``label_names=`` when loading an evaluation
 split, so both splits share ids even when a class is missing from one of them.
 
-Raw label values are canonicalised by ``label_key``: integer-valued numbers and digit strings
-become ``int`` (so ``1``, ``1.0`` and ``"1"`` are the same class), other strings are stripped,
-missing or empty values become ``None``.
+Raw label values are canonicalised by ``label_key``: integer-valued numbers and their strings
+become ``int`` (so ``1``, ``1.0``, ``"1"`` and ``"1.0"`` are the same class), other strings are
+stripped, missing or empty values become ``None``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,13 @@ def label_key(value) -> LabelKey | None:
     text = str(value).strip()
     if not text:
         return None
-    return int(text) if _INTEGER.fullmatch(text) else text
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else text
 
 
 def split_multi_label(value, delimiter: str) -> list[LabelKey] | None:

@@ -8,7 +8,8 @@ in-memory ``Dataset`` / ``DatasetDict``.
 Invariants of what comes back:
 - csv, tsv, txt and xlsx columns are strings: nothing is turned into NaN or a number ("NA",
   "null", "1.0" stay text). Types are the task schema's business (``data_utils.schemas``).
-- json/jsonl/parquet/pkl columns keep their own types; a column mixing types is an error.
+- json/jsonl/parquet/pkl columns keep their own types; a column mixing scalar types is read as
+  strings, one mixing scalars with lists or objects is an error.
 - The user's files are only read (never written, no cache files beside them).
 - ``ReadResult.locate(i)`` turns a 0-based record index into the file and 1-based row a person
   finds in an editor: the data row for csv/tsv/xlsx (header not counted), the line for txt/jsonl.
@@ -361,12 +362,18 @@ def _string_table(columns: Sequence[str], records: Sequence[Sequence[str]]) -> p
 
 
 def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int] | None) -> pa.Table:
-    """Table with one inferred arrow type per column; a column mixing types is a ``DataError``."""
+    """Table with one inferred arrow type per column. A column mixing scalar types (``1`` and
+    ``"pos"``) becomes a string column; one mixing scalars with lists or objects is a ``DataError``."""
     arrays = {}
     for column, values in columns.items():
         try:
             arrays[column] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            if all(value is None or isinstance(value, (str, int, float)) for value in values):
+                arrays[column] = pa.array(
+                    [None if value is None else str(value) for value in values], pa.string()
+                )
+                continue
             first_row_of_type: dict[str, int] = {}
             for i, value in enumerate(values):
                 if value is not None:
@@ -377,8 +384,9 @@ def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int]
             raise DataError(
                 f"the column mixes value types: {seen}",
                 source=name,
+                row=list(first_row_of_type.values())[1],
                 column=column,
-                expected="one type per column (quote numbers that are labels or text)",
+                expected="one type per column",
             ) from error
     return pa.table(arrays)
 
