@@ -166,12 +166,24 @@ def test_infonce_positive_missing_from_candidates_is_an_error():
         loss_of(InfoNCELoss(), batch)
 
 
-def test_infonce_symmetric_averages_both_directions():
-    batch = pairs_batch(["q0", "q1", "q2"], ["p0", "p1", "p2", "n0"])
+def test_infonce_symmetric_averages_both_directions_with_duplicates_masked():
+    # Queries q0 and q3 share their positive p0; q0 appears twice as an anchor (rows 0 and 2).
+    batch = pairs_batch(["q0", "q1", "q0", "q3"], ["p0", "p1", "p2", "p0", "n0"])
     a, c = batch.anchor, batch.candidates
-    forward = sum(info_nce_term(a[i], c[i], [c[j] for j in range(4) if j != i], 0.05) for i in range(3)) / 3
-    backward = sum(info_nce_term(c[i], a[i], [a[j] for j in range(3) if j != i], 0.05) for i in range(3)) / 3
-    assert loss_of(InfoNCELoss(symmetric=True), batch) == pytest.approx((forward + backward) / 2, rel=1e-9)
+    forward = [
+        info_nce_term(a[0], c[0], [c[1], c[2], c[4]], 0.05),  # c[3] is p0 again
+        info_nce_term(a[1], c[1], [c[0], c[2], c[3], c[4]], 0.05),
+        info_nce_term(a[2], c[2], [c[0], c[1], c[3], c[4]], 0.05),
+        info_nce_term(a[3], c[3], [c[1], c[2], c[4]], 0.05),  # c[0] is p0 again
+    ]
+    backward = [  # candidate -> anchors: anchors with the same text or the same partner text are not negatives
+        info_nce_term(c[0], a[0], [a[1]], 0.05),  # a[2] is q0 again, a[3]'s partner is p0
+        info_nce_term(c[1], a[1], [a[0], a[2], a[3]], 0.05),
+        info_nce_term(c[2], a[2], [a[1], a[3]], 0.05),  # a[0] is q0 again
+        info_nce_term(c[3], a[3], [a[1], a[2]], 0.05),  # a[0]'s partner is p0
+    ]
+    expected = (sum(forward) / 4 + sum(backward) / 4) / 2
+    assert loss_of(InfoNCELoss(symmetric=True), batch) == pytest.approx(expected, rel=1e-9)
 
 
 def test_infonce_temperature_sharpens_the_softmax():

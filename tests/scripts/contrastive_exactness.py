@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -199,6 +200,7 @@ def main() -> int:
     reference_encoder = copy.deepcopy(encoder)
     model = accelerator.prepare(encoder)
     failures = 0
+    started = time.perf_counter()
     for name, task, loss_config, specs in build_cases():
         objective = ContrastiveObjective.from_config(task, loss_config)
         spec = specs[rank]
@@ -257,7 +259,11 @@ def main() -> int:
             )
     accelerator.wait_for_everyone()
     if rank == 0:
-        print(f"{failures} of {len(build_cases())} cases failed on {world} processes", flush=True)
+        elapsed = time.perf_counter() - started
+        print(
+            f"{failures} of {len(build_cases())} cases failed on {world} processes ({elapsed:.1f} s)",
+            flush=True,
+        )
     return 1 if failures else 0
 
 

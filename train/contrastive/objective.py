@@ -18,6 +18,12 @@ Recipe format (``loss:`` in a YAML recipe, or the ``loss`` argument)::
 Losses (options besides ``weight``): ``infonce`` (temperature, symmetric), ``ibn`` (temperature, threshold),
 ``cosent`` (temperature), ``angle`` (temperature), ``cosine_mse`` (none). Default per task: ``cosent`` for
 ``scored_pairs``, ``infonce`` otherwise.
+
+In a trainer: embed the batch with the (DDP-wrapped) model, build an ``EmbeddedBatch`` (``batch.py`` has the
+per-task table), and return ``objective(batch).loss`` from ``compute_loss`` unchanged: do not rescale it by the
+world size (HF Trainer's default ``compute_loss`` may multiply by ``num_processes`` when
+``average_tokens_across_devices`` is on; override it). Every process must call the objective every step (it
+runs collectives), and the logged mean of the per-process losses is the big-batch loss.
 """
 
 from __future__ import annotations
