@@ -34,6 +34,7 @@ _TOP_TAGS = 10
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_utils.check",
+        allow_abbrev=False,
         description="Validate a data file for a lorasmith task and print a summary.",
         epilog="Any other --key value is passed to data_utils.load as an option "
         "(e.g. --score_range 0,5 --text_columns a,b --header false --quoting none).",
