@@ -337,7 +337,7 @@ def test_from_config_temperature_default_applies_to_losses_without_their_own():
         ("pairs", {"infonce": {"weight": -1}}, r"weight must be a number >= 0, got -1"),
         ("pairs", {"infonce": "high"}, r"expected a weight or a mapping of options"),
         ("pair", "infonce", r"unknown contrastive task 'pair' \(did you mean 'pairs'\?\)"),
-        ("labeled", "infonce", r"unknown contrastive task 'labeled'.*Known tasks: sentences, pairs"),
+        ("labeled", "infonce", r"unknown contrastive task 'labeled'.*Known tasks: simcse_unsup, pairs"),
         ("pairs", [], r"loss is empty"),
     ],
 )

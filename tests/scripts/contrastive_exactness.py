@@ -168,7 +168,7 @@ def build_cases() -> list[tuple[str, str, object, list[Spec]]]:
 
     combination = {"cosent": 1, "ibn": {"weight": 0.5, "temperature": 0.1}, "angle": {"weight": 1}}
     return [
-        ("simcse_unsup/infonce", "sentences", "infonce", simcse),
+        ("simcse_unsup/infonce", "simcse_unsup", "infonce", simcse),
         ("pairs/infonce", "pairs", {"infonce": {"temperature": 0.1}}, pairs),
         ("pairs/infonce_symmetric", "pairs", {"infonce": {"symmetric": True}}, pairs),
         ("pairs_uneven/infonce_symmetric", "pairs", {"infonce": {"symmetric": True}}, pairs_uneven),

@@ -11,7 +11,7 @@ How the trainer builds an ``EmbeddedBatch`` per task (``B`` anchors, ``D`` embed
 =============  ===================  ==================================  ============================  ============
 task           anchor               candidates                          positive_ids                  pair_index
 =============  ===================  ==================================  ============================  ============
-sentences      texts, dropout 1     same texts, dropout 2 (B rows)      ``anchor_ids[:, None]``       ``arange(B)``
+simcse_unsup   texts, dropout 1     same texts, dropout 2 (B rows)      ``anchor_ids[:, None]``       ``arange(B)``
 pairs          anchor / sentence1   positive / sentence2 (B rows)       ``candidate_ids[:, None]``    ``arange(B)``
 triplets       anchor               B positives, then B*K hard negs     ids of the B positives        ``arange(B)``
 tags           texts                the batch's distinct tags (M rows)  each text's tag ids, -1 pad   ``None``

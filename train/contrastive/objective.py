@@ -56,9 +56,9 @@ class TaskTraits:
     aligned: bool
 
 
-# The contrastive tasks of ``data_utils.TASKS`` (``sentences`` = unsupervised SimCSE).
+# train.embed's tasks (``simcse_unsup`` reads data_utils' ``sentences``).
 TASKS = {
-    "sentences": TaskTraits(has_scores=False, aligned=True),
+    "simcse_unsup": TaskTraits(has_scores=False, aligned=True),
     "pairs": TaskTraits(has_scores=False, aligned=True),
     "triplets": TaskTraits(has_scores=False, aligned=True),
     "tags": TaskTraits(has_scores=False, aligned=False),
@@ -189,7 +189,7 @@ class ContrastiveObjective(nn.Module):
         """Build and validate the objective of a recipe.
 
         Args:
-            task: one of ``TASKS`` (sentences, pairs, triplets, tags, scored_pairs), as in ``data_utils``.
+            task: one of ``TASKS`` (simcse_unsup, pairs, triplets, tags, scored_pairs), as in ``train.embed``.
             loss: see the module docstring; ``None`` = the task's default (cosent / infonce).
             temperature: default temperature of every loss that has one and does not set its own
                 (``None`` = each loss's own default, 0.05).
