@@ -31,7 +31,11 @@ def rng():
 
 
 def _graded_problem(rng, queries=40, candidates=25, tied=False):
-    scores = rng.integers(0, 4, size=(queries, candidates)).astype(float) if tied else rng.normal(size=(queries, candidates))
+    scores = (
+        rng.integers(0, 4, size=(queries, candidates)).astype(float)
+        if tied
+        else rng.normal(size=(queries, candidates))
+    )
     relevance = rng.integers(0, 4, size=(queries, candidates)) * (rng.random((queries, candidates)) < 0.3)
     relevance[:, 0] = np.maximum(relevance[:, 0], 1)  # every query has a relevant candidate
     return scores, relevance
@@ -54,7 +58,9 @@ def test_ndcg_ignore_ties_differs_from_average_only_when_scores_tie(rng):
     assert ignoring != pytest.approx(ndcg_at_k(scores, relevance, 5))
     # ignore_ties=True in sklearn sorts with argsort's (unstable) order; compare on tie-free data instead
     scores, relevance = _graded_problem(rng)
-    assert ndcg_at_k(scores, relevance, 5, ignore_ties=True) == pytest.approx(skm.ndcg_score(relevance, scores, k=5))
+    assert ndcg_at_k(scores, relevance, 5, ignore_ties=True) == pytest.approx(
+        skm.ndcg_score(relevance, scores, k=5)
+    )
 
 
 def test_queries_without_relevant_candidates_are_excluded_from_the_mean(rng):
@@ -71,7 +77,7 @@ def test_queries_without_relevant_candidates_are_excluded_from_the_mean(rng):
 def _reference_ranked_metrics(scores, relevance, k):
     """Brute force per query, ties broken by candidate index (stable sort)."""
     recall, precision, mrr, average_precision, hit = [], [], [], [], []
-    for row_scores, row_rel in zip(scores, relevance):
+    for row_scores, row_rel in zip(scores, relevance, strict=True):
         order = sorted(range(len(row_scores)), key=lambda i: (-row_scores[i], i))[:k]
         relevant = row_rel > 0
         flags = [bool(relevant[i]) for i in order]
@@ -85,8 +91,12 @@ def _reference_ranked_metrics(scores, relevance, k):
                 found += 1
                 ap += found / (r + 1)
         average_precision.append(ap / relevant.sum())
-    return {name: float(np.mean(v)) for name, v in
-            dict(recall=recall, precision=precision, mrr=mrr, map=average_precision, hit_rate=hit).items()}
+    return {
+        name: float(np.mean(v))
+        for name, v in dict(
+            recall=recall, precision=precision, mrr=mrr, map=average_precision, hit_rate=hit
+        ).items()
+    }
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -134,7 +144,10 @@ def test_topk_metrics_with_qrels_equal_dense_metrics(rng):
     scores, relevance = _graded_problem(rng, queries=20, candidates=30)
     corpus_ids = [f"d{i}" for i in range(30)]
     query_ids = [f"q{i}" for i in range(20)]
-    qrels = {q: {corpus_ids[c]: int(g) for c, g in enumerate(row) if g > 0} for q, row in zip(query_ids, relevance)}
+    qrels = {
+        q: {corpus_ids[c]: int(g) for c, g in enumerate(row) if g > 0}
+        for q, row in zip(query_ids, relevance, strict=True)
+    }
     qrels["unjudged-extra"] = {"d1": 1}  # queries absent from the run are ignored
     _, indices = exact_topk(torch.tensor(scores), torch.eye(30, dtype=torch.float64), k=10)
     from_topk = topk_retrieval_metrics(indices, query_ids, corpus_ids, qrels, ks=(1, 5, 10))
@@ -145,7 +158,9 @@ def test_topk_metrics_with_qrels_equal_dense_metrics(rng):
 
 def test_topk_metrics_skip_queries_without_qrels():
     corpus_ids = ["a", "b"]
-    metrics = topk_retrieval_metrics(torch.tensor([[1, 0], [0, 1]]), ["q1", "q2"], corpus_ids, {"q1": {"b": 1}}, ks=(1,))
+    metrics = topk_retrieval_metrics(
+        torch.tensor([[1, 0], [0, 1]]), ["q1", "q2"], corpus_ids, {"q1": {"b": 1}}, ks=(1,)
+    )
     assert metrics["num_queries"] == 1 and metrics["recall@1"] == 1.0
 
 
@@ -175,7 +190,9 @@ def test_classification_metrics_match_sklearn(rng, num_labels):
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     for average in ("macro", "micro", "weighted"):
         assert result[f"f1_{average}"] == pytest.approx(skm.f1_score(y_true, y_pred, average=average))
-        assert result[f"precision_{average}"] == pytest.approx(skm.precision_score(y_true, y_pred, average=average))
+        assert result[f"precision_{average}"] == pytest.approx(
+            skm.precision_score(y_true, y_pred, average=average)
+        )
         assert result[f"recall_{average}"] == pytest.approx(skm.recall_score(y_true, y_pred, average=average))
     assert ("f1" in result) == (num_labels == 2)
     if num_labels == 2:

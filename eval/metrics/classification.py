@@ -96,16 +96,25 @@ def classification_metrics(
     result: dict = {"num_examples": int(y_true.shape[0]), "accuracy": accuracy(y_true, y_pred)}
     for average in AVERAGES:
         precision, recall, f1 = precision_recall_f1(y_true, y_pred, num_labels, average)
-        result.update({f"precision_{average}": float(precision), f"recall_{average}": float(recall),
-                       f"f1_{average}": float(f1)})
+        result.update(
+            {
+                f"precision_{average}": float(precision),
+                f"recall_{average}": float(recall),
+                f"f1_{average}": float(f1),
+            }
+        )
     if num_labels == 2 and not _is_multi_label(y_true):
         precision, recall, f1 = precision_recall_f1(y_true, y_pred, num_labels, "binary")
         result.update({"precision": float(precision), "recall": float(recall), "f1": float(f1)})
     precision, recall, f1 = precision_recall_f1(y_true, y_pred, num_labels, None)
     support = y_true.sum(axis=0) if _is_multi_label(y_true) else np.bincount(y_true, minlength=num_labels)
     result["per_class"] = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(support[i])}
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(label_names)
     }
     result["confusion_matrix"] = confusion_matrix(y_true, y_pred, num_labels).tolist()

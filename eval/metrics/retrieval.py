@@ -305,7 +305,9 @@ def exact_topk(
     Returns ``(scores (Q, k'), indices (Q, k'))`` sorted by decreasing score, k' = min(k, N).
     """
     if query_emb.ndim != 2 or corpus_emb.ndim != 2 or query_emb.shape[1] != corpus_emb.shape[1]:
-        raise ValueError(f"expected (Q, D) and (N, D); got {tuple(query_emb.shape)} and {tuple(corpus_emb.shape)}")
+        raise ValueError(
+            f"expected (Q, D) and (N, D); got {tuple(query_emb.shape)} and {tuple(corpus_emb.shape)}"
+        )
     if k < 1 or chunk_size < 1 or query_chunk_size < 1:
         raise ValueError("k, chunk_size and query_chunk_size must be >= 1")
     depth = min(k, corpus_emb.shape[0])

@@ -1,0 +1,157 @@
+"""The output-folder contract between the trainers (writers) and eval (reader).
+
+A lorasmith ``output_dir`` looks like::
+
+    output_dir/
+      lorasmith.json        manifest (below): what was trained and how to load it
+      adapter/              PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer
+      merged/               full model with the adapter merged + tokenizer; for embeddings also the
+                            sentence-transformers files (modules.json, 1_Pooling/config.json,
+                            sentence_bert_config.json, 2_Normalize/ when normalized)
+      metrics.json          final evaluation metrics
+      README.md             model card
+      recipe.yaml           the recipe that produced the folder
+      checkpoint-*/         Trainer checkpoints
+
+Manifest (``lorasmith.json``) keys:
+
+    lorasmith_version   str
+    kind                "embedding" | "seq_classifier" | "prompt_classifier"
+    base_model          hub id or path of the model the adapter was trained on
+    gguf_file           GGUF file name inside ``base_model`` (or null)
+    adapter             "adapter" or null (path relative to the output folder)
+    merged              "merged" or null (path relative to the output folder)
+    embedding           kind "embedding": {"pooling", "normalize", "max_length", "query_prefix",
+                        "document_prefix"}
+    labels              classifiers: label names in id order
+    text_columns        classifiers: input columns, in prompt / pair order
+    multi_label         classifiers: bool
+    threshold           classifiers: decision threshold for multi-label
+    prompt              kind "prompt_classifier": {"system_message", "template",
+                        "verbalizers": {label: answer text}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval.pooling import SENTENCE_TRANSFORMERS_MODES, validate_pooling_mode
+
+MANIFEST_NAME = "lorasmith.json"
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+METRICS_NAME = "metrics.json"
+MODEL_CARD_NAME = "README.md"
+RECIPE_NAME = "recipe.yaml"
+KINDS = ("embedding", "seq_classifier", "prompt_classifier")
+
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write ``manifest`` to ``folder/lorasmith.json`` (creating ``folder``); returns the file path."""
+    kind = manifest.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"manifest 'kind' must be one of {KINDS}, got {kind!r}")
+    if not manifest.get("base_model"):
+        raise ValueError("manifest needs 'base_model'")
+    path = Path(folder) / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """The manifest of a lorasmith output folder, or None when ``folder`` is not one."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_sentence_transformers_files(
+    folder: str | Path, pooling: str, normalize: bool, max_length: int, hidden_size: int
+) -> None:
+    """Add the sentence-transformers module files to a saved HF model folder so that
+    ``SentenceTransformer(folder)`` rebuilds Transformer -> Pooling(pooling) [-> Normalize].
+
+    Written in the legacy format (boolean ``pooling_mode_*`` keys, ``sentence_transformers.models.*``
+    types) that every sentence-transformers version from 2.x on reads.
+    """
+    validate_pooling_mode(pooling)
+    folder = Path(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+        (folder / "2_Normalize").mkdir(parents=True, exist_ok=True)
+    st_mode = SENTENCE_TRANSFORMERS_MODES[pooling]
+    pooling_config = {"word_embedding_dimension": hidden_size}
+    pooling_config.update({key: mode == st_mode for key, mode in _LEGACY_POOLING_KEYS.items()})
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "1_Pooling" / "config.json", pooling_config)
+    _write_json(folder / "modules.json", modules)
+    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+
+
+def read_sentence_transformers_config(folder: str | Path) -> dict | None:
+    """``{"pooling", "normalize", "max_length", "transformer_path"}`` of a sentence-transformers folder
+    (None when ``folder`` has no modules.json). Pooling modes lorasmith cannot reproduce raise ValueError."""
+    folder = Path(folder)
+    if not (folder / "modules.json").is_file():
+        return None
+    modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    by_kind = {module["type"].rsplit(".", 1)[-1]: module for module in modules}
+    if "Transformer" not in by_kind:
+        raise ValueError(f"{folder}/modules.json has no Transformer module")
+    transformer_path = folder / by_kind["Transformer"].get("path", "")
+    pooling = "cls"  # sentence-transformers without a Pooling module: the first token (CLS)
+    if "Pooling" in by_kind:
+        pooling = _pooling_from_st_config(
+            json.loads((folder / by_kind["Pooling"]["path"] / "config.json").read_text(encoding="utf-8")),
+            folder,
+        )
+    max_length = None
+    for config_dir in (transformer_path, folder):
+        config_file = config_dir / "sentence_bert_config.json"
+        if config_file.is_file():
+            max_length = json.loads(config_file.read_text(encoding="utf-8")).get("max_seq_length")
+            break
+    return {
+        "pooling": pooling,
+        "normalize": "Normalize" in by_kind,
+        "max_length": max_length,
+        "transformer_path": str(transformer_path),
+    }
+
+
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_OUR_MODE = {st: ours for ours, st in SENTENCE_TRANSFORMERS_MODES.items()}
+
+
+def _pooling_from_st_config(config: dict, folder: Path) -> str:
+    """Our pooling name from a 1_Pooling/config.json in the new (``pooling_mode``) or legacy format."""
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if config.get(key)] or ["mean"]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    if len(modes) != 1 or modes[0] not in _OUR_MODE:
+        raise ValueError(
+            f"{folder}: sentence-transformers pooling {modes} is not supported; lorasmith pools with one of "
+            f"{sorted(_OUR_MODE)}"
+        )
+    return _OUR_MODE[modes[0]]
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,116 @@
+"""Pieces every eval CLI shares: model flags, error handling, distributed start-up, column maps."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from data_utils.errors import ConfigError, LorasmithError
+from eval.pooling import POOLING_MODES
+
+MODEL_HELP = (
+    "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
+    "or 'minilm' (the packaged all-MiniLM-L6-v2)"
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, single_model: bool = True) -> None:
+    """--model (unless ``single_model`` is False) and the flags that override how models embed
+    (default: what the model folder says)."""
+    group = parser.add_argument_group("model")
+    if single_model:
+        group.add_argument("--model", required=True, help=MODEL_HELP)
+    group.add_argument(
+        "--pooling", choices=POOLING_MODES, help="override the pooling (default: from the folder, else mean)"
+    )
+    group.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalize embeddings (default: from the folder, else yes)",
+    )
+    group.add_argument(
+        "--max-length", type=int, help="truncate texts to this many tokens (default: from the folder)"
+    )
+    group.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="also write the result JSON to this file")
+
+
+def load_embedder(args: argparse.Namespace):
+    from eval.encoder import Embedder
+
+    return Embedder.load(
+        args.model,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        max_length=args.max_length,
+        device=args.device,
+        show_progress=not args.no_progress,
+    )
+
+
+def parse_column_map(text: str | None) -> dict[str, str] | None:
+    """``"sentence1=question,score=label"`` -> ``{"sentence1": "question", "score": "label"}``."""
+    if not text:
+        return None
+    mapping = {}
+    for item in text.split(","):
+        role, sep, column = item.partition("=")
+        if not sep or not role.strip() or not column.strip():
+            raise ConfigError(f"--columns expects role=column pairs separated by commas, got {text!r}")
+        mapping[role.strip()] = column.strip()
+    return mapping
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,5,10"`` -> ``(1, 5, 10)``."""
+    try:
+        ks = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise ConfigError(f"--k expects comma-separated positive integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--k expects comma-separated positive integers, got {text!r}")
+    return ks
+
+
+def init_distributed() -> None:
+    """Join the process group when started by ``accelerate launch``/torchrun with several processes.
+
+    On a machine without CUDA the processes use gloo (accelerate would otherwise start them as
+    independent world-1 processes). ``LORASMITH_EXPECT_WORLD_SIZE``, when set, must equal the world size.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    expected = os.environ.get("LORASMITH_EXPECT_WORLD_SIZE")
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if expected is not None and int(expected) != world:
+        raise ConfigError(f"expected {expected} processes but this run has {world}")
+
+
+def is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def run_cli(
+    body: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
+    """Parse ``argv``, run ``body(args)``; a user error prints one line to stderr and returns 2."""
+    args = parser.parse_args(argv)
+    try:
+        init_distributed()
+        body(args)
+    except LorasmithError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

