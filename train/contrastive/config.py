@@ -1,0 +1,164 @@
+"""``EmbedConfig``: the ``TrainingArguments`` of ``train/embed.py`` plus what a contrastive run needs.
+
+Fields are grouped by concern: the objective (``loss``, ``temperature``), how a text becomes a vector
+(``pooling``, ``normalize``, query/document prefixes) and what is evaluated (``eval_task``, ``eval_ks``).
+``max_length`` and the LoRA fields live in ``ModelArguments`` (shared by every entrypoint).
+
+Defaults that differ from ``TrainingArguments`` (chosen for contrastive fine-tuning):
+
+- ``output_dir`` outputs/embed; ``learning_rate`` 2e-5 (sentence-transformers' bi-encoder default);
+  ``per_device_train_batch_size`` 32 (in-batch negatives want big batches); ``num_train_epochs`` 1;
+  ``warmup_steps`` 0.1 (a share of all steps); ``logging_steps`` 10; ``report_to`` tensorboard.
+- ``eval_strategy`` / ``save_strategy`` epoch, ``save_total_limit`` 2, ``load_best_model_at_end`` True:
+  ``metric_for_best_model`` defaults to the eval task's main metric (``spearman`` for STS, ``ndcg@10`` for
+  retrieval); without ``eval_data`` there is no evaluation and the last model is exported.
+- ``remove_unused_columns`` False: rows reach the collator as raw texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
+
+from data_utils.errors import ConfigError
+from eval.pooling import POOLING_MODES
+
+# lorasmith embed task -> the data_utils schema its training rows follow.
+TASK_DATA_SCHEMA = {
+    "simcse_unsup": "sentences",
+    "pairs": "pairs",
+    "triplets": "triplets",
+    "scored_pairs": "scored_pairs",
+    "tags": "tags",
+}
+# Evaluation tasks (data_utils schemas) and the default one per training task: SimCSE and STS are judged by
+# STS Spearman, pairs/triplets by retrieving each anchor's positive, tags by retrieving each text's tags.
+EVAL_TASKS = ("scored_pairs", "pairs", "tags")
+DEFAULT_EVAL_TASK = {
+    "simcse_unsup": "scored_pairs",
+    "pairs": "pairs",
+    "triplets": "pairs",
+    "scored_pairs": "scored_pairs",
+    "tags": "tags",
+}
+DEFAULT_BEST_METRIC = {"scored_pairs": "spearman", "pairs": "ndcg@10", "tags": "ndcg@10"}
+# Symmetric tasks embed both sides the same way: no query/document prefixes (as eval.sts does).
+SYMMETRIC_TASKS = ("simcse_unsup", "scored_pairs")
+
+
+@dataclass
+class EmbedConfig(TrainingArguments):
+    """Training arguments of the contrastive embedding trainer (``python -m train.embed --help`` lists all)."""
+
+    # ---- objective ----
+    loss: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Loss name, list of names, or map name -> weight / options, e.g. infonce, [cosent, angle] or "
+            "{cosent: {weight: 1, temperature: 0.05}, ibn: 0, angle: 1}. Losses: infonce (temperature, symmetric), "
+            "ibn (temperature, threshold), cosent (temperature), angle (temperature), cosine_mse. "
+            "Default: cosent for scored_pairs, infonce otherwise. On the command line: a name or YAML text."
+        },
+    )
+    temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature of every loss that does not set its own (0.05 = scale 20). Default: 0.05."
+        },
+    )
+    # ---- text -> vector ----
+    pooling: str = field(
+        default="mean",
+        metadata={"help": f"Token states -> one vector: {', '.join(POOLING_MODES)} (last for decoder LLMs)."},
+    )
+    normalize: bool = field(
+        default=True, metadata={"help": "L2-normalise embeddings (cosine = dot product)."}
+    )
+    query_prefix: str = field(
+        default="",
+        metadata={"help": "Instruction prepended to anchors / queries / texts (pairs, triplets, tags)."},
+    )
+    document_prefix: str = field(
+        default="", metadata={"help": "Prepended to positives / negatives / tags (pairs, triplets, tags)."}
+    )
+    # ---- evaluation ----
+    eval_task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Schema of eval_data: scored_pairs (STS Spearman), pairs or tags (recall/NDCG/MRR@k). "
+            "Default: scored_pairs for simcse_unsup and scored_pairs, pairs for pairs/triplets, tags for tags."
+        },
+    )
+    eval_ks: list[int] = field(
+        default_factory=lambda: [1, 5, 10], metadata={"help": "k of the retrieval metrics."}
+    )
+    eval_before_training: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the untrained model first (before/after table, metrics.json)."},
+    )
+    embed_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass during evaluation."})
+
+    # ---- TrainingArguments defaults that differ ----
+    output_dir: str | None = field(default="outputs/embed", metadata={"help": "Where everything is written."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Anchors per process per step."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over train_data."})
+    warmup_steps: float = field(
+        default=0.1,
+        metadata={"help": "Linear warm-up: steps (int >= 1) or a share of all steps (float < 1)."},
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log loss and telemetry every N steps."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "no, steps or epoch (needs eval_data)."})
+    save_strategy: str = field(default="epoch", metadata={"help": "no, steps, epoch or best."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most N checkpoints (+ the best)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=True,
+        metadata={"help": "Export the best checkpoint by metric_for_best_model (needs eval_data)."},
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "tensorboard, wandb, none, ..."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the collator reads the raw text columns."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.loss, str) and self.loss.strip().startswith(("{", "[")):
+            self.loss = yaml.safe_load(self.loss)  # --loss '{cosent: 1, angle: 1}' from the command line
+        if self.pooling not in POOLING_MODES:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLING_MODES)}; got {self.pooling!r}")
+        if self.eval_task is not None and self.eval_task not in EVAL_TASKS:
+            raise ConfigError(f"eval_task must be one of {', '.join(EVAL_TASKS)}; got {self.eval_task!r}")
+        if self.remove_unused_columns:
+            raise ConfigError(
+                "remove_unused_columns must be false for train.embed (the collator reads the texts)"
+            )
+        if not self.eval_ks or min(self.eval_ks) < 1:
+            raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
+
+
+def resolve_task_defaults(config: EmbedConfig, task: str, has_eval_data: bool) -> None:
+    """Fill the settings that depend on the task and on whether there is eval data (in place).
+
+    - ``eval_task`` defaults per training task (``DEFAULT_EVAL_TASK``);
+    - without eval data: no evaluation and no best-model reload;
+    - ``metric_for_best_model`` left unset (TrainingArguments turns that into ``loss``, which an embedding
+      evaluation does not produce) becomes the eval task's main metric, higher is better.
+    """
+    if task not in TASK_DATA_SCHEMA:
+        raise ConfigError(f"train.embed task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {task!r}")
+    config.eval_task = config.eval_task or DEFAULT_EVAL_TASK[task]
+    if not has_eval_data:
+        config.eval_strategy = IntervalStrategy.NO
+        config.load_best_model_at_end = False
+        config.eval_before_training = False
+        return
+    if config.metric_for_best_model in (None, "loss", "eval_loss"):
+        config.metric_for_best_model = DEFAULT_BEST_METRIC[config.eval_task]
+        config.greater_is_better = True

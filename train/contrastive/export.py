@@ -1,0 +1,113 @@
+"""What a finished embedding run leaves in ``output_dir`` (the ``eval.artifacts`` contract).
+
+- ``adapter/``: the LoRA adapter + tokenizer (LoRA-only runs), written through ``Trainer.save_model`` so that
+  DeepSpeed consolidates the weights first (ZeRO-3 included);
+- ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights),
+  loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
+  ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
+- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes), ``README.md`` model card.
+``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from transformers import AutoModel
+
+from eval.artifacts import write_manifest, write_sentence_transformers_files
+from train.common.args import ModelArguments
+from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
+from train.common.modeling import resolve_model_source
+from train.common.outputs import write_model_card
+from train.contrastive.model import EmbeddingModel
+
+
+def lorasmith_version() -> str:
+    try:
+        return version("lorasmith")
+    except PackageNotFoundError:  # running from a source checkout that is not installed
+        return "source"
+
+
+def export_embedding_model(
+    trainer, model_args: ModelArguments, *, export_merged: bool
+) -> dict[str, str | None]:
+    """Save adapter and/or merged model of ``trainer``'s model to ``trainer.args.output_dir``; call on EVERY
+    process (the adapter save may be collective). Returns the manifest's ``adapter`` / ``merged`` entries."""
+    output_dir = Path(trainer.args.output_dir)
+    tokenizer = trainer.processing_class
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.lora_only:
+        trainer.save_model(str(output_dir / ADAPTER_DIR))
+        saved = {"adapter": ADAPTER_DIR, "merged": None}
+        if export_merged and trainer.args.should_save:
+            merge_saved_adapter(model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModel)
+            saved["merged"] = MERGED_DIR
+    else:
+        if trainer.args.should_save:
+            save_full_model(model.encoder, tokenizer, output_dir)
+        saved = {"adapter": None, "merged": MERGED_DIR}
+    if saved["merged"] and trainer.args.should_save:
+        settings = embedding_settings(trainer)
+        write_sentence_transformers_files(
+            output_dir / MERGED_DIR,
+            settings["pooling"],
+            settings["normalize"],
+            settings["max_length"],
+            model.hidden_size(),
+        )
+    trainer.accelerator.wait_for_everyone()
+    return saved
+
+
+def embedding_settings(trainer) -> dict:
+    """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
+    max length and the prefixes actually used (symmetric tasks use none)."""
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    collator = trainer.data_collator
+    return {
+        "pooling": model.pooling,
+        "normalize": model.normalize,
+        "max_length": collator.max_length,
+        "query_prefix": collator.query_prefix,
+        "document_prefix": collator.document_prefix,
+    }
+
+
+def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
+    """``lorasmith.json`` of kind ``embedding`` (how ``eval.encoder.Embedder.load`` rebuilds the model)."""
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    manifest = {
+        "lorasmith_version": lorasmith_version(),
+        "kind": "embedding",
+        "base_model": source.path,
+        "gguf_file": source.gguf_file,
+        **saved,
+        "embedding": embedding_settings(trainer),
+    }
+    return write_manifest(trainer.args.output_dir, manifest)
+
+
+def write_embedding_card(
+    output_dir: str | Path, model_args: ModelArguments, task: str, recipe: dict, metrics: dict
+):
+    """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith), metrics, recipe."""
+    usage = f"""```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
+embeddings = model.encode(["first text", "second text"])
+```
+
+Evaluate with lorasmith: `python -m eval.retrieval --model {output_dir} --data FILE --task pairs`
+or `python -m eval.sts --model {output_dir} --data FILE`."""
+    write_model_card(
+        output_dir,
+        title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",
+        base_model=str(model_args.model_name_or_path),
+        task=f"embedding-{task}",
+        recipe=recipe,
+        metrics=metrics,
+        usage=usage,
+    )

@@ -1,0 +1,98 @@
+"""The trainable embedding model: a transformer (optionally with LoRA) + pooling + optional L2 normalisation.
+
+``EmbeddingModel`` is the ONE ``nn.Module`` that ``Trainer`` prepares (DDP / DeepSpeed wrap it), so every
+trainable parameter is used in each forward (DDP requirement) and each step runs one forward per
+process whatever the task: the anchor and candidate roles are embedded inside the same call.
+
+The encoder is whatever ``train.common.modeling.load_model`` + ``apply_tuning`` returned: a
+``PreTrainedModel`` (full fine-tuning) or a ``PeftModel`` around one (LoRA, LoRA on chosen layers, a
+continued adapter). Pooling is ``eval.pooling.pool``, the same function evaluation uses, so the vectors
+trained here are the vectors ``eval.encoder.Embedder`` produces from the exported model.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel
+
+from eval.pooling import pool, validate_pooling_mode
+from train.common.args import ModelArguments
+from train.common.modeling import apply_tuning, load_model
+
+ROLES = ("anchor", "candidate")
+
+
+class EmbeddingModel(nn.Module):
+    """``texts (tokenized) -> (N, D)`` embeddings for the anchor and candidate roles of a batch.
+
+    Args:
+        encoder: a ``PreTrainedModel`` returning ``last_hidden_state`` (AutoModel: no LM / pooler head), or a
+            ``PeftModel`` around one.
+        pooling: one of ``eval.pooling.POOLING_MODES``.
+        normalize: L2-normalise the pooled vectors (rows of the outputs have norm 1).
+    """
+
+    def __init__(self, encoder: PreTrainedModel | PeftModel, pooling: str, normalize: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = validate_pooling_mode(pooling)
+        self.normalize = normalize
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(N, T)`` token ids and mask -> ``(N, D)`` pooled (and normalised) embeddings, differentiable."""
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (N, T, D)
+        embeddings = pool(hidden, attention_mask, self.pooling)  # (N, D)
+        return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
+
+    def forward(
+        self,
+        anchor_input_ids: Tensor,
+        anchor_attention_mask: Tensor,
+        candidate_input_ids: Tensor,
+        candidate_attention_mask: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """``(B, T_a)`` anchors and ``(M, T_c)`` candidates -> ``(anchor (B, D), candidates (M, D))``.
+
+        The two roles are separate encoder calls (different padded lengths); for unsupervised SimCSE the
+        candidates are the anchors' texts again, so dropout gives the two views.
+        """
+        anchor = self.embed(anchor_input_ids, anchor_attention_mask)
+        candidates = self.embed(candidate_input_ids, candidate_attention_mask)
+        return anchor, candidates
+
+    # ---- what Trainer asks of a model ----
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The transformer under any PEFT wrapper."""
+        return self.encoder.get_base_model() if isinstance(self.encoder, PeftModel) else self.encoder
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **options) -> None:
+        """Trainer's ``activation_checkpointing`` (alias ``gradient_checkpointing``): checkpoint the transformer's
+        layers, non-reentrant by default (reentrant checkpointing with frozen inputs would give LoRA no gradient;
+        ``apply_tuning`` also makes the input embeddings require grad for that case)."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
+
+    def hidden_size(self) -> int:
+        """``D``: width of the embeddings (the transformer's hidden size)."""
+        return self.base_model.config.hidden_size
+
+
+def build_embedding_model(
+    model_args: ModelArguments, pooling: str, normalize: bool, gradient_checkpointing: bool = False
+) -> EmbeddingModel:
+    """Load the recipe's transformer with ``AutoModel`` (hidden states; BERT poolers dropped) and make it
+    trainable as the recipe says (LoRA / LoRA on chosen layers / full fine-tuning / a continued adapter).
+
+    ``gradient_checkpointing`` only prepares the model for it (Trainer turns it on through
+    :meth:`EmbeddingModel.activation_checkpointing_enable`)."""
+    encoder = load_model(model_args, AutoModel)
+    encoder = apply_tuning(
+        encoder, model_args, "FEATURE_EXTRACTION", gradient_checkpointing=gradient_checkpointing
+    )
+    return EmbeddingModel(encoder, pooling, normalize)

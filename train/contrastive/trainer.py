@@ -1,0 +1,201 @@
+"""``ContrastiveTrainer``: ``transformers.Trainer`` with the contrastive objective, embedding evaluation,
+telemetry, and checkpoints that hold the LoRA adapter.
+
+What changes compared with ``Trainer`` (everything else — DDP, DeepSpeed, schedulers, gradient accumulation,
+resume, TensorBoard/W&B — is the ecosystem's):
+
+- ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step, an
+  :class:`~train.contrastive.batch.EmbeddedBatch` per task, the objective's loss. That loss is this process's
+  *share* of the big-batch loss (mean over processes = big-batch loss), which is exactly how ``Trainer`` logs
+  (all-gather + mean) and how DDP averages gradients. The model takes no ``**kwargs`` so
+  ``model_accepts_loss_kwargs`` is False: Trainer neither multiplies the loss by the world size
+  (``average_tokens_across_devices``) nor skips the division by the gradient-accumulation steps.
+- ``log``: every training log also carries, averaged over the logging window, the objective's global
+  telemetry (top-1 in-batch accuracy, negatives per anchor after masking, masked false negatives, each loss
+  component), ``pairs_per_second`` (anchors of the global batch counted per step / wall time of the window)
+  and the real vs padded token counts summed over processes.
+- ``evaluate``: embeds the eval set with ``eval.encoder.Embedder`` on the live encoder and returns
+  ``eval_spearman`` / ``eval_ndcg@10`` ... so ``metric_for_best_model`` picks the best checkpoint.
+- checkpoints: a LoRA-only run saves the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``,
+  usable as ``adapter_path``) instead of the whole wrapper; resume and best-model reload read it back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from eval.encoder import Embedder
+from train.contrastive.batch import EmbeddedBatch
+from train.contrastive.evaluation import embedding_metrics
+from train.contrastive.model import EmbeddingModel
+from train.contrastive.objective import ContrastiveObjective, ObjectiveOutput
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ENCODER_PREFIX = "encoder."
+
+
+def embedded_batch(task: str, anchor: torch.Tensor, candidates: torch.Tensor, inputs: dict) -> EmbeddedBatch:
+    """The :class:`EmbeddedBatch` of one collated batch (see ``batch.py`` for the layout per task)."""
+    if task == "tags":
+        return EmbeddedBatch(
+            anchor, candidates, inputs["anchor_ids"], inputs["candidate_ids"], inputs["positive_ids"]
+        )
+    return EmbeddedBatch.aligned(
+        anchor,
+        candidates,
+        inputs["anchor_ids"],
+        inputs["candidate_ids"],
+        scores=inputs.get("scores"),
+        positive_is_anchor=task == "simcse_unsup",
+    )
+
+
+class ContrastiveTrainer(Trainer):
+    """``Trainer`` for :class:`EmbeddingModel` with a :class:`ContrastiveObjective`.
+
+    Args (besides Trainer's): ``objective``; ``task`` (train.embed task name); ``lora_only`` (checkpoints hold
+    the adapter alone; False for full fine-tuning, with or without LoRA, whose checkpoints hold every weight).
+    Embedding settings (pooling, prefixes, eval task, ks) come from ``args`` (an ``EmbedConfig``).
+    """
+
+    def __init__(self, *args, objective: ContrastiveObjective, task: str, lora_only: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.task = task
+        self.lora_only = lora_only
+        self._window: dict[str, float] = defaultdict(float)
+        self._window_steps = 0
+        self._window_start: float | None = None
+
+    # ---- training ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """This process's share of the big-batch loss of ``inputs`` (see module docstring)."""
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+        anchor, candidates = model(
+            anchor_input_ids=inputs["anchor_input_ids"],
+            anchor_attention_mask=inputs["anchor_attention_mask"],
+            candidate_input_ids=inputs["candidate_input_ids"],
+            candidate_attention_mask=inputs["candidate_attention_mask"],
+        )
+        output = self.objective(embedded_batch(self.task, anchor, candidates, inputs))
+        self._record(output, inputs)
+        return (output.loss, {"anchor": anchor, "candidates": candidates}) if return_outputs else output.loss
+
+    def _record(self, output: ObjectiveOutput, inputs: dict) -> None:
+        """Add one micro-batch's numbers to the logging window."""
+        self._window_steps += 1
+        for name, value in output.components.items():
+            self._window[f"loss/{name}"] += value
+        for name, value in output.telemetry.items():
+            self._window[name] += value
+        self._window["real_tokens"] += float(inputs["real_tokens"])
+        self._window["padded_tokens"] += float(inputs["padded_tokens"])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs (those with ``loss``) get the window's telemetry; called on every process."""
+        if "loss" in logs and self._window_steps:
+            logs.update(self._window_telemetry())
+        super().log(logs, start_time)
+
+    def _window_telemetry(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._window_start
+        window, steps = self._window, self._window_steps
+        tokens = torch.tensor(
+            [window.pop("real_tokens"), window.pop("padded_tokens")], device=self.args.device
+        )
+        real, padded = self.accelerator.reduce(
+            tokens, reduction="sum"
+        ).tolist()  # per process -> all processes
+        telemetry = {name: value / steps for name, value in window.items()}
+        telemetry.update(
+            pairs_per_second=window["global_batch_size"] / elapsed,
+            real_tokens=real,
+            padded_tokens=padded,
+            padding_share=1 - real / max(padded, 1),
+        )
+        self._window, self._window_steps, self._window_start = defaultdict(float), 0, time.perf_counter()
+        return telemetry
+
+    # ---- evaluation ----
+
+    def embedder(self) -> Embedder:
+        """An ``Embedder`` on the live encoder (its train/eval mode is restored after each encode)."""
+        model: EmbeddingModel = self.accelerator.unwrap_model(self.model)
+        return Embedder.from_model(
+            model.encoder,
+            self.processing_class,
+            pooling=model.pooling,
+            normalize=model.normalize,
+            max_length=self.data_collator.max_length,
+            query_prefix=self.data_collator.query_prefix,
+            document_prefix=self.data_collator.document_prefix,
+            show_progress=False,
+        )
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Embedding metrics of the eval set as ``{prefix}_{metric}`` (e.g. ``eval_spearman``, ``eval_ndcg@10``),
+        logged and passed to the callbacks like Trainer's own evaluation. Runs on every process (the encoding
+        is sharded across them, every process gets the same numbers)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        start = time.perf_counter()
+        metrics = embedding_metrics(
+            self.embedder(), self.args.eval_task, dataset, self.args.eval_ks, self.args.embed_batch_size
+        )
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
+        self.log(dict(metrics))  # Trainer.log adds "epoch" to the dict it is given
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        if not self._window_steps:
+            self._window_start = None  # evaluation time does not count against pairs_per_second
+        return metrics
+
+    # ---- checkpoints ----
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """LoRA-only runs: the PEFT adapter + tokenizer (``state_dict``, when Trainer consolidated one under
+        DeepSpeed, is the wrapper's; its ``encoder.`` prefix is stripped). Other runs: Trainer's own save of the
+        wrapper's state dict."""
+        if not self.lora_only:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        encoder = self.accelerator.unwrap_model(self.model).encoder
+        if state_dict is not None:
+            state_dict = {k.removeprefix(ENCODER_PREFIX): v for k, v in state_dict.items()}
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            encoder.save_pretrained(output_dir, state_dict=state_dict)
+            self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_adapter(self, checkpoint: str) -> bool:
+        """Load a checkpoint's adapter weights into the live encoder; False when the checkpoint has none."""
+        path = os.path.join(checkpoint, ADAPTER_WEIGHTS)
+        encoder = self.accelerator.unwrap_model(self.model).encoder
+        if not (self.lora_only and isinstance(encoder, PeftModel) and os.path.isfile(path)):
+            return False
+        result = set_peft_model_state_dict(encoder, load_file(path, device="cpu"))
+        if result.unexpected_keys:
+            raise RuntimeError(
+                f"{checkpoint}: adapter weights do not fit this model: {result.unexpected_keys[:3]}"
+            )
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._load_adapter(resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if self.is_deepspeed_enabled or not self._load_adapter(self.state.best_model_checkpoint):
+            super()._load_best_model()

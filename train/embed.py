@@ -1,0 +1,158 @@
+"""Contrastive fine-tuning of text embedding models (encoders or decoder LLMs), LoRA or full, on 1..N processes.
+
+    # the quickstart: packaged MiniLM + LoRA on the bundled sample pairs, evaluated before and after
+    python -m train.embed --config configs/embed/quickstart.yaml
+
+    # LoRA, 2 processes (cross-device negatives are gathered: the gradient is the big batch's)
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m train.embed \\
+        --config configs/embed/sts_cosent.yaml --use_peft true --lora_r 16 --per_device_train_batch_size 32
+
+    # full fine-tuning, unsupervised SimCSE on a text file with one sentence per line
+    python -m train.embed --config configs/embed/simcse_unsup.yaml --use_peft false --full_finetune true \\
+        --train_data my_sentences.txt
+
+Tasks (``task:``): ``simcse_unsup`` (sentences; two dropout views), ``pairs``, ``triplets`` (hard negatives),
+``scored_pairs`` (STS: cosent / angle / cosine_mse / ibn), ``tags`` (text -> tags, multi-positive).
+Losses and their options: ``train/contrastive/objective.py``. Every key: ``python -m train.embed --help``.
+Output folder: ``adapter/``, ``merged/`` (transformers + sentence-transformers), ``metrics.json``,
+``lorasmith.json``, ``README.md``, ``recipe.yaml``, ``checkpoint-*/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from accelerate import PartialState
+
+import data_utils
+from train.common import cli, outputs, resume, runtime
+from train.common.args import DataArguments, ModelArguments, RunArguments
+from train.common.modeling import count_parameters, load_tokenizer
+from train.common.plan import print_plan
+from train.contrastive.collator import ContrastiveCollator
+from train.contrastive.config import TASK_DATA_SCHEMA, EmbedConfig, resolve_task_defaults
+from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
+from train.contrastive.model import build_embedding_model
+from train.contrastive.objective import ContrastiveObjective
+from train.contrastive.trainer import ContrastiveTrainer
+from data_utils.errors import ConfigError
+
+
+def make_parser():
+    return cli.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig))
+
+
+def load_datasets(data_args: DataArguments, config: EmbedConfig):
+    """(train, eval or None) in the schemas of the training task and of ``config.eval_task``."""
+    if not data_args.train_data:
+        raise ConfigError("train_data is required: a file, folder, glob or hub id (see data_utils/samples/)")
+
+    def load(source, schema, limit):
+        options = dataclasses.replace(data_args, task=schema).load_options()
+        dataset = data_utils.load(source, task=schema, columns=data_args.columns, **options)
+        return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+
+    train = load(data_args.train_data, TASK_DATA_SCHEMA[data_args.task], data_args.max_train_samples)
+    evaluation = None
+    if data_args.eval_data:
+        evaluation = load(data_args.eval_data, config.eval_task, data_args.max_eval_samples)
+    return train, evaluation
+
+
+def main(argv=None):
+    data_args, model_args, run_args, config = cli.parse_recipe(make_parser(), argv)
+    world_size = runtime.check_world_size()
+    runtime.check_precision(config)
+    if data_args.task not in TASK_DATA_SCHEMA:
+        raise ConfigError(f"task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {data_args.task!r}")
+    resolve_task_defaults(config, data_args.task, has_eval_data=bool(data_args.eval_data))
+    objective = ContrastiveObjective.from_config(data_args.task, config.loss, temperature=config.temperature)
+    train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
+
+    global_batch = config.per_device_train_batch_size * world_size
+    print_plan(
+        "train.embed",
+        {
+            "task": f"{data_args.task} ({len(train_ds)} rows)" + (f", eval {config.eval_task} ({len(eval_ds)} rows)" if eval_ds else ""),
+            "model": model_args.model_name_or_path,
+            "tuning": _tuning_summary(model_args),
+            "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
+            "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
+            "processes": world_size,
+            "global batch": f"{global_batch} anchors ({config.per_device_train_batch_size} per process, "
+            f"gradient accumulation {config.gradient_accumulation_steps})",
+            "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
+            "output_dir": config.output_dir,
+        },
+    )
+    if run_args.dry_run:
+        return
+
+    tokenizer = load_tokenizer(model_args)
+    model = build_embedding_model(model_args, config.pooling, config.normalize, bool(config.activation_checkpointing))
+    trainable, total = count_parameters(model)
+    print_plan("parameters", {"trainable": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"})
+    collator = ContrastiveCollator(
+        tokenizer, data_args.task, model_args.max_length, config.query_prefix, config.document_prefix
+    )
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=resume.stop_callbacks(),
+        objective=objective,
+        task=data_args.task,
+        lora_only=bool(model_args.use_peft or model_args.adapter_path) and not model_args.full_finetune,
+    )
+    recipe = outputs.recipe_dict(data_args, model_args, run_args, config)
+    resume_from = resume.prepare_output_dir(config, run_args, recipe)
+    if PartialState().is_main_process:
+        outputs.save_recipe(config.output_dir, data_args, model_args, run_args, config)
+
+    metrics = {}
+    if config.eval_before_training and resume_from is None:
+        metrics["before"] = _strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if resume.stopped_by_signal(trainer):
+        return
+    metrics["train"] = train_result.metrics
+    if eval_ds is not None:
+        metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
+
+    saved = export_embedding_model(trainer, model_args, export_merged=run_args.export_merged)
+    if trainer.args.should_save:
+        all_metrics = outputs.write_metrics(config.output_dir, metrics)
+        write_embedding_manifest(trainer, model_args, saved)
+        write_embedding_card(config.output_dir, model_args, data_args.task, recipe, _quality(all_metrics))
+        if "after" in metrics:
+            print(outputs.metrics_table(_quality(metrics)), flush=True)
+        print(f"saved to {config.output_dir}: " + ", ".join(k for k, v in saved.items() if v), flush=True)
+
+
+def _tuning_summary(model_args: ModelArguments) -> str:
+    parts = []
+    if model_args.adapter_path:
+        parts.append(f"continue adapter {model_args.adapter_path}")
+    elif model_args.use_peft:
+        layers = f", layers {model_args.lora_layers}" if model_args.lora_layers else ""
+        parts.append(f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}{layers}")
+    if model_args.full_finetune:
+        parts.append("full fine-tuning")
+    return " + ".join(parts) or "(nothing: set use_peft or full_finetune)"
+
+
+def _strip_prefix(metrics: dict, prefix: str) -> dict:
+    return {name.removeprefix(prefix): value for name, value in metrics.items() if not name.endswith("_runtime")}
+
+
+def _quality(metrics: dict) -> dict:
+    """The before / after groups (the table of the model card and of the console)."""
+    return {group: values for group, values in metrics.items() if group in ("before", "after")}
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
