@@ -1,0 +1,217 @@
+"""Predict with a sequence classifier trained by ``train.seq_classify`` (or any HF sequence-classification folder).
+
+    clf = SequenceClassifier.load("outputs/seqcls_quickstart")
+    clf.predict([{"text": "It was good."}, {"text": "Not a fan, don't recommend."}])   # ['positive', 'negative']
+    clf.predict_proba(rows)                                                                # (N, L), rows sum to 1
+
+What is loaded from a lorasmith output folder (manifest ``lorasmith.json``, kind ``seq_classifier``):
+``merged/`` when present (a plain transformers model with its head), otherwise the base model
+``AutoModelForSequenceClassification(base_model)`` plus the PEFT adapter in ``adapter/`` — the adapter carries
+the trained head through PEFT ``modules_to_save``. Label names, input columns, multi-label flag, threshold and
+``max_length`` come from the manifest. A folder without a manifest is read as a plain transformers classifier
+(label names from ``config.id2label``, one input column ``text``).
+
+Inputs are built the same way in training and here (``text_inputs``): one text column is encoded alone, two
+as a pair (``[CLS] a [SEP] b [SEP]`` for BERT), more: the first column, then the others joined with the
+tokenizer's separator token as the second segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_utils.errors import ConfigError, DataError
+from eval.artifacts import ADAPTER_DIR, MERGED_DIR, read_manifest
+from eval.encoder import default_device
+
+KIND = "seq_classifier"
+
+
+def text_inputs(
+    columns: Mapping[str, Sequence[str]], text_columns: Sequence[str], separator: str
+) -> tuple[list[str], list[str] | None]:
+    """``(texts, text_pairs)`` for the tokenizer from column-wise texts (see the module docstring).
+
+    ``columns[name]`` is a list of N texts for every name in ``text_columns``; ``text_pairs`` is None for one column.
+    """
+    first = list(columns[text_columns[0]])
+    if len(text_columns) == 1:
+        return first, None
+    rest = [columns[name] for name in text_columns[1:]]
+    joiner = f" {separator} " if separator else " "
+    return first, [joiner.join(parts) for parts in zip(*rest, strict=True)]
+
+
+def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
+    """(N, L) logits -> (N, L) probabilities: softmax (rows sum to 1) or, multi-label, an independent sigmoid."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
+
+
+def decide(probabilities: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
+    """Single-label: (N,) argmax ids. Multi-label: (N, L) 0/1 indicators, 1 where probability >= ``threshold``."""
+    if multi_label:
+        return (probabilities >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=-1)
+
+
+class SequenceClassifier:
+    """A sequence-classification model with its tokenizer, label names and decision rule.
+
+    Attributes:
+        label_names: names in id order (column ``j`` of ``predict_proba`` is ``label_names[j]``).
+        text_columns: keys every input row must have, in encoding order.
+        multi_label: sigmoid per label + threshold instead of softmax + argmax.
+        threshold: multi-label decision threshold.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        label_names: Sequence[str],
+        text_columns: Sequence[str],
+        *,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        max_length: int = 512,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.text_columns = list(text_columns)
+        self.multi_label = multi_label
+        self.threshold = threshold
+        self.max_length = max_length
+        self._input_names = _forward_inputs(model)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> SequenceClassifier:
+        """Load from a lorasmith output folder (merged model, else base + adapter) or a plain HF classifier folder."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = Path(path)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            if not (folder / "config.json").is_file():
+                raise ConfigError(
+                    f"{folder} is neither a lorasmith output folder (no lorasmith.json) nor a model folder"
+                )
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            multi_label = model.config.problem_type == "multi_label_classification"
+            return cls(
+                model.to(device or default_device()),
+                tokenizer,
+                labels,
+                ["text"],
+                multi_label=multi_label,
+                max_length=_model_max_length(tokenizer),
+            )
+        if manifest.get("kind") != KIND:
+            raise ConfigError(
+                f"{folder} holds a {manifest.get('kind')!r} model, not a sequence classifier ({KIND})"
+            )
+        model, tokenizer = _load_model(folder, manifest)
+        return cls(
+            model.to(device or default_device()),
+            tokenizer,
+            manifest["labels"],
+            manifest["text_columns"],
+            multi_label=bool(manifest.get("multi_label")),
+            threshold=float(manifest.get("threshold", 0.5)),
+            max_length=int(manifest.get("max_length") or _model_max_length(tokenizer)),
+        )
+
+    def logits(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> np.ndarray:
+        """(N, L) raw scores of the head for ``rows`` (dicts holding every column in ``text_columns``)."""
+        self._check_rows(rows)
+        device = next(self.model.parameters()).device
+        chunks = []
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            texts, pairs = text_inputs(
+                {name: [row[name] for row in batch] for name in self.text_columns},
+                self.text_columns,
+                self.tokenizer.sep_token or self.tokenizer.eos_token,
+            )
+            encoded = self.tokenizer(
+                texts, pairs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+            )
+            inputs = {k: v.to(device) for k, v in encoded.items() if k in self._input_names}
+            with torch.inference_mode():
+                chunks.append(self.model(**inputs).logits.float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)), dtype=np.float32)
+
+    def predict_proba(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> np.ndarray:
+        """(N, L) probabilities: softmax (rows sum to 1), or an independent sigmoid per label for multi-label."""
+        return probabilities_from_logits(self.logits(rows, batch_size), self.multi_label)
+
+    def predict(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> list[str] | list[list[str]]:
+        """One label name per row, or for multi-label the (possibly empty) list of names at or above the threshold."""
+        decisions = decide(self.predict_proba(rows, batch_size), self.multi_label, self.threshold)
+        if self.multi_label:
+            return [[self.label_names[j] for j in np.flatnonzero(row)] for row in decisions]
+        return [self.label_names[i] for i in decisions]
+
+    def _check_rows(self, rows: Sequence[Mapping[str, str]]) -> None:
+        for number, row in enumerate(rows, start=1):
+            missing = [name for name in self.text_columns if not isinstance(row.get(name), str)]
+            if missing:
+                raise DataError(
+                    f"input has no text in {', '.join(repr(m) for m in missing)}",
+                    row=number,
+                    expected=f"the model's input columns {self.text_columns}",
+                    available=list(row),
+                )
+
+
+def _load_model(folder: Path, manifest: dict):
+    """(model, tokenizer) from ``merged/`` if present, else base model + adapter (which carries the head)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
+        source = folder / manifest["merged"]
+        return AutoModelForSequenceClassification.from_pretrained(source), AutoTokenizer.from_pretrained(
+            source
+        )
+    adapter = folder / (manifest.get("adapter") or ADAPTER_DIR)
+    if not adapter.is_dir():
+        raise ConfigError(
+            f"{folder} has neither {MERGED_DIR}/ nor {ADAPTER_DIR}/: the run did not finish saving"
+        )
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    labels = list(manifest["labels"])
+    base = AutoModelForSequenceClassification.from_pretrained(
+        manifest["base_model"],
+        gguf_file=manifest.get("gguf_file"),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type="multi_label_classification"
+        if manifest.get("multi_label")
+        else "single_label_classification",
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=torch.float32,
+    )
+    return PeftModel.from_pretrained(base, adapter), tokenizer
+
+
+def _forward_inputs(model) -> set[str]:
+    """Names the model's forward accepts among the tokenizer's outputs (DistilBERT takes no token_type_ids)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters) & {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def _model_max_length(tokenizer) -> int:
+    length = getattr(tokenizer, "model_max_length", None)
+    return length if isinstance(length, int) and 0 < length <= 8192 else 512

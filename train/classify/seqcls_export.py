@@ -1,0 +1,112 @@
+"""What a finished ``train.seq_classify`` run leaves in ``output_dir`` (the ``eval.artifacts`` contract).
+
+- ``adapter/``: LoRA adapter + the head (PEFT ``modules_to_save``) + tokenizer, written through
+  ``Trainer.save_model`` so DeepSpeed consolidates weights first;
+- ``merged/``: the adapter merged into an unquantized base with the same head shape and label map — a plain
+  ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
+  fully fine-tuned runs save only this;
+- ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length) and the
+  ``README.md`` model card. ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from eval.artifacts import write_manifest
+from eval.seqcls_predictor import KIND
+from train.common.args import ModelArguments
+from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
+from train.common.modeling import resolve_model_source
+from train.common.outputs import write_model_card
+from train.contrastive.export import lorasmith_version
+
+
+def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *, export_merged: bool) -> dict:
+    """Save adapter and/or merged model of ``trainer.model``; call on EVERY process (the adapter save may be
+    collective). ``load_kwargs`` rebuild the head for the merge. Returns the manifest's ``adapter``/``merged``."""
+    output_dir = Path(trainer.args.output_dir)
+    tokenizer = trainer.processing_class
+    if isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel) and not model_args.full_finetune:
+        trainer.save_model(str(output_dir / ADAPTER_DIR))
+        saved = {"adapter": ADAPTER_DIR, "merged": None}
+        if export_merged:
+            if trainer.args.should_save:
+                merge_saved_adapter(
+                    model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModelForSequenceClassification,
+                    **load_kwargs,
+                )
+            saved["merged"] = MERGED_DIR
+    else:
+        if trainer.args.should_save:
+            save_full_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, output_dir)
+        saved = {"adapter": None, "merged": MERGED_DIR}
+    trainer.accelerator.wait_for_everyone()
+    return saved
+
+
+def classifier_manifest(
+    model_args: ModelArguments, saved: dict, label_names: list[str], text_columns: list[str], *,
+    multi_label: bool, threshold: float,
+) -> dict:
+    """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.seqcls_predictor.SequenceClassifier`` reloads it)."""
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    return {
+        "lorasmith_version": lorasmith_version(),
+        "kind": KIND,
+        "base_model": source.path,
+        "gguf_file": source.gguf_file,
+        **saved,
+        "labels": list(label_names),
+        "text_columns": list(text_columns),
+        "multi_label": multi_label,
+        "threshold": threshold,
+        "max_length": model_args.max_length,
+    }
+
+
+def write_classifier_files(output_dir: str | Path, manifest: dict, model_args: ModelArguments, recipe: dict, metrics: dict):
+    """Write the manifest and the model card (main process only)."""
+    write_manifest(output_dir, manifest)
+    example = ", ".join(f'"{name}": "..."' for name in manifest["text_columns"])
+    usage = f"""Predict from the command line (label names, head and adapter are read from this folder):
+
+```bash
+python -m eval.classify --model {output_dir} --text "It was good." --text "Not a fan, don't recommend."
+python -m eval.classify --model {output_dir} --data new_rows.csv     # columns: {", ".join(manifest["text_columns"])}
+```
+
+In Python:
+
+```python
+from eval.seqcls_predictor import SequenceClassifier
+classifier = SequenceClassifier.load("{output_dir}")
+rows = [{{{example}}}]
+classifier.predict(rows)        # label names, e.g. {manifest["labels"][0]!r}
+classifier.predict_proba(rows)  # (N, {len(manifest["labels"])}) probabilities, columns in label id order
+```
+""" + (
+        f"""
+With plain transformers (merged model, label map in its config):
+
+```python
+from transformers import pipeline
+classify = pipeline("text-classification", model="{Path(output_dir) / MERGED_DIR}")
+```
+"""
+        if manifest.get("merged")
+        else ""
+    )
+    kind = "multi-label" if manifest["multi_label"] else f"{len(manifest['labels'])}-class"
+    write_model_card(
+        output_dir,
+        title=f"{Path(str(model_args.model_name_or_path)).name}: {kind} sequence classifier",
+        base_model=str(model_args.model_name_or_path),
+        task="text-classification",
+        recipe=recipe,
+        metrics=metrics,
+        usage=usage,
+    )
