@@ -111,3 +111,11 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow an output_dir that holds another recipe's run (nothing is deleted)."}
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps is derived "
+            "at start-up as global / (per_device_train_batch_size x world size), so the recipe trains the same on 1 GPU, "
+            "8 GPUs or 4 nodes; an indivisible combination is an error."
+        },
+    )

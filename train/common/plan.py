@@ -1,8 +1,14 @@
-"""The start-up plan every entrypoint prints (and ``--dry_run`` stops after)."""
+"""The start-up plan every entrypoint prints (and ``--dry_run`` stops after).
+
+``run_plan`` gives the rows every entrypoint shares (distribution, batches, precision, quantization,
+parameters); an entrypoint adds its own (e.g. negatives per anchor) and prints them with ``print_plan``.
+"""
 
 from __future__ import annotations
 
 from accelerate import PartialState
+
+from train.common import runtime
 
 
 def print_plan(title: str, plan: dict) -> None:
@@ -12,3 +18,36 @@ def print_plan(title: str, plan: dict) -> None:
     width = max(len(k) for k in plan)
     lines = [f"== {title} =="] + [f"  {k.ljust(width)} : {v}" for k, v in plan.items()]
     print("\n".join(lines), flush=True)
+
+
+def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, int] | None = None) -> dict:
+    """The shared plan rows: who runs, how big a step is, in which precision, and what trains.
+
+    ``parameters`` is ``(trainable, total)`` from ``modeling.count_parameters`` once the model is built.
+    global batch = per-device batch x gradient accumulation x world size (sequences per optimizer step).
+    """
+    per_device = training_args.per_device_train_batch_size
+    accumulation = training_args.gradient_accumulation_steps
+    plan = {
+        "world size": f"{world_size} ({runtime.distribution(training_args)}, {training_args.device.type})",
+        "per-device batch": per_device,
+        "gradient accumulation": accumulation,
+        "global batch": per_device * accumulation * world_size,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "model dtype": model_args.dtype or "auto",
+        "quantization": _quantization(model_args),
+    }
+    if parameters is not None:
+        trainable, total = parameters
+        plan["trainable parameters"] = f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+    return plan
+
+
+def _quantization(model_args) -> str:
+    if model_args.load_in_4bit:
+        storage = model_args.bnb_4bit_quant_storage or "uint8"
+        nested = ", nested" if model_args.use_bnb_nested_quant else ""
+        return f"4-bit {model_args.bnb_4bit_quant_type} (storage {storage}{nested})"
+    if model_args.load_in_8bit:
+        return "8-bit"
+    return "none"

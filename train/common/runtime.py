@@ -9,6 +9,7 @@ import os
 
 import torch
 from accelerate import PartialState
+from transformers import TrainerCallback
 
 from data_utils.errors import ConfigError
 
@@ -50,3 +51,110 @@ def check_precision(training_args) -> None:
             f"bf16 requested on a CPU without bf16 support ({torch.backends.cpu.get_cpu_capability()}): it runs about "
             "100x slower than fp32. Set bf16: false (or --bf16 false) for CPU runs."
         )
+
+
+def distribution(training_args) -> str:
+    """How the launch distributes the model: ``deepspeed-zero<N>``, ``fsdp``, ``ddp`` or ``single``.
+
+    Read from what ``accelerate launch`` exported (``ACCELERATE_USE_FSDP``, the DeepSpeed plugin that
+    ``TrainingArguments`` built from ``ACCELERATE_USE_DEEPSPEED``) or from the recipe's ``deepspeed`` / ``fsdp``.
+    """
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    if plugin is not None:
+        return f"deepspeed-zero{plugin.zero_stage}"
+    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        return "fsdp"
+    return "ddp" if PartialState().num_processes > 1 else "single"
+
+
+def apply_global_batch(training_args, run_args, world_size: int) -> None:
+    """Derive ``gradient_accumulation_steps`` from ``run_args.global_batch_size`` (no-op when unset).
+
+    global = per_device_train_batch_size x gradient_accumulation_steps x world_size must hold exactly, so the
+    optimizer sees the recipe's batch whatever the number of GPUs or nodes (and a resumed epoch continues at
+    the exact sample after the world size changed). ConfigError when it does not divide.
+    """
+    target = run_args.global_batch_size
+    if not target:
+        return
+    per_step = training_args.per_device_train_batch_size * world_size
+    if target % per_step:
+        fits = [b for b in range(1, target + 1) if target % (b * world_size) == 0]
+        raise ConfigError(
+            f"global_batch_size {target} is not a multiple of per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x world size {world_size}; per_device_train_batch_size "
+            f"values that fit this launch: {fits[-6:] or 'none (change global_batch_size)'}"
+        )
+    training_args.gradient_accumulation_steps = target // per_step
+
+
+def check_quantized_distribution(training_args, model_args) -> None:
+    """Refuse quantized bases with FSDP / ZeRO-3 unless the 4-bit storage dtype matches the other weights.
+
+    FSDP and ZeRO-3 flatten and shard parameters of one dtype: bitsandbytes' packed 4-bit weights are
+    shardable only when stored in that dtype (``bnb_4bit_quant_storage``, as in PEFT's FSDP/ZeRO-3 QLoRA
+    recipes); 8-bit weights cannot be sharded at all.
+    """
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    kind = distribution(training_args)
+    if kind not in ("fsdp", "deepspeed-zero3"):
+        return
+    name = "FSDP" if kind == "fsdp" else "DeepSpeed ZeRO-3"
+    if model_args.load_in_8bit:
+        raise ConfigError(f"8-bit bases cannot be sharded by {name}: use load_in_4bit with bnb_4bit_quant_storage, "
+                          "or ddp.yaml / zero2.yaml")
+    from train.common.modeling import quantization_config
+
+    quant = quantization_config(model_args)
+    if quant.bnb_4bit_quant_storage != quant.bnb_4bit_compute_dtype:
+        dtype = str(quant.bnb_4bit_compute_dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"4-bit + {name} needs bnb_4bit_quant_storage equal to the model dtype ({dtype}); got "
+            f"{model_args.bnb_4bit_quant_storage or 'unset (uint8)'}. Add bnb_4bit_quant_storage: {dtype} to the recipe."
+        )
+
+
+def check_launch(training_args, run_args, model_args=None) -> int:
+    """Every start-up check that needs no model, in order; returns the world size.
+
+    World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, the global batch (sets
+    ``gradient_accumulation_steps``), and quantization x distribution.
+    """
+    world_size = check_world_size()
+    check_precision(training_args)
+    apply_global_batch(training_args, run_args, world_size)
+    if model_args is not None:
+        check_quantized_distribution(training_args, model_args)
+    return world_size
+
+
+def check_checkpointing_inputs(model, training_args) -> None:
+    """Refuse reentrant activation checkpointing on a frozen-embedding (LoRA) model without input grads.
+
+    With ``use_reentrant: true`` a checkpointed block whose inputs do not require grad returns no gradient,
+    so LoRA weights inside it silently never train. Non-reentrant checkpointing (transformers' default) is fine.
+    """
+    if not getattr(training_args, "activation_checkpointing", False):
+        return
+    kwargs = training_args.activation_checkpointing_kwargs or {"use_reentrant": False}
+    if isinstance(kwargs, dict) and kwargs.get("use_reentrant", True) is False:
+        return
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
+        return
+    if any(getattr(module, "_require_grads_hooks", None) for module in model.modules()):
+        return
+    raise ConfigError(
+        "activation checkpointing with use_reentrant: true on a model with frozen input embeddings (LoRA) gives the "
+        "adapters no gradient: drop use_reentrant from activation_checkpointing_kwargs (non-reentrant is the default), "
+        "or call model.enable_input_require_grads()"
+    )
+
+
+class CheckTrainableInputs(TrainerCallback):
+    """Run ``check_checkpointing_inputs`` on the model the Trainer is about to train (``resume.stop_callbacks``)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            check_checkpointing_inputs(model, args)

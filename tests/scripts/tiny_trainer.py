@@ -1,0 +1,100 @@
+"""A minimal entrypoint with the real run lifecycle, for launch / resume / signal tests.
+
+It has the entrypoints' shape (recipe parsing, start-up checks, plan, ``stop_callbacks``, ``prepare_output_dir``,
+``stopped_by_signal``) around a transformers ``Trainer`` that fits a tiny causal LM (LoRA, dropout on, shuffled
+data) on synthetic token sequences, so data order and RNG state both matter for exact resume.
+
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml tests/scripts/tiny_trainer.py \
+        --model_name_or_path <tiny llama dir> --use_peft true --output_dir out --max_steps 6 --save_steps 2
+
+Test hooks (environment): ``TINY_KILL_AT_STEP=k`` SIGKILLs rank 0 at the end of optimizer step k (before any save
+of step k); ``TINY_STEP_SLEEP=s`` sleeps s seconds per step; each step rank 0 writes the step number to
+``output_dir/progress`` (so a test knows when to send a signal); ``TINY_SAMPLES_LOG=path`` makes every rank append
+the sample ids of each micro-batch it trains on to ``path.rank<r>`` (sample i starts with token 4 + i).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import (
+    AutoModelForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from train.common import cli, outputs, resume, runtime
+from train.common.args import ModelArguments, RunArguments
+from train.common.modeling import apply_tuning, count_parameters, load_model
+from train.common.plan import print_plan, run_plan
+
+
+@dataclass
+class TinyArguments:
+    num_samples: int = field(default=48, metadata={"help": "Synthetic training sequences."})
+    sequence_length: int = field(default=12, metadata={"help": "Tokens per sequence."})
+
+
+class TestHooks(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            outputs.write_atomic(os.path.join(args.output_dir, "progress"), str(state.global_step))
+            if int(os.environ.get("TINY_KILL_AT_STEP", -1)) == state.global_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(float(os.environ.get("TINY_STEP_SLEEP", 0)))
+
+
+def synthetic_dataset(tiny: TinyArguments, vocab_size: int) -> Dataset:
+    """``num_samples`` random sequences; sample i starts with token 4 + i, so a batch tells which samples it holds."""
+    generator = torch.Generator().manual_seed(1234)
+    ids = torch.randint(4, vocab_size, (tiny.num_samples, tiny.sequence_length), generator=generator)
+    ids[:, 0] = 4 + torch.arange(tiny.num_samples)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+
+def logging_collator(features: list[dict]) -> dict:
+    """``default_data_collator`` that appends the batch's sample ids to ``$TINY_SAMPLES_LOG.rank<r>``."""
+    batch = default_data_collator(features)
+    path = os.environ.get("TINY_SAMPLES_LOG")
+    if path:
+        with open(f"{path}.rank{PartialState().process_index}", "a") as stream:
+            stream.write(" ".join(str(int(i) - 4) for i in batch["input_ids"][:, 0]) + "\n")
+    return batch
+
+
+def main(argv=None):
+    tiny, model_args, run_args, training_args = cli.parse_recipe(
+        cli.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv
+    )
+    world_size = runtime.check_launch(training_args, run_args, model_args)
+    set_seed(training_args.seed)  # the LoRA initialisation is random: same seed, same run
+    model = apply_tuning(load_model(model_args, AutoModelForCausalLM), model_args, "CAUSAL_LM")
+    print_plan("tiny trainer", run_plan(training_args, model_args, world_size, count_parameters(model)))
+    if run_args.dry_run:
+        return
+    train_dataset = synthetic_dataset(tiny, model.config.vocab_size)
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train_dataset, data_collator=logging_collator,
+        callbacks=[*resume.stop_callbacks(), TestHooks()]
+    )
+    recipe = outputs.recipe_dict(tiny, model_args, run_args, training_args)
+    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if resume.stopped_by_signal(trainer):
+        return
+    if trainer.is_world_process_zero():
+        outputs.write_metrics(training_args.output_dir, {"world_size": world_size, "steps": trainer.state.global_step})
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
