@@ -230,7 +230,7 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fal
 def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int]) -> int:
     """Number of leading tokens the two sequences share (where TRL starts the completion)."""
     length = 0
-    for a, b in zip(ids, other_ids):
+    for a, b in zip(ids, other_ids, strict=False):
         if a != b:
             break
         length += 1

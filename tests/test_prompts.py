@@ -69,8 +69,8 @@ def test_format_follows_the_tokenizer(tokenizer, plain_tokenizer):
 def test_encoding_matches_trl_prompt_completion(fmt, tokenizer, plain_tokenizer):
     """The ids and answer mask we train and score on are the ones TRL builds from the rendered example."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
     from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     tok = tokenizer if fmt == "chat" else plain_tokenizer
     spec = PromptSpec(GEO.template, GEO.verbalizers, GEO.system_message, format=fmt)
@@ -102,13 +102,18 @@ def test_check_choices_rejects_indistinguishable_answers(tokenizer):
 def test_fit_row_cuts_longest_column_and_never_the_answer(tokenizer):
     spec = PromptSpec(GEO.template, GEO.verbalizers, GEO.system_message, max_length=120)
     row = {"requirement": "desert", "sample_data": " ".join(["the cat likes the map."] * 40)}
-    budget = max(len(c.completion_ids) for c in encode_choices(tokenizer, spec, {"requirement": "", "sample_data": ""}).values())
+    budget = max(
+        len(c.completion_ids)
+        for c in encode_choices(tokenizer, spec, {"requirement": "", "sample_data": ""}).values()
+    )
     fitted = fit_row(tokenizer, spec, row, budget)
     assert fitted["requirement"] == "desert"  # the short column survives
     assert len(fitted["sample_data"]) < len(row["sample_data"])
     assert len(encode_prompt(tokenizer, spec, fitted)) + budget <= 120
     for encoded in encode_choices(tokenizer, spec, fitted).values():
-        assert len(encoded.input_ids) <= 120 and tokenizer.decode(encoded.completion_ids).startswith(("yes", "no"))
+        assert len(encoded.input_ids) <= 120 and tokenizer.decode(encoded.completion_ids).startswith(
+            ("yes", "no")
+        )
     tight = PromptSpec(GEO.template, GEO.verbalizers, GEO.system_message, max_length=90)
     assert fit_row(tokenizer, tight, row, budget) is None
 

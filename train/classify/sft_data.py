@@ -1,0 +1,85 @@
+"""Labeled rows -> the tokenized prompt-completion dataset ``trl.SFTTrainer`` trains on, with the length guards.
+
+Each row becomes ``input_ids`` (prompt + the row's answer, encoded by ``data_utils.prompts.encode_choices``,
+exactly as TRL encodes a prompt-completion example) and ``completion_mask`` (1 on the answer tokens). TRL turns
+the mask into labels (-100 on the prompt) because the dataset is already tokenized.
+
+Guards (all raised before any model is loaded):
+- every verbalizer is tokenized in the context of the first row and must be distinguishable (``check_choices``);
+- a row longer than ``max_length`` has its input columns shortened, never its answer; a row whose prompt cannot
+  fit even with empty input columns is a ``DataError`` naming the row;
+- every encoded row keeps at least one answer token within ``max_length``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from data_utils.errors import DataError
+from data_utils.prompts import PromptSpec, answer_tokens, check_choices, encode_choices, fit_row
+
+
+@dataclass
+class SFTRows:
+    """The SFT dataset of one split plus what the start-up plan reports."""
+
+    dataset: Dataset  # columns input_ids, completion_mask
+    shortened: int  # rows whose input columns were shortened to fit max_length
+    longest: int  # tokens in the longest encoded row
+
+
+def check_verbalizers(tokenizer, spec: PromptSpec, row: Mapping[str, str]) -> dict[str, list[int]]:
+    """Tokenize every label's answer after the prompt of a real row; ConfigError unless distinguishable.
+
+    Returns label -> answer token ids (for the start-up plan).
+    """
+    choices = encode_choices(tokenizer, spec, row)
+    check_choices(choices)
+    return {label: encoded.completion_ids for label, encoded in choices.items()}
+
+
+def label_rows(dataset: Dataset, spec: PromptSpec) -> list[dict[str, str]]:
+    """The text columns of every row, as the dicts ``PromptClassifier`` scores."""
+    columns = {name: dataset[name] for name in spec.text_columns}
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def build_sft_rows(dataset: Dataset, tokenizer, spec: PromptSpec, source: str) -> SFTRows:
+    """Encode every labeled row of ``dataset`` (text columns + ``label`` ClassLabel) for completion-only SFT.
+
+    Rows are fitted so that any label's answer fits (``answer_tokens``), hence label scoring sees the same
+    (shortened) prompt as training. Raises DataError (1-based row, source) for a row that cannot fit.
+    """
+    budget = answer_tokens(tokenizer, spec)
+    label_names = dataset.features["label"].names
+    input_ids, completion_mask = [], []
+    shortened = 0
+    for number, (row, label_id) in enumerate(
+        zip(label_rows(dataset, spec), dataset["label"], strict=True), start=1
+    ):
+        fitted = fit_row(tokenizer, spec, row, budget)
+        if fitted is None:
+            raise DataError(
+                f"the prompt does not fit max_length={spec.max_length} tokens even with its input columns emptied "
+                f"(the answer needs {budget} tokens)",
+                source=source,
+                row=number,
+                expected="a larger max_length or a shorter system_message/template",
+            )
+        shortened += fitted != row
+        label = label_names[label_id]
+        encoded = encode_choices(tokenizer, spec, fitted, [label])[label]
+        if spec.max_length is not None and len(encoded.input_ids) > spec.max_length:
+            raise DataError(
+                f"encodes to {len(encoded.input_ids)} tokens > max_length={spec.max_length} after shortening",
+                source=source,
+                row=number,
+                expected="a larger max_length",
+            )
+        input_ids.append(encoded.input_ids)
+        completion_mask.append([0] * encoded.completion_start + [1] * len(encoded.completion_ids))
+    dataset = Dataset.from_dict({"input_ids": input_ids, "completion_mask": completion_mask})
+    return SFTRows(dataset, shortened, max(map(len, input_ids), default=0))

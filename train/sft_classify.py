@@ -1,0 +1,303 @@
+"""Prompt classification with an instruction LM: TRL ``SFTTrainer``, LoRA / QLoRA, label scoring.
+
+    # CPU quickstart: SmolLM2-135M (packaged GGUF) + LoRA on the bundled sample data, a few minutes
+    accelerate launch -m train.sft_classify --config configs/classify/sft_quickstart.yaml
+    # QLoRA (4-bit nf4) on a 7B model, one GPU
+    accelerate launch -m train.sft_classify --config configs/classify/sft_qlora.yaml
+    # any recipe key can be overridden on the command line
+    python -m train.sft_classify --config configs/classify/sft_quickstart.yaml --lora_r 8 --max_train_samples 200
+
+Each labeled row becomes a prompt — ``system_message`` plus ``template`` filled with the row's columns, through
+the tokenizer's chat template when it has one — and the label's answer text (``labels: {label: answer}``);
+the loss is on the answer only. Evaluation scores every label's answer by its log-likelihood after the prompt
+(``eval.label_scoring``): accuracy, macro/micro P/R/F1, per class, confusion matrix and calibration error,
+at every evaluation (best checkpoint by macro-F1) and at the end into ``metrics.json``.
+
+Output folder: ``adapter/``, ``merged/`` (``export_merged``), ``lorasmith.json`` (prompt, labels, base model),
+``metrics.json``, ``README.md``, ``recipe.yaml``. Use it with
+``python -m eval.classify --model OUTPUT_DIR --data FILE`` or ``--text "..."``.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM
+from transformers.trainer_utils import IntervalStrategy
+
+import data_utils
+from data_utils.errors import ConfigError
+from data_utils.prompts import (
+    PromptSpec,
+    build_verbalizers,
+    default_template,
+    resolve_format,
+    template_columns,
+)
+from eval.artifacts import write_manifest
+from eval.label_scoring import KIND
+from train.classify.sft_config import SFTClassifyConfig
+from train.classify.sft_data import build_sft_rows, check_verbalizers, label_rows
+from train.classify.sft_trainer import PromptClassificationTrainer, scalar_metrics
+from train.common import cli, export, outputs, resume, runtime
+from train.common.args import DataArguments, ModelArguments, RunArguments
+from train.common.modeling import (
+    apply_tuning,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+)
+from train.common.plan import print_plan
+
+
+def make_parser():
+    return cli.make_parser((DataArguments, ModelArguments, RunArguments, SFTClassifyConfig))
+
+
+def main(argv=None):
+    data_args, model_args, run_args, training_args = cli.parse_recipe(make_parser(), argv)
+    world_size = runtime.check_world_size()
+    runtime.check_precision(training_args)
+    text_columns, template = prompt_columns(data_args, training_args)
+    configure(data_args, model_args, training_args)
+
+    train_ds = data_utils.load(
+        data_args.train_data,
+        task="labeled",
+        columns=data_args.columns,
+        text_columns=text_columns,
+        **label_options(data_args),
+    )
+    label_names = train_ds.features["label"].names
+    eval_ds = None
+    if data_args.eval_data:
+        eval_ds = data_utils.load(
+            data_args.eval_data,
+            task="labeled",
+            columns=data_args.columns,
+            text_columns=text_columns,
+            label_names=label_names,
+        )
+    train_ds, eval_ds = (
+        _head(train_ds, data_args.max_train_samples),
+        _head(eval_ds, data_args.max_eval_samples),
+    )
+
+    tokenizer = load_tokenizer(model_args)
+    spec = PromptSpec(
+        template=template,
+        verbalizers=build_verbalizers(
+            label_names, data_args.labels if isinstance(data_args.labels, dict) else None
+        ),
+        system_message=training_args.system_message,
+        format=resolve_format(training_args.prompt_format, tokenizer),
+        max_length=model_args.max_length,
+    )
+    answer_ids = check_verbalizers(tokenizer, spec, label_rows(train_ds.select([0]), spec)[0])
+    train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
+    eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
+
+    per_step = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+    )
+    print_plan(
+        "sft_classify",
+        {
+            "model": model_args.model_name_or_path
+            + (f" ({model_args.gguf_file})" if model_args.gguf_file else ""),
+            "tuning": tuning_summary(model_args),
+            "prompt": f"{spec.format} prompt-completion, template columns {spec.text_columns}",
+            "labels -> answer tokens": {label: ids for label, ids in answer_ids.items()},
+            "train rows": f"{len(train_ds)} (longest {train_rows.longest} tokens, {train_rows.shortened} shortened "
+            f"to max_length {spec.max_length})",
+            "eval rows": f"{len(eval_ds)} ({eval_rows.shortened} shortened)"
+            if eval_ds is not None
+            else "none (no evaluation)",
+            "processes": world_size,
+            "batch": f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps}"
+            f" accumulation x {world_size} processes = {per_step} rows per step",
+            "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+            "output_dir": training_args.output_dir,
+        },
+    )
+    if run_args.dry_run:
+        return None
+
+    model = load_model(model_args, AutoModelForCausalLM)
+    model = apply_tuning(
+        model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    print_plan(
+        "model", {"trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"}
+    )
+    trainer = PromptClassificationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_rows.dataset,
+        eval_dataset=eval_rows.dataset if eval_rows is not None else None,
+        processing_class=tokenizer,
+        callbacks=resume.stop_callbacks(),
+        prompt_spec=spec,
+        scoring_rows=label_rows(eval_ds, spec) if eval_ds is not None else (),
+        scoring_labels=eval_ds["label"] if eval_ds is not None else (),
+    )
+    state = PartialState()
+    recipe = outputs.recipe_dict(data_args, model_args, run_args, training_args)
+    if state.is_main_process:
+        outputs.save_recipe(training_args.output_dir, data_args, model_args, run_args, training_args)
+    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
+
+    metrics: dict = {}
+    if training_args.eval_before_training and eval_ds is not None:
+        metrics["before"] = trainer.classification_report()
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if resume.stopped_by_signal(trainer):
+        return trainer
+    metrics["train"] = train_result.metrics
+    if eval_ds is not None:
+        # the model that is saved: the best checkpoint with load_best_model_at_end
+        final = trainer.evaluate()
+        metrics["eval"] = {**trainer.last_report, "loss": final["eval_loss"]}
+        if training_args.compare_generation:
+            metrics["generation"] = generation_report(trainer, label_rows(eval_ds, spec), eval_ds["label"])
+
+    if state.is_main_process:
+        save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, recipe, metrics)
+    state.wait_for_everyone()
+    return trainer
+
+
+def prompt_columns(data_args: DataArguments, training_args: SFTClassifyConfig) -> tuple[list[str], str]:
+    """(text columns to load, template): from the template's placeholders, else ``text_columns``, else ``text``."""
+    if training_args.template:
+        columns = template_columns(training_args.template)
+        if data_args.text_columns and set(data_args.text_columns) != set(columns):
+            raise ConfigError(
+                f"text_columns {list(data_args.text_columns)} differ from the template's placeholders {columns}: "
+                "drop text_columns (the template names the columns) or make them agree"
+            )
+        return columns, training_args.template
+    columns = list(data_args.text_columns or ["text"])
+    return columns, default_template(columns)
+
+
+def configure(data_args: DataArguments, model_args: ModelArguments, training_args: SFTClassifyConfig) -> None:
+    """Validate the recipe's combination and settle the fields that depend on it (before any data is read)."""
+    if data_args.task not in (None, "labeled"):
+        raise ConfigError(
+            f"sft_classify trains on labeled data: task must be 'labeled' (or unset), got {data_args.task!r}"
+        )
+    data_args.task = "labeled"
+    if not data_args.train_data:
+        raise ConfigError(
+            "train_data is required: a labeled table with the template's columns and a label column"
+        )
+    if model_args.max_length is None or model_args.max_length < 8:
+        raise ConfigError(f"max_length must be a number of tokens >= 8, got {model_args.max_length}")
+    # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
+    training_args.max_length = model_args.max_length
+    training_args.trust_remote_code = model_args.trust_remote_code
+    if not data_args.eval_data:  # nothing to evaluate on: no evaluation, no best-checkpoint selection
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.load_best_model_at_end = False
+
+
+def label_options(data_args: DataArguments) -> dict:
+    """``label_names`` for ``data_utils.load`` when the recipe lists the labels (in id order)."""
+    options = data_args.load_options() if data_args.labels else {}
+    return {"label_names": options["label_names"]} if "label_names" in options else {}
+
+
+def _head(dataset, count: int | None):
+    if dataset is None or count is None or count >= len(dataset):
+        return dataset
+    return dataset.select(range(count))
+
+
+def tuning_summary(model_args: ModelArguments) -> str:
+    parts = []
+    if model_args.load_in_4bit:
+        parts.append(
+            f"4-bit {model_args.bnb_4bit_quant_type} (double quant {model_args.use_bnb_nested_quant})"
+        )
+    if model_args.load_in_8bit:
+        parts.append("8-bit")
+    if model_args.use_peft or model_args.adapter_path:
+        parts.append(
+            f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+            f"targets={model_args.lora_target_modules or 'model default'} layers={model_args.lora_layers or 'all'}"
+            + (f" continuing {model_args.adapter_path}" if model_args.adapter_path else "")
+        )
+    if model_args.full_finetune:
+        parts.append("full fine-tuning")
+    return ", ".join(parts) or "nothing (set use_peft: true)"
+
+
+def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], gold: list[int]) -> dict:
+    """Free-generation comparison: accuracy counting unmapped answers as wrong, and their share."""
+    answers = trainer.classifier().generate_labels(rows, trainer.args.per_device_eval_batch_size)
+    names = trainer.prompt_spec.label_names
+    correct = sum(answer == names[label] for answer, label in zip(answers, gold, strict=True))
+    return {"accuracy": correct / len(rows), "unmapped_rate": sum(a is None for a in answers) / len(rows)}
+
+
+def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, recipe, metrics) -> None:
+    """adapter/ (+ merged/), lorasmith.json, metrics.json and the model card. Main process only."""
+    output_dir = training_args.output_dir
+    saved = export.save_trained_model(
+        trainer.model,
+        tokenizer,
+        output_dir,
+        model_args,
+        export_merged=run_args.export_merged,
+        model_class=AutoModelForCausalLM,
+    )
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    write_manifest(
+        output_dir,
+        {
+            "lorasmith_version": _lorasmith_version(),
+            "kind": KIND,
+            "base_model": source.path,
+            "gguf_file": source.gguf_file,
+            **saved,
+            "labels": spec.label_names,
+            "text_columns": spec.text_columns,
+            "multi_label": False,
+            "prompt": spec.to_dict(),
+        },
+    )
+    all_metrics = outputs.write_metrics(output_dir, metrics)
+    outputs.write_model_card(
+        output_dir,
+        title=f"{source.gguf_file or model_args.model_name_or_path} prompt classifier",
+        base_model=model_args.model_name_or_path,
+        task="prompt-classification",
+        recipe=recipe,
+        metrics={
+            group: scalar_metrics(values) for group, values in all_metrics.items() if isinstance(values, dict)
+        },
+        usage=(
+            "```bash\n"
+            f'python -m eval.classify --model {output_dir} --text "..."\n'
+            f"python -m eval.classify --model {output_dir} --data rows.csv\n"
+            "```\n\n```python\nfrom eval.label_scoring import PromptClassifier\n"
+            f"clf = PromptClassifier.load({str(output_dir)!r})\n"
+            f"clf.predict([{{{', '.join(repr(c) + ': ...' for c in spec.text_columns)}}}])\n```"
+        ),
+    )
+
+
+def _lorasmith_version() -> str:
+    try:
+        return version("lorasmith")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
