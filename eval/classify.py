@@ -52,7 +52,7 @@ def evaluate_classifier(
     )
     rows = [{name: row[name] for name in classifier.text_columns} for row in dataset]
     probabilities, predictions = predict(classifier, rows, batch_size)
-    targets = dataset["label"]
+    targets = list(dataset["label"])
     if classifier.multi_label:
         indicator = np.zeros((len(targets), len(classifier.label_names)), dtype=int)
         for i, ids in enumerate(targets):

@@ -45,11 +45,12 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="also write the result JSON to this file")
 
 
-def load_embedder(args: argparse.Namespace):
+def load_embedder(args: argparse.Namespace, model: str | None = None):
+    """``Embedder.load(model or args.model)`` with the override flags of ``add_model_arguments``."""
     from eval.encoder import Embedder
 
     return Embedder.load(
-        args.model,
+        model or args.model,
         pooling=args.pooling,
         normalize=args.normalize,
         max_length=args.max_length,

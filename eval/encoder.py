@@ -121,6 +121,7 @@ class Embedder:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         hf_model, tokenizer = _load_hf_model(settings, dtype)
         hf_model.to(device).eval()
+        tokenizer.padding_side = "right"  # with default position ids, a padded text embeds as it does alone
         return cls(
             hf_model,
             tokenizer,

@@ -88,14 +88,23 @@ def load_suite(path: str | Path) -> list[SuiteTask]:
                 f"{path}: task {name!r} has kind {kind_name!r}; choose one of {', '.join(KINDS)}"
             )
         kind = KINDS[kind_name]
-        metric = str(entry.pop("metric", kind.default_metric))
+        metric = entry.pop("metric", None)
         for key in entry:
             if key not in kind.options:
                 close = difflib.get_close_matches(key, kind.options, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {', '.join(kind.options)}"
                 raise ConfigError(f"{path}: task {name!r} ({kind_name}) has unknown key {key!r}{hint}")
-        tasks.append(SuiteTask(name, kind_name, metric, _resolve_options(entry, path.parent)))
+        options = _resolve_options(entry, path.parent)
+        tasks.append(SuiteTask(name, kind_name, str(metric or _default_metric(kind_name, options)), options))
     return tasks
+
+
+def _default_metric(kind: str, options: dict) -> str:
+    """sts: spearman; probe: accuracy; retrieval: ndcg@10, or ndcg at the largest k when 10 is not a cut-off."""
+    if kind != "retrieval":
+        return KINDS[kind].default_metric
+    ks = options.get("k", (1, 5, 10))
+    return f"ndcg@{10 if 10 in ks else max(ks)}"
 
 
 def _resolve_options(options: dict, base: Path) -> dict:

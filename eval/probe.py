@@ -92,8 +92,8 @@ def evaluate_probe(
     from data_utils import load
 
     dataset = load(data, task="labeled", columns=columns, text_columns=[text_column])
-    features = embedder.encode(dataset[text_column], batch_size=batch_size).numpy()
-    labels = np.asarray(dataset["label"])
+    features = embedder.encode(list(dataset[text_column]), batch_size=batch_size).numpy()
+    labels = np.asarray(list(dataset["label"]))
     result = cross_validated_accuracy(features, labels, folds=folds, select_c=select_c, seed=seed)
     return {
         "task": "probe",

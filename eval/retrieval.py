@@ -155,10 +155,10 @@ def load_file_task(data: str, task: str, columns: dict[str, str] | None = None) 
 
     if task == "pairs":
         dataset = load(data, task="pairs", columns=columns)
-        return task_from_positives(dataset["anchor"], [[p] for p in dataset["positive"]])
+        return task_from_positives(list(dataset["anchor"]), [[p] for p in dataset["positive"]])
     if task == "tags":
         dataset = load(data, task="tags", columns=columns)
-        return task_from_positives(dataset["text"], dataset["tags"])
+        return task_from_positives(list(dataset["text"]), list(dataset["tags"]))
     raise ConfigError(f"--task must be pairs or tags, got {task!r}")
 
 

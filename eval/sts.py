@@ -73,14 +73,14 @@ def evaluate_sts(
 
     Each distinct sentence is embedded once, without prefixes (STS is symmetric)."""
     dataset = load_sts_data(data, columns=columns, format=format, score_range=score_range)
-    first, second = dataset["sentence1"], dataset["sentence2"]
+    first, second = list(dataset["sentence1"]), list(dataset["sentence2"])
     unique = list(dict.fromkeys(first + second))
     position = {text: i for i, text in enumerate(unique)}
     embeddings = embedder.encode(unique, batch_size=batch_size)
     left = embeddings[[position[text] for text in first]]
     right = embeddings[[position[text] for text in second]]
     cosine = F.cosine_similarity(left, right, dim=-1).double().numpy()
-    gold = dataset["score"]
+    gold = list(dataset["score"])
     return {
         "task": "sts",
         "data": str(data),
