@@ -15,7 +15,7 @@ QLoRA on a decoder (the head ``score`` stays in full precision and is trained an
         --config configs/classify/seqcls_llm_qlora.yaml
 
 Full fine-tuning: ``--use_peft false --full_finetune true --learning_rate 2e-5``. Pair inputs:
-``--text_columns sentence1,sentence2``. Multi-label: ``--problem_type multi_label`` (labels as a list or
+``--text_columns sentence1 sentence2``. Multi-label: ``--problem_type multi_label`` (labels as a list or
 ``tag_delimiter``-separated string). Predict afterwards: ``python -m eval.classify --model OUTPUT --text "..."``.
 """
 
@@ -62,27 +62,47 @@ def main(argv=None):
     train_split = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label)
     eval_split = tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label) if eval_raw else None
     weights = class_weight_vector(
-        training_args.class_weights, np.asarray(train_split.dataset["labels"]).astype(np.int64), label_names,
+        training_args.class_weights,
+        np.asarray(train_split.dataset["labels"]).astype(np.int64),
+        label_names,
         multi_label,
     )
     if eval_split is None:  # nothing to evaluate or to pick a best checkpoint with
         training_args.eval_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
 
-    print_plan("seq_classify", _plan(data_args, model_args, training_args, world_size, label_names, text_columns,
-                                     train_split, eval_split, weights))
+    print_plan(
+        "seq_classify",
+        _plan(
+            data_args,
+            model_args,
+            training_args,
+            world_size,
+            label_names,
+            text_columns,
+            train_split,
+            eval_split,
+            weights,
+        ),
+    )
     if run_args.dry_run:
         return
 
     built = build_classifier(
-        model_args, label_names, training_args.hf_problem_type, tokenizer.pad_token_id,
+        model_args,
+        label_names,
+        training_args.hf_problem_type,
+        tokenizer.pad_token_id,
         gradient_checkpointing=training_args.gradient_checkpointing,
     )
     trainable, total = count_parameters(built.model)
-    print_plan("model", {
-        "trained in full (head)": ", ".join(built.trained_modules),
-        "kept out of quantization": ", ".join(built.head_modules),
-        "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
-    })
+    print_plan(
+        "model",
+        {
+            "trained in full (head)": ", ".join(built.trained_modules),
+            "kept out of quantization": ", ".join(built.head_modules),
+            "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
+        },
+    )
     trainer = SeqClassifyTrainer(
         model=built.model,
         args=training_args,
@@ -108,14 +128,21 @@ def main(argv=None):
         )
         metrics["eval"] = {**report, "loss": prediction.metrics["eval_loss"]}
     metrics["data"] = {
-        "train_rows": train_split.rows, "train_truncated": train_split.truncated, "max_length": model_args.max_length,
+        "train_rows": train_split.rows,
+        "train_truncated": train_split.truncated,
+        "max_length": model_args.max_length,
         **({"eval_rows": eval_split.rows, "eval_truncated": eval_split.truncated} if eval_split else {}),
     }
     saved = export_classifier(trainer, model_args, built.load_kwargs, export_merged=run_args.export_merged)
     if trainer.args.should_save:
         outputs.write_metrics(training_args.output_dir, metrics)
         manifest = classifier_manifest(
-            model_args, saved, label_names, text_columns, multi_label=multi_label, threshold=training_args.threshold
+            model_args,
+            saved,
+            label_names,
+            text_columns,
+            multi_label=multi_label,
+            threshold=training_args.threshold,
         )
         card_metrics = {"eval": logged_metrics(metrics["eval"])} if "eval" in metrics else {}
         write_classifier_files(training_args.output_dir, manifest, model_args, recipe, card_metrics)
@@ -124,14 +151,27 @@ def main(argv=None):
     PartialState().wait_for_everyone()
 
 
-def _plan(data_args, model_args, training_args, world_size, label_names, text_columns, train_split, eval_split,
-          weights) -> dict:
-    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+def _plan(
+    data_args,
+    model_args,
+    training_args,
+    world_size,
+    label_names,
+    text_columns,
+    train_split,
+    eval_split,
+    weights,
+) -> dict:
+    per_step = (
+        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
+    )
     if model_args.adapter_path:
         tuning = f"continue adapter {model_args.adapter_path}"
     elif model_args.use_peft:
-        tuning = (f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-                  f"targets={model_args.lora_target_modules or 'PEFT default for this model'}")
+        tuning = (
+            f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+            f"targets={model_args.lora_target_modules or 'PEFT default for this model'}"
+        )
     else:
         tuning = ""
     if model_args.full_finetune:
@@ -149,13 +189,17 @@ def _plan(data_args, model_args, training_args, world_size, label_names, text_co
         "inputs": inputs,
         "class weights": "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist()),
         "train data": f"{data_args.train_data} ({train_split.rows} rows)",
-        "eval data": f"{data_args.eval_data} ({eval_split.rows} rows)" if eval_split else "none (no evaluation)",
+        "eval data": f"{data_args.eval_data} ({eval_split.rows} rows)"
+        if eval_split
+        else "none (no evaluation)",
         f"truncated to {model_args.max_length} tokens": truncated,
         "processes": world_size,
         "batch": f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps}"
-                 f" accumulation x {world_size} processes = {per_step}",
+        f" accumulation x {world_size} processes = {per_step}",
         "epochs / max_steps": f"{training_args.num_train_epochs:g} / {training_args.max_steps}",
-        "best checkpoint by": training_args.metric_for_best_model if training_args.load_best_model_at_end else "-",
+        "best checkpoint by": training_args.metric_for_best_model
+        if training_args.load_best_model_at_end
+        else "-",
         "output_dir": training_args.output_dir,
     }
 

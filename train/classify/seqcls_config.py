@@ -40,39 +40,57 @@ class SeqClassifyConfig(TrainingArguments):
     # --- the classification problem ---
     problem_type: str = field(
         default="single_label",
-        metadata={"help": "single_label (softmax, one class per row) or multi_label (sigmoid, a set of labels per row)."},
+        metadata={
+            "help": "single_label (softmax, one class per row) or multi_label (sigmoid, a set of labels per row)."
+        },
     )
     threshold: float = field(
         default=0.5, metadata={"help": "Multi-label: predict a label when its probability is >= threshold."}
     )
     class_weights: list | str | None = field(
         default=None,
-        metadata={"help": "Loss weights: 'balanced' or one weight per label in id order ([1, 3] or '1,3'); none by default."},
+        metadata={
+            "help": "Loss weights: 'balanced' or one weight per label in id order ([1, 3] or '1,3'); none by default."
+        },
     )
 
     # --- defaults that differ from TrainingArguments ---
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (LoRA; ~2e-5 for full fine-tuning)."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints (+ the best)."})
+    learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak learning rate (LoRA; ~2e-5 for full fine-tuning)."}
+    )
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."}
+    )
+    save_strategy: SaveStrategy | str = field(
+        default="epoch", metadata={"help": "When to checkpoint: no, steps, epoch or best."}
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints (+ the best)."}
+    )
     load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Restore the checkpoint with the best metric_for_best_model after training."}
+        default=True,
+        metadata={"help": "Restore the checkpoint with the best metric_for_best_model after training."},
     )
     metric_for_best_model: str | None = field(
         default="f1_macro",
-        metadata={"help": "Metric that picks the best checkpoint: f1_macro, f1 (binary positive class), accuracy, loss..."},
+        metadata={
+            "help": "Metric that picks the best checkpoint: f1_macro, f1 (binary positive class), accuracy, loss..."
+        },
     )
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     report_to: None | str | list[str] = field(
         default="tensorboard", metadata={"help": "Where to log: tensorboard, wandb, none, ..."}
     )
     label_names: list[str] | None = field(
-        default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding the labels (keep the default)."}
+        default_factory=lambda: ["labels"],
+        metadata={"help": "Batch keys holding the labels (keep the default)."},
     )
 
     def __post_init__(self):
         if self.problem_type not in PROBLEM_TYPES:
-            raise ConfigError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}")
+            raise ConfigError(
+                f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}"
+            )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
         super().__post_init__()

@@ -34,9 +34,13 @@ class TokenizedSplit:
 def load_splits(data_args: DataArguments, multi_label: bool) -> tuple[Dataset, Dataset | None]:
     """(train, eval or None) with canonical columns ``text_columns`` + ``label`` and the same label names."""
     if data_args.task not in (None, "labeled"):
-        raise ConfigError(f"seq_classify trains on task 'labeled' data; the recipe says task: {data_args.task}")
+        raise ConfigError(
+            f"seq_classify trains on task 'labeled' data; the recipe says task: {data_args.task}"
+        )
     if not data_args.train_data:
-        raise ConfigError("train_data is required: a labeled file (csv, jsonl, ...) with text column(s) and a label")
+        raise ConfigError(
+            "train_data is required: a labeled file (csv, jsonl, ...) with text column(s) and a label"
+        )
     options = {**dataclasses.replace(data_args, task="labeled").load_options(), "multi_label": multi_label}
     if multi_label:
         options["label_delimiter"] = data_args.tag_delimiter
@@ -71,7 +75,9 @@ def tokenize_split(dataset: Dataset, tokenizer, max_length: int, multi_label: bo
         full_lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
         encoded = dict(tokenizer(texts, pairs, truncation=True, max_length=max_length))
         encoded["truncated"] = [length > max_length for length in full_lengths]
-        encoded["labels"] = [_multi_hot(ids, num_labels) for ids in batch["label"]] if multi_label else batch["label"]
+        encoded["labels"] = (
+            [_multi_hot(ids, num_labels) for ids in batch["label"]] if multi_label else batch["label"]
+        )
         return encoded
 
     tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")

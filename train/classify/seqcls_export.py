@@ -30,13 +30,20 @@ def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *,
     collective). ``load_kwargs`` rebuild the head for the merge. Returns the manifest's ``adapter``/``merged``."""
     output_dir = Path(trainer.args.output_dir)
     tokenizer = trainer.processing_class
-    if isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel) and not model_args.full_finetune:
+    if (
+        isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel)
+        and not model_args.full_finetune
+    ):
         trainer.save_model(str(output_dir / ADAPTER_DIR))
         saved = {"adapter": ADAPTER_DIR, "merged": None}
         if export_merged:
             if trainer.args.should_save:
                 merge_saved_adapter(
-                    model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModelForSequenceClassification,
+                    model_args,
+                    output_dir / ADAPTER_DIR,
+                    output_dir,
+                    tokenizer,
+                    AutoModelForSequenceClassification,
                     **load_kwargs,
                 )
             saved["merged"] = MERGED_DIR
@@ -49,8 +56,13 @@ def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *,
 
 
 def classifier_manifest(
-    model_args: ModelArguments, saved: dict, label_names: list[str], text_columns: list[str], *,
-    multi_label: bool, threshold: float,
+    model_args: ModelArguments,
+    saved: dict,
+    label_names: list[str],
+    text_columns: list[str],
+    *,
+    multi_label: bool,
+    threshold: float,
 ) -> dict:
     """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.seqcls_predictor.SequenceClassifier`` reloads it)."""
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
@@ -68,7 +80,9 @@ def classifier_manifest(
     }
 
 
-def write_classifier_files(output_dir: str | Path, manifest: dict, model_args: ModelArguments, recipe: dict, metrics: dict):
+def write_classifier_files(
+    output_dir: str | Path, manifest: dict, model_args: ModelArguments, recipe: dict, metrics: dict
+):
     """Write the manifest and the model card (main process only)."""
     write_manifest(output_dir, manifest)
     example = ", ".join(f'"{name}": "..."' for name in manifest["text_columns"])

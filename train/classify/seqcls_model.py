@@ -39,7 +39,9 @@ class ClassifierModel:
     trained_modules: list[str]  # PEFT modules_to_save: head + newly initialized modules (+ the recipe's own)
 
 
-def classifier_load_kwargs(config, label_names: Sequence[str], hf_problem_type: str, pad_token_id: int | None) -> dict:
+def classifier_load_kwargs(
+    config, label_names: Sequence[str], hf_problem_type: str, pad_token_id: int | None
+) -> dict:
     """``from_pretrained`` kwargs giving the model ``num_labels``, ``id2label``/``label2id``, the problem type and,
     for decoders without one, a pad token id (the head reads the last non-pad token)."""
     kwargs = {
@@ -50,7 +52,9 @@ def classifier_load_kwargs(config, label_names: Sequence[str], hf_problem_type: 
     }
     if getattr(config, "pad_token_id", None) is None:
         if pad_token_id is None:
-            raise ConfigError("the tokenizer has no pad, eos or unk token to pad batches with; set tokenizer_name_or_path")
+            raise ConfigError(
+                "the tokenizer has no pad, eos or unk token to pad batches with; set tokenizer_name_or_path"
+            )
         kwargs["pad_token_id"] = pad_token_id
     return kwargs
 
@@ -59,7 +63,9 @@ def head_module_names(config, trust_remote_code: bool = False) -> list[str]:
     """Names of the sequence-classification head modules of ``config``'s architecture (no weights are loaded)."""
     try:
         with torch.device("meta"):
-            skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+            skeleton = AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=trust_remote_code
+            )
     except ValueError as error:
         raise ConfigError(
             f"model type {config.model_type!r} has no sequence-classification head in transformers ({error}). "
@@ -67,7 +73,8 @@ def head_module_names(config, trust_remote_code: bool = False) -> list[str]:
         ) from None
     backbone = skeleton.base_model_prefix
     return [
-        name for name, child in skeleton.named_children()
+        name
+        for name, child in skeleton.named_children()
         if name != backbone and any(True for _ in child.parameters())
     ]
 
@@ -79,7 +86,10 @@ def newly_initialized_modules(model: PreTrainedModel, missing_keys: Sequence[str
 
 
 def build_classifier(
-    model_args: ModelArguments, label_names: Sequence[str], hf_problem_type: str, pad_token_id: int | None,
+    model_args: ModelArguments,
+    label_names: Sequence[str],
+    hf_problem_type: str,
+    pad_token_id: int | None,
     gradient_checkpointing: bool = False,
 ) -> ClassifierModel:
     """Load the backbone with a head for ``label_names`` and make it trainable as the recipe says (LoRA / full / QLoRA)."""
@@ -90,10 +100,20 @@ def build_classifier(
     head = head_module_names(config, model_args.trust_remote_code)
     load_kwargs = classifier_load_kwargs(config, label_names, hf_problem_type, pad_token_id)
     model, info = load_model(
-        model_args, AutoModelForSequenceClassification, skip_quantization=head, output_loading_info=True, **load_kwargs
+        model_args,
+        AutoModelForSequenceClassification,
+        skip_quantization=head,
+        output_loading_info=True,
+        **load_kwargs,
     )
-    new = [name for name in newly_initialized_modules(model, info["missing_keys"]) if name.split(".")[0] not in head]
+    new = [
+        name
+        for name in newly_initialized_modules(model, info["missing_keys"])
+        if name.split(".")[0] not in head
+    ]
     trained = list(dict.fromkeys([*head, *new, *(model_args.lora_modules_to_save or [])]))
-    tuned_args = dataclasses.replace(model_args, lora_modules_to_save=list(trained))  # PEFT extends it in place
+    tuned_args = dataclasses.replace(
+        model_args, lora_modules_to_save=list(trained)
+    )  # PEFT extends it in place
     model = apply_tuning(model, tuned_args, TASK_TYPE, gradient_checkpointing=gradient_checkpointing)
     return ClassifierModel(model, load_kwargs, head, trained)

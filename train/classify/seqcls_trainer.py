@@ -27,7 +27,9 @@ from eval.metrics.classification import classification_metrics
 from eval.seqcls_predictor import decide, probabilities_from_logits
 
 
-def class_weight_vector(spec, labels: np.ndarray, label_names: Sequence[str], multi_label: bool) -> torch.Tensor | None:
+def class_weight_vector(
+    spec, labels: np.ndarray, label_names: Sequence[str], multi_label: bool
+) -> torch.Tensor | None:
     """(L,) loss weights from the recipe's ``class_weights`` (None when unset).
 
     Args:
@@ -41,7 +43,7 @@ def class_weight_vector(spec, labels: np.ndarray, label_names: Sequence[str], mu
     num_labels = len(label_names)
     if spec == "balanced":
         counts = labels.sum(axis=0) if multi_label else np.bincount(labels, minlength=num_labels)
-        absent = [name for name, count in zip(label_names, counts) if count == 0]
+        absent = [name for name, count in zip(label_names, counts, strict=True) if count == 0]
         if absent:
             raise ConfigError(
                 f"class_weights: balanced needs a training example of every label; none for {', '.join(absent)}. "
@@ -55,7 +57,9 @@ def class_weight_vector(spec, labels: np.ndarray, label_names: Sequence[str], mu
     try:
         weights = [float(part) for part in parts]
     except (TypeError, ValueError):
-        raise ConfigError(f"class_weights must be 'balanced' or numbers like [1.0, 3.0]; got {spec!r}") from None
+        raise ConfigError(
+            f"class_weights must be 'balanced' or numbers like [1.0, 3.0]; got {spec!r}"
+        ) from None
     if len(weights) != num_labels or min(weights) <= 0:
         raise ConfigError(
             f"class_weights needs {num_labels} positive numbers, one per label in id order "
@@ -81,7 +85,9 @@ class ClassificationLoss(nn.Module):
         logits = logits.float()
         weights = None if self.weights is None else self.weights.to(logits.device)
         if self.multi_label:
-            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits), pos_weight=weights)
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits, labels.to(logits), pos_weight=weights
+            )
         return nn.functional.cross_entropy(logits, labels.long(), weight=weights)
 
 
@@ -125,7 +131,11 @@ def metrics_function(
     """``compute_metrics`` for the Trainer: accuracy, P/R/F1 (binary, macro, micro, weighted), per-class F1, ECE."""
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return logged_metrics(evaluation_report(logits, prediction.label_ids, label_names, multi_label, threshold))
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
+        return logged_metrics(
+            evaluation_report(logits, prediction.label_ids, label_names, multi_label, threshold)
+        )
 
     return compute
