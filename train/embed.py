@@ -23,20 +23,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from accelerate import PartialState
-
 import data_utils
+from data_utils.errors import ConfigError
 from train.common import cli, outputs, resume, runtime
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
-from train.common.plan import print_plan
+from train.common.plan import print_plan, run_plan
 from train.contrastive.collator import ContrastiveCollator
 from train.contrastive.config import TASK_DATA_SCHEMA, EmbedConfig, resolve_task_defaults
 from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
 from train.contrastive.model import build_embedding_model
 from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.trainer import ContrastiveTrainer
-from data_utils.errors import ConfigError
 
 
 def make_parser():
@@ -62,37 +60,42 @@ def load_datasets(data_args: DataArguments, config: EmbedConfig):
 
 def main(argv=None):
     data_args, model_args, run_args, config = cli.parse_recipe(make_parser(), argv)
-    world_size = runtime.check_world_size()
-    runtime.check_precision(config)
+    world_size = runtime.check_launch(config, run_args, model_args)
     if data_args.task not in TASK_DATA_SCHEMA:
         raise ConfigError(f"task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {data_args.task!r}")
     resolve_task_defaults(config, data_args.task, has_eval_data=bool(data_args.eval_data))
     objective = ContrastiveObjective.from_config(data_args.task, config.loss, temperature=config.temperature)
     train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
 
-    global_batch = config.per_device_train_batch_size * world_size
-    print_plan(
-        "train.embed",
+    plan = run_plan(config, model_args, world_size)
+    plan.update(
         {
-            "task": f"{data_args.task} ({len(train_ds)} rows)" + (f", eval {config.eval_task} ({len(eval_ds)} rows)" if eval_ds else ""),
+            "task": f"{data_args.task}, {len(train_ds)} training rows",
+            "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
             "model": model_args.model_name_or_path,
             "tuning": _tuning_summary(model_args),
             "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
+            "in-batch anchors": f"{config.per_device_train_batch_size * world_size} per micro-step (gathered "
+            "across processes; gradient accumulation does not add negatives)",
             "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
-            "processes": world_size,
-            "global batch": f"{global_batch} anchors ({config.per_device_train_batch_size} per process, "
-            f"gradient accumulation {config.gradient_accumulation_steps})",
-            "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
+            "best model by": config.metric_for_best_model
+            if config.load_best_model_at_end
+            else "(last model)",
             "output_dir": config.output_dir,
-        },
+        }
     )
+    print_plan("train.embed", plan)
     if run_args.dry_run:
         return
 
     tokenizer = load_tokenizer(model_args)
-    model = build_embedding_model(model_args, config.pooling, config.normalize, bool(config.activation_checkpointing))
+    model = build_embedding_model(
+        model_args, config.pooling, config.normalize, bool(config.activation_checkpointing)
+    )
     trainable, total = count_parameters(model)
-    print_plan("parameters", {"trainable": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"})
+    print_plan(
+        "model", {"trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"}
+    )
     collator = ContrastiveCollator(
         tokenizer, data_args.task, model_args.max_length, config.query_prefix, config.document_prefix
     )
@@ -110,8 +113,6 @@ def main(argv=None):
     )
     recipe = outputs.recipe_dict(data_args, model_args, run_args, config)
     resume_from = resume.prepare_output_dir(config, run_args, recipe)
-    if PartialState().is_main_process:
-        outputs.save_recipe(config.output_dir, data_args, model_args, run_args, config)
 
     metrics = {}
     if config.eval_before_training and resume_from is None:
@@ -146,12 +147,22 @@ def _tuning_summary(model_args: ModelArguments) -> str:
 
 
 def _strip_prefix(metrics: dict, prefix: str) -> dict:
-    return {name.removeprefix(prefix): value for name, value in metrics.items() if not name.endswith("_runtime")}
+    return {
+        name.removeprefix(prefix): value for name, value in metrics.items() if not name.endswith("_runtime")
+    }
+
+
+HEADLINE_METRICS = ("spearman", "pearson", "recall@1", "recall@5", "ndcg@5", "ndcg@10", "mrr@10", "map@10")
 
 
 def _quality(metrics: dict) -> dict:
-    """The before / after groups (the table of the model card and of the console)."""
-    return {group: values for group, values in metrics.items() if group in ("before", "after")}
+    """The headline metrics of the before / after groups (the table of the console and of the model card;
+    metrics.json holds every metric)."""
+    return {
+        group: {name: values[name] for name in HEADLINE_METRICS if name in values}
+        for group, values in metrics.items()
+        if group in ("before", "after")
+    }
 
 
 if __name__ == "__main__":

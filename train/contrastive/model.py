@@ -78,6 +78,10 @@ class EmbeddingModel(nn.Module):
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The transformer's token embeddings (the start-up check of LoRA + checkpointing inspects them)."""
+        return self.base_model.get_input_embeddings()
+
     def hidden_size(self) -> int:
         """``D``: width of the embeddings (the transformer's hidden size)."""
         return self.base_model.config.hidden_size

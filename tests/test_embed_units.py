@@ -1,0 +1,130 @@
+"""train.embed building blocks: the collator's batch layout per task, the recipe fields, the model wrapper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_utils.errors import ConfigError
+from train.common import cli
+from train.contrastive.batch import PAD_ID, text_ids
+from train.contrastive.collator import ContrastiveCollator
+from train.contrastive.config import resolve_task_defaults
+from train.contrastive.trainer import embedded_batch
+from train.embed import make_parser
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+
+def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(tokenizer):
+    rows = [
+        {"text": "the cat likes the map", "tags": ["cat", "map"]},
+        {"text": "a dog reads", "tags": ["dog", "cat"]},
+    ]
+    batch = ContrastiveCollator(tokenizer, "tags", 32, query_prefix="q: ", document_prefix="d: ")(rows)
+
+    assert batch["candidate_input_ids"].shape[0] == 3  # cat, map, dog: the shared tag appears once
+    assert batch["candidate_ids"].tolist() == text_ids(["cat", "map", "dog"]).tolist()  # ids of the raw tags
+    cat, map_, dog = batch["candidate_ids"].tolist()
+    assert batch["positive_ids"].tolist() == [[cat, map_], [dog, cat]]
+    decoded = tokenizer.decode(batch["candidate_input_ids"][0], skip_special_tokens=True)
+    assert decoded.startswith("d :")  # document prefix on tags (the tokenizer splits ':')
+    assert int(batch["real_tokens"]) == int(
+        batch["anchor_attention_mask"].sum() + batch["candidate_attention_mask"].sum()
+    )
+    assert (
+        int(batch["padded_tokens"])
+        == batch["anchor_attention_mask"].numel() + batch["candidate_attention_mask"].numel()
+    )
+
+
+def test_tags_with_different_tag_counts_pad_positive_ids(tokenizer):
+    rows = [{"text": "a", "tags": ["x"]}, {"text": "b", "tags": ["x", "y", "z"]}]
+    batch = ContrastiveCollator(tokenizer, "tags", 32)(rows)
+    assert batch["positive_ids"].shape == (2, 3)
+    assert batch["positive_ids"][0, 1:].tolist() == [PAD_ID, PAD_ID]
+
+
+def test_triplet_candidates_are_positives_then_row_major_negatives(tokenizer):
+    rows = [
+        {"anchor": "a1", "positive": "p1", "negatives": ["n11", "n12"]},
+        {"anchor": "a2", "positive": "p2", "negatives": ["n21", "n22"]},
+    ]
+    batch = ContrastiveCollator(tokenizer, "triplets", 32)(rows)
+    assert batch["candidate_ids"].tolist() == text_ids(["p1", "p2", "n11", "n12", "n21", "n22"]).tolist()
+    d = 4
+    embedded = embedded_batch("triplets", torch.zeros(2, d), torch.zeros(6, d), batch)
+    assert embedded.pair_index.tolist() == [0, 1]
+    assert embedded.positive_ids[:, 0].tolist() == text_ids(["p1", "p2"]).tolist()
+
+
+def test_simcse_views_share_ids_and_symmetric_tasks_drop_prefixes(tokenizer):
+    rows = [{"text": "the cat likes the map"}, {"text": "a dog reads"}]
+    collator = ContrastiveCollator(tokenizer, "simcse_unsup", 32, query_prefix="q: ", document_prefix="d: ")
+    batch = collator(rows)
+    assert collator.query_prefix == collator.document_prefix == ""
+    assert torch.equal(batch["anchor_input_ids"], batch["candidate_input_ids"])
+    embedded = embedded_batch("simcse_unsup", torch.zeros(2, 4), torch.zeros(2, 4), batch)
+    assert embedded.positive_ids[:, 0].tolist() == batch["anchor_ids"].tolist()
+
+
+def test_scored_pairs_carry_scores(tokenizer):
+    rows = [
+        {"sentence1": "a", "sentence2": "b", "score": 0.2},
+        {"sentence1": "c", "sentence2": "d", "score": 1.0},
+    ]
+    batch = ContrastiveCollator(tokenizer, "scored_pairs", 32)(rows)
+    embedded = embedded_batch("scored_pairs", torch.zeros(2, 4), torch.zeros(2, 4), batch)
+    assert embedded.scores.tolist() == pytest.approx([0.2, 1.0])
+
+
+def parse(*argv):
+    return cli.parse_recipe(make_parser(), list(argv))
+
+
+def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_task():
+    data_args, _, _, config = parse(
+        "--task", "scored_pairs", "--loss", "{cosent: 1, angle: {weight: 1, temperature: 0.1}}"
+    )
+    assert config.loss == {"cosent": 1, "angle": {"weight": 1, "temperature": 0.1}}
+    resolve_task_defaults(config, "scored_pairs", has_eval_data=True)
+    assert (config.eval_task, config.metric_for_best_model, config.greater_is_better) == (
+        "scored_pairs",
+        "spearman",
+        True,
+    )
+
+    _, _, _, config = parse("--task", "tags")
+    resolve_task_defaults(config, "tags", has_eval_data=False)
+    assert (config.eval_task, config.load_best_model_at_end, config.eval_strategy) == ("tags", False, "no")
+
+
+def test_bad_pooling_is_a_config_error():
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        parse("--task", "pairs", "--pooling", "average")
+
+
+def test_lora_with_activation_checkpointing_keeps_gradients_in_lora(tiny_bert_dir):
+    from train.common.args import ModelArguments
+    from train.contrastive.model import build_embedding_model
+
+    model_args = ModelArguments(
+        model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_target_modules=["query", "value"]
+    )
+    model = build_embedding_model(model_args, "mean", True, gradient_checkpointing=True)
+    model.activation_checkpointing_enable()
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones_like(ids)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter)  # lora_B starts at 0: make lora_A's gradient non-zero too
+    anchor, candidates = model(ids, mask, ids.flip(0), mask)
+    (anchor @ candidates.T).sum().backward()
+    lora_grads = {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads.values())
+    assert torch.allclose(anchor.norm(dim=-1), torch.ones(3))
