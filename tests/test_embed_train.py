@@ -38,18 +38,22 @@ def data_files(folder: Path) -> dict[str, str]:
     texts = sentences(12)
     others = sentences(12, offset=5)
     scored = [
-        {"sentence1": a, "sentence2": b, "score": (i % 6) / 5} for i, (a, b) in enumerate(zip(texts, others))
+        {"sentence1": a, "sentence2": b, "score": (i % 6) / 5}
+        for i, (a, b) in enumerate(zip(texts, others, strict=True))
     ]
     tags = [{"text": t, "tags": [t.split()[1], t.split()[-1].rstrip(".")]} for t in texts]
     (folder / "sentences.txt").write_text("\n".join(texts) + "\n")
     return {
         "sentences": str(folder / "sentences.txt"),
         "pairs": write_jsonl(
-            folder / "pairs.jsonl", [{"anchor": a, "positive": b} for a, b in zip(texts, others)]
+            folder / "pairs.jsonl", [{"anchor": a, "positive": b} for a, b in zip(texts, others, strict=True)]
         ),
         "triplets": write_jsonl(
             folder / "triplets.jsonl",
-            [{"anchor": a, "positive": b, "negative": c} for a, b, c in zip(texts, others, reversed(texts))],
+            [
+                {"anchor": a, "positive": b, "negative": c}
+                for a, b, c in zip(texts, others, reversed(texts), strict=True)
+            ],
         ),
         "scored_pairs": write_jsonl(folder / "sts.jsonl", scored),
         "tags": write_jsonl(folder / "tags.jsonl", tags),
