@@ -12,6 +12,7 @@ from accelerate import PartialState
 from transformers import TrainerCallback
 
 from data_utils.errors import ConfigError
+from train.common.batching import gradient_accumulation_for
 
 EXPECT_WORLD_SIZE_ENV = "LORASMITH_EXPECT_WORLD_SIZE"
 
@@ -74,18 +75,14 @@ def apply_global_batch(training_args, run_args, world_size: int) -> None:
     optimizer sees the recipe's batch whatever the number of GPUs or nodes (and a resumed epoch continues at
     the exact sample after the world size changed). ConfigError when it does not divide.
     """
-    target = run_args.global_batch_size
-    if not target:
+    if not run_args.global_batch_size:
         return
-    per_step = training_args.per_device_train_batch_size * world_size
-    if target % per_step:
-        fits = [b for b in range(1, target + 1) if target % (b * world_size) == 0]
-        raise ConfigError(
-            f"global_batch_size {target} is not a multiple of per_device_train_batch_size "
-            f"{training_args.per_device_train_batch_size} x world size {world_size}; per_device_train_batch_size "
-            f"values that fit this launch: {fits[-6:] or 'none (change global_batch_size)'}"
+    try:
+        training_args.gradient_accumulation_steps = gradient_accumulation_for(
+            run_args.global_batch_size, training_args.per_device_train_batch_size, world_size
         )
-    training_args.gradient_accumulation_steps = target // per_step
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_quantized_distribution(training_args, model_args) -> None:
