@@ -167,7 +167,8 @@ def write_matrix(
 
 
 def plot_matrix(matrix: dict[str, dict[str, float]], column_labels: Sequence[str], path: Path) -> None:
-    """Heat map, models as rows, tasks as columns, each cell annotated with its value."""
+    """Heat map, models as rows, tasks as columns, each cell annotated with its value. Metrics differ in
+    scale, so colour shows a model's standing within each task (column min -> dark, max -> bright)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,15 +177,16 @@ def plot_matrix(matrix: dict[str, dict[str, float]], column_labels: Sequence[str
 
     models = list(matrix)
     values = np.array([list(matrix[m].values()) for m in models], dtype=float)
-    figure, axes = plt.subplots(figsize=(1.8 + 1.6 * values.shape[1], 1.2 + 0.6 * len(models)))
-    image = axes.imshow(values, cmap="viridis", aspect="auto")
+    low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    spread = np.where(high > low, high - low, 1.0)
+    relative = np.where(high > low, (values - low) / spread, 0.5)
+    figure, axes = plt.subplots(figsize=(1.8 + 1.6 * values.shape[1], 1.4 + 0.6 * len(models)))
+    axes.imshow(relative, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     axes.set_xticks(range(values.shape[1]), labels=column_labels, fontsize=8)
     axes.set_yticks(range(len(models)), labels=[Path(m).name or m for m in models], fontsize=8)
     for (i, j), value in np.ndenumerate(values):
-        axes.text(
-            j, i, f"{value:.1f}", ha="center", va="center", color="w" if value < np.nanmean(values) else "k"
-        )
-    figure.colorbar(image, ax=axes)
+        axes.text(j, i, f"{value:.1f}", ha="center", va="center", color="w" if relative[i, j] < 0.6 else "k")
+    axes.set_title("colour: rank of the model within each task", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
