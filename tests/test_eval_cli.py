@@ -202,10 +202,10 @@ def test_probe_cli_cross_validates(tiny_bert_dir, tmp_path, capsys):
 
 def test_probe_separable_features_score_100_and_c_selection_runs():
     rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1, 2], 20)
-    features = np.eye(3)[labels] * 5 + rng.normal(scale=0.1, size=(60, 3))
+    labels = np.repeat([0, 1, 2], 8)
+    features = np.eye(3)[labels] * 5 + rng.normal(scale=0.1, size=(24, 3))
     assert cross_validated_accuracy(features, labels, folds=4)["accuracy"] == 100
-    selected = cross_validated_accuracy(features, labels, folds=4, select_c=True, inner_folds=3)
+    selected = cross_validated_accuracy(features, labels, folds=2, select_c=True, inner_folds=2)
     assert selected["accuracy"] == 100 and set(selected["c"]) <= set(probe.SENTEVAL_C_GRID)
 
 
