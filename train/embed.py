@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from transformers import set_seed
+
 import data_utils
 from data_utils.errors import ConfigError
 from train.common import cli, outputs, resume, runtime
@@ -89,8 +91,9 @@ def main(argv=None):
         return
 
     tokenizer = load_tokenizer(model_args)
+    set_seed(config.seed)  # LoRA's random init must not depend on what ran before (Trainer seeds only later)
     model = build_embedding_model(
-        model_args, config.pooling, config.normalize, bool(config.activation_checkpointing)
+        model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
     )
     trainable, total = count_parameters(model)
     print_plan(

@@ -77,6 +77,13 @@ class EmbedConfig(TrainingArguments):
     normalize: bool = field(
         default=True, metadata={"help": "L2-normalise embeddings (cosine = dot product)."}
     )
+    dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Set every dropout probability of the transformer (unsupervised SimCSE's two views come from "
+            "dropout; 0 makes training deterministic). Default: the model's own (0.1 for BERT-like encoders)."
+        },
+    )
     query_prefix: str = field(
         default="",
         metadata={"help": "Instruction prepended to anchors / queries / texts (pairs, triplets, tags)."},
@@ -139,6 +146,8 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(
                 "remove_unused_columns must be false for train.embed (the collator reads the texts)"
             )
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1); got {self.dropout}")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
 

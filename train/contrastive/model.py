@@ -87,15 +87,37 @@ class EmbeddingModel(nn.Module):
         return self.base_model.config.hidden_size
 
 
+def set_dropout(model: nn.Module, probability: float) -> None:
+    """Every ``nn.Dropout`` of ``model`` and every ``*dropout*`` probability of its config -> ``probability``
+    (the config covers models that call ``F.dropout`` with a config value, e.g. Llama's attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+    config = model.config
+    for name, value in vars(config).items():
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, probability)
+    for module in model.modules():  # attention layers that copied the config value at construction
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = probability
+
+
 def build_embedding_model(
-    model_args: ModelArguments, pooling: str, normalize: bool, gradient_checkpointing: bool = False
+    model_args: ModelArguments,
+    pooling: str,
+    normalize: bool,
+    gradient_checkpointing: bool = False,
+    dropout: float | None = None,
 ) -> EmbeddingModel:
     """Load the recipe's transformer with ``AutoModel`` (hidden states; BERT poolers dropped) and make it
     trainable as the recipe says (LoRA / LoRA on chosen layers / full fine-tuning / a continued adapter).
 
+    ``dropout`` (if not None) overrides the transformer's dropout probabilities (LoRA's is ``lora_dropout``).
     ``gradient_checkpointing`` only prepares the model for it (Trainer turns it on through
     :meth:`EmbeddingModel.activation_checkpointing_enable`)."""
     encoder = load_model(model_args, AutoModel)
+    if dropout is not None:
+        set_dropout(encoder, dropout)
     encoder = apply_tuning(
         encoder, model_args, "FEATURE_EXTRACTION", gradient_checkpointing=gradient_checkpointing
     )

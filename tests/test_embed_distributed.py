@@ -1,0 +1,91 @@
+"""train.embed on 2 processes x batch B logs the same per-step losses as 1 process x batch 2B (dropout 0, same
+seed and data order): the negatives are gathered across processes with the big batch's gradient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from multiproc import run_multiprocess
+from test_embed_train import sentences, write_jsonl
+
+from train.common.cli import run_main
+from train.embed import main
+
+STEPS = 4
+
+
+def logged_steps(output_dir: Path) -> list[dict]:
+    state = json.loads((output_dir / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [log for log in state["log_history"] if "loss" in log]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "loss"),
+    [
+        ("pairs", "infonce"),
+        ("scored_pairs", "{cosent: 1, ibn: {weight: 1, threshold: 0.5}, angle: 1}"),
+        pytest.param(
+            "tags",
+            "infonce",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a tag shared by texts on both ranks is gathered twice and counts twice as a negative; "
+                "needs the loss library to count each candidate content id once (requested)",
+            ),
+        ),
+    ],
+)
+def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
+    tiny_bert_dir, tmp_path, task, loss
+):
+    texts = sentences(4 * STEPS * 2)  # exactly STEPS global batches of 8: no short last batch
+    if task == "tags":  # shared tags across texts and processes: masked, never negatives
+        rows = [{"text": t, "tags": [t.split()[1], t.split()[-1].rstrip(".")]} for t in texts]
+    elif task == "pairs":
+        rows = [
+            {"anchor": a, "positive": b} for a, b in zip(texts, sentences(len(texts), offset=3), strict=True)
+        ]
+    else:
+        others = sentences(len(texts), offset=3)
+        rows = [
+            {"sentence1": a, "sentence2": b, "score": (i % 5) / 4}
+            for i, (a, b) in enumerate(zip(texts, others, strict=True))
+        ]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    common = [
+        "--model_name_or_path", str(tiny_bert_dir), "--task", task, "--train_data", data, "--loss", loss,
+        "--use_peft", "true", "--lora_target_modules", "query", "value", "--lora_dropout", "0", "--dropout", "0",
+        "--max_steps", str(STEPS), "--logging_steps", "1", "--learning_rate", "1e-2", "--warmup_steps", "0",
+        "--save_strategy", "steps", "--save_steps", str(STEPS), "--eval_strategy", "no",
+        "--load_best_model_at_end", "false", "--export_merged", "false", "--report_to", "none", "--seed", "7",
+    ]  # fmt: skip
+    assert (
+        run_main(main, [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"])
+        == 0
+    )
+    run_multiprocess(
+        [
+            "-m",
+            "train.embed",
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "4",
+        ]
+    )
+
+    one, two = logged_steps(tmp_path / "one"), logged_steps(tmp_path / "two")
+    assert len(one) == len(two) == STEPS
+    for step_one, step_two in zip(one, two, strict=True):
+        assert step_two["global_batch_size"] == step_one["global_batch_size"] == 8
+        assert step_two["loss"] == pytest.approx(step_one["loss"], abs=1e-4)
+        for key in step_one:
+            if key.startswith("loss/") or key.endswith(
+                ("top1_accuracy", "negatives_per_anchor", "false_negatives")
+            ):
+                assert step_two[key] == pytest.approx(step_one[key], abs=1e-4), key
+    assert len({round(step["loss"], 4) for step in one}) > 1  # the model trains: the losses move
