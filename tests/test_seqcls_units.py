@@ -151,3 +151,20 @@ def test_quantized_decoder_keeps_its_score_head_in_full_precision_and_trainable(
     assert isinstance(trained_score, torch.nn.Linear) and trained_score.weight.dtype == torch.float32
     assert trained_score.weight.requires_grad and trained_score.out_features == 3
     assert base.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_a_single_lora_target_module_is_matched_by_name(tiny_bert_dir):
+    args = ModelArguments(
+        model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=2, lora_target_modules=["query"]
+    )
+    assert (
+        args.lora_target_modules == "query"
+    )  # TRL collapses a one-element list; PEFT reads a string as a regex
+    built = build_classifier(args, ["a", "b"], "single_label_classification", pad_token_id=0)
+    adapted = {
+        name.split(".lora_A")[0].rsplit(".", 1)[-1]
+        for name, _ in built.model.named_parameters()
+        if "lora_A" in name
+    }
+    assert adapted == {"query"}
+    assert built.trained_modules == ["classifier"]

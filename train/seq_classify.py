@@ -92,7 +92,7 @@ def main(argv=None):
         label_names,
         training_args.hf_problem_type,
         tokenizer.pad_token_id,
-        gradient_checkpointing=training_args.gradient_checkpointing,
+        gradient_checkpointing=training_args.activation_checkpointing,
     )
     trainable, total = count_parameters(built.model)
     print_plan(
