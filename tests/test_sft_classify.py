@@ -255,3 +255,28 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_llama_dir, dat
     for key in ("accuracy", "f1_macro", "confusion_matrix", "num_examples"):
         assert metrics[key] == single[key], key
     assert metrics["ece"] == pytest.approx(single["ece"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sft_quickstart", "sft_qlora", "sft_seed002_example"])
+def test_shipped_recipes_parse(name):
+    from train.common.cli import parse_recipe
+    from train.sft_classify import make_parser
+
+    data, model, _, training = parse_recipe(make_parser(), ["--config", f"configs/classify/{name}.yaml"])
+    assert data.train_data and data.eval_data and model.use_peft and training.template
+    assert isinstance(data.labels, dict) and training.metric_for_best_model == "f1_macro"
+
+
+def test_fsdp_qlora_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
+    from train.common.args import ModelArguments
+    from train.sft_classify import fsdp_enabled, match_fsdp_quant_storage
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert fsdp_enabled(type("Args", (), {"fsdp": ""})())
+    model_args = ModelArguments(model_name_or_path="m", load_in_4bit=True, dtype="bfloat16")
+    match_fsdp_quant_storage(model_args)
+    assert model_args.bnb_4bit_quant_storage == "bfloat16"
+    with pytest.raises(ConfigError, match="bnb_4bit_quant_storage equal to the compute dtype"):
+        match_fsdp_quant_storage(
+            ModelArguments(model_name_or_path="m", load_in_4bit=True, bnb_4bit_quant_storage="float32")
+        )

@@ -20,6 +20,7 @@ Output folder: ``adapter/``, ``merged/`` (``export_merged``), ``lorasmith.json``
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -126,7 +127,7 @@ def main(argv=None):
     if run_args.dry_run:
         return None
 
-    model = load_model(model_args, AutoModelForCausalLM)
+    model = forget_dequantized_gguf(load_model(model_args, AutoModelForCausalLM))
     model = apply_tuning(
         model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.gradient_checkpointing
     )
@@ -201,9 +202,43 @@ def configure(data_args: DataArguments, model_args: ModelArguments, training_arg
     # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
     training_args.max_length = model_args.max_length
     training_args.trust_remote_code = model_args.trust_remote_code
+    if model_args.load_in_4bit and fsdp_enabled(training_args):
+        match_fsdp_quant_storage(model_args)
     if not data_args.eval_data:  # nothing to evaluate on: no evaluation, no best-checkpoint selection
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.load_best_model_at_end = False
+
+
+def fsdp_enabled(training_args) -> bool:
+    """FSDP from the recipe (``fsdp: ...``) or from the accelerate launcher's FSDP config."""
+    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def match_fsdp_quant_storage(model_args: ModelArguments) -> None:
+    """FSDP shards one flat buffer per dtype: 4-bit weights must be stored in the compute dtype to be sharded with
+    the rest (PEFT's FSDP+QLoRA recipe). Sets ``bnb_4bit_quant_storage`` to ``dtype``; ConfigError on a mismatch."""
+    compute = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
+    storage = model_args.bnb_4bit_quant_storage
+    if storage and storage != compute:
+        raise ConfigError(
+            f"FSDP with load_in_4bit needs bnb_4bit_quant_storage equal to the compute dtype ({compute}), got {storage}"
+        )
+    model_args.bnb_4bit_quant_storage = compute
+    model_args.dtype = compute
+
+
+def forget_dequantized_gguf(model):
+    """Detach the GGUF quantizer transformers 5 leaves on a model whose GGUF weights it dequantized on load.
+
+    The weights are plain float tensors, but ``model.hf_quantizer`` (GGUF, ``is_trainable`` False) makes
+    ``Trainer`` refuse to train it. transformers' own ``remove_quantization_config`` detaches it.
+    (Belongs in ``train.common.modeling.load_model``; kept here until it moves there.)
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and quantizer.quantization_config.quant_method == "gguf":
+        if all(parameter.dtype.is_floating_point for parameter in model.parameters()):
+            quantizer.remove_quantization_config(model)
+    return model
 
 
 def label_options(data_args: DataArguments) -> dict:
@@ -248,15 +283,21 @@ def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], go
 def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, recipe, metrics) -> None:
     """adapter/ (+ merged/), lorasmith.json, metrics.json and the model card. Main process only."""
     output_dir = training_args.output_dir
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    # A GGUF base cannot be re-read for the merge (load_model keeps the GGUF quantizer, see forget_dequantized_gguf);
+    # it was dequantized to full precision, so merging the live model gives the same weights.
+    merge_from_reloaded_base = run_args.export_merged and not source.gguf_file
     saved = export.save_trained_model(
         trainer.model,
         tokenizer,
         output_dir,
         model_args,
-        export_merged=run_args.export_merged,
+        export_merged=merge_from_reloaded_base,
         model_class=AutoModelForCausalLM,
     )
-    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    if run_args.export_merged and source.gguf_file:
+        export.save_full_model(trainer.model, tokenizer, output_dir)
+        saved["merged"] = export.MERGED_DIR
     write_manifest(
         output_dir,
         {
