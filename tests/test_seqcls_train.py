@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from data_utils import load, sample_path
 from eval.seqcls_predictor import SequenceClassifier
+from train.classify.seqcls_trainer import class_weight_vector
 from train.common.cli import run_main
 from train.seq_classify import main
 
@@ -139,7 +140,7 @@ def test_llama_pair_inputs_adapter_only_reload(tiny_llama_dir, tmp_path):
     assert cross_entropy(classifier.logits(rows), labels) == pytest.approx(loss, rel=1e-4)
 
 
-def test_multi_label_tags_with_threshold(tiny_bert_dir, tmp_path):
+def test_full_finetune_multi_label_with_threshold_and_balanced_weights(tiny_bert_dir, tmp_path):
     out = tmp_path / "tags"
     main(
         train_args(
@@ -157,28 +158,36 @@ def test_multi_label_tags_with_threshold(tiny_bert_dir, tmp_path):
             "0.4",
             "--class_weights",
             "balanced",
+            "--use_peft",
+            "false",
+            "--full_finetune",
+            "true",
         )
     )
     manifest = json.loads((out / "lorasmith.json").read_text())
     assert manifest["multi_label"] is True and manifest["threshold"] == 0.4
+    assert manifest["adapter"] is None and manifest["merged"] == "merged"  # full fine-tuning: the whole model
     classifier = SequenceClassifier.load(out)
-    dataset = load(
-        sample_path("tags_eval.jsonl"),
-        task="labeled",
-        columns={"label": "tags"},
-        label_names=manifest["labels"],
-        multi_label=True,
+    names = manifest["labels"]
+    options = {"columns": {"label": "tags"}, "label_names": names, "multi_label": True}
+    train, evaluation = (
+        load(sample_path(f), task="labeled", **options) for f in ("tags.jsonl", "tags_eval.jsonl")
     )
-    rows = [{"text": text} for text in dataset["text"]]
-    probabilities = classifier.predict_proba(rows)
-    assert probabilities.shape == (len(rows), len(manifest["labels"]))
-    predicted = classifier.predict(rows)
-    assert all(
-        set(tags) == {manifest["labels"][j] for j in np.flatnonzero(p >= 0.4)}
-        for tags, p in zip(predicted, probabilities, strict=True)
+    multi_hot = [[float(j in ids) for j in range(len(names))] for ids in evaluation["label"]]
+    train_hot = np.array([[int(j in ids) for j in range(len(names))] for ids in train["label"]])
+    pos_weight = class_weight_vector("balanced", train_hot, names, multi_label=True)
+    rows = [{"text": text} for text in evaluation["text"]]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(classifier.logits(rows)), torch.tensor(multi_hot), pos_weight=pos_weight
     )
     metrics = json.loads((out / "metrics.json").read_text())["eval"]
-    assert np.array(metrics["confusion_matrix"]).shape == (len(manifest["labels"]), 2, 2)
+    assert bce.item() == pytest.approx(metrics["loss"], rel=1e-4)
+    probabilities, predicted = classifier.predict_proba(rows), classifier.predict(rows)
+    assert all(
+        set(tags) == {names[j] for j in np.flatnonzero(p >= 0.4)}
+        for tags, p in zip(predicted, probabilities, strict=True)
+    )
+    assert np.array(metrics["confusion_matrix"]).shape == (len(names), 2, 2)
 
 
 def test_unknown_eval_label_is_a_clear_error_before_any_model_loads(tiny_bert_dir, tmp_path, capsys):
