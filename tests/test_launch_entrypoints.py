@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import multiproc
 import pytest
 import yaml
-from multiproc import CPU_DDP_CONFIG, REPO, free_port, run_multiprocess, test_env
+from multiproc import CPU_DDP_CONFIG, REPO, free_port, run_multiprocess
 
 from data_utils import sample_path
 from train.common.resume import MARKER_NAME
@@ -46,7 +48,7 @@ def seq_classify_recipe(tiny_bert_dir, tiny_llama_dir) -> dict:
 def sft_classify_recipe(tiny_bert_dir, tiny_llama_dir) -> dict:
     return {"model_name_or_path": str(tiny_llama_dir), "train_data": str(sample_path("labeled_sentiment.csv")),
             "labels": {"negative": "bad", "positive": "good"}, "template": "Review: {text}\nSentiment?",
-            "lora_target_modules": ["q_proj", "v_proj"], "gradient_checkpointing": False}  # fmt: skip
+            "lora_target_modules": ["q_proj", "v_proj"], "gradient_checkpointing": False, "max_length": 96}  # fmt: skip
 
 
 RECIPES = {"embed": embed_recipe, "sft_classify": sft_classify_recipe, "seq_classify": seq_classify_recipe}
@@ -76,8 +78,8 @@ def interrupt_after_first_checkpoint(args: list[str]) -> subprocess.CompletedPro
     output_dir = Path(args[args.index("--output_dir") + 1])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_DDP_CONFIG),
                "--main_process_port", str(free_port()), *args]  # fmt: skip
-    with subprocess.Popen(command, cwd=REPO, env=test_env(LORASMITH_EXPECT_WORLD_SIZE="2"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as launcher:  # fmt: skip
+    env = multiproc.test_env(LORASMITH_EXPECT_WORLD_SIZE="2")
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launcher:
         while not (output_dir / f"checkpoint-{SAVE_STEPS}" / MARKER_NAME).exists() and launcher.poll() is None:
             time.sleep(0.05)
         launcher.send_signal(signal.SIGTERM)
@@ -114,3 +116,34 @@ def test_deepspeed_zero2_on_cpu(entrypoint, tmp_path):
     assert (output_dir / "adapter").is_dir()
     losses = step_losses(output_dir)
     assert len(losses) == MAX_STEPS and all(loss == loss for loss in losses)  # trained, no NaN
+
+
+def test_dry_run_prints_the_launch_plan(entrypoint, capsys):
+    from importlib import import_module
+
+    from train.common.cli import run_main
+
+    name, recipe = entrypoint
+    main = import_module(f"train.{name}").main
+    assert run_main(main, ["--config", str(recipe), "--dry_run", "true", "--global_batch_size", "8"]) == 0
+    plan = capsys.readouterr().out
+    rows = ["world size", "per-device batch", "gradient accumulation", "global batch", "precision", "quantization",
+            "trainable parameters"]  # fmt: skip
+    if name == "embed":
+        rows.append("negatives per anchor")
+    missing = [row for row in rows if row not in plan]
+    assert not missing, f"plan lacks {missing}:\n{plan}"
+    assert re.search(r"global batch\s+: 8\n", plan) and re.search(r"gradient accumulation\s+: 2\n", plan)  # 4 x 2 x 1
+
+
+def test_bf16_on_this_cpu_is_refused_before_any_model_loads(entrypoint, capsys):
+    from importlib import import_module
+
+    from train.common.cli import run_main
+    from train.common.runtime import cpu_supports_bf16
+
+    if cpu_supports_bf16():
+        pytest.skip("this CPU has native bf16")
+    name, recipe = entrypoint
+    assert run_main(import_module(f"train.{name}").main, ["--config", str(recipe), "--bf16", "true"]) == 2
+    assert "bf16 requested on a CPU without bf16 support" in capsys.readouterr().err

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import multiproc
 import pytest
-from multiproc import REPO, run_multiprocess, test_env
+from multiproc import REPO, run_multiprocess
 
 from train.common.resume import MARKER_NAME
 
@@ -80,7 +81,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_the_rerun_finishes(tiny_llama_di
     output_dir = tmp_path / "run"
     args = tiny_args(tiny_llama_dir, output_dir, "--max_steps", "40", "--save_steps", "100")
     command = [sys.executable, *args]
-    env = test_env(TINY_STEP_SLEEP="0.2")
+    env = multiproc.test_env(TINY_STEP_SLEEP="0.2")
     with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
         progress = output_dir / "progress"
         while not (progress.exists() and int(progress.read_text() or 0) >= 2) and run.poll() is None:
@@ -97,7 +98,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_the_rerun_finishes(tiny_llama_di
     assert not (output_dir / "metrics.json").exists()  # stopped before the end-of-run outputs
 
     rerun = [sys.executable, *tiny_args(tiny_llama_dir, output_dir, "--max_steps", str(step + 2), "--save_steps", "100")]
-    finished = subprocess.run(rerun, cwd=REPO, env=test_env(), capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(rerun, cwd=REPO, env=multiproc.test_env(), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"resuming from {checkpoint}" in finished.stdout
     assert json.loads((output_dir / "metrics.json").read_text())["steps"] == step + 2
