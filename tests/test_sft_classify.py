@@ -278,5 +278,7 @@ def test_fsdp_qlora_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
     assert model_args.bnb_4bit_quant_storage == "bfloat16"
     with pytest.raises(ConfigError, match="bnb_4bit_quant_storage equal to the compute dtype"):
         match_fsdp_quant_storage(
-            ModelArguments(model_name_or_path="m", load_in_4bit=True, bnb_4bit_quant_storage="float32")
+            ModelArguments(
+                model_name_or_path="m", load_in_4bit=True, dtype="bfloat16", bnb_4bit_quant_storage="float32"
+            )
         )
