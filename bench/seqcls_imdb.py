@@ -128,6 +128,8 @@ def main() -> None:
         read_reviews(args.data_dir / "validation_1k.jsonl"),
     )
     rows = [] if args.skip_probe else [probe(train, validation, args.max_length)]
+    if rows:
+        print(f"probe done: {json.dumps(rows[0])}", flush=True)  # a long LoRA run should not hide it
     rows.append(lora(args.data_dir, args.epochs, args.max_length, args.batch_size, args.learning_rate))
     rows.append(SEED_004)
 

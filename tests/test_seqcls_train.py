@@ -229,8 +229,8 @@ def test_two_process_run_trains_on_both_and_saves_once(tiny_bert_dir, tmp_path):
             ),
         ]
     )
-    assert re.search(r"processes\s+: 2\n", result.stdout)
-    assert re.search(r"batch\s+: 4 per device x 1 accumulation x 2 processes = 8\n", result.stdout)
+    assert re.search(r"world size\s+: 2 \(ddp, cpu\)", result.stdout)
+    assert re.search(r"global batch\s+: 8\n", result.stdout)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["num_examples"] == 20  # gathered from both processes, no padding duplicates
     rows, labels = eval_rows_and_labels(

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 from accelerate import PartialState
-from transformers import DataCollatorWithPadding, IntervalStrategy
+from transformers import DataCollatorWithPadding, IntervalStrategy, set_seed
 
 from data_utils import label_names_from_dataset
 from train.classify.seqcls_config import SeqClassifyConfig
@@ -43,7 +43,7 @@ from train.classify.seqcls_trainer import (
 from train.common import cli, outputs, resume, runtime
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
-from train.common.plan import print_plan
+from train.common.plan import print_plan, run_plan
 
 
 def make_parser():
@@ -52,8 +52,7 @@ def make_parser():
 
 def main(argv=None):
     data_args, model_args, run_args, training_args = cli.parse_recipe(make_parser(), argv)
-    world_size = runtime.check_world_size()
-    runtime.check_precision(training_args)
+    world_size = runtime.check_launch(training_args, run_args, model_args)
     multi_label = training_args.multi_label
 
     train_raw, eval_raw = load_splits(data_args, multi_label)  # data errors before any model is loaded
@@ -70,23 +69,16 @@ def main(argv=None):
     if eval_split is None:  # nothing to evaluate or to pick a best checkpoint with
         training_args.eval_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
 
-    print_plan(
-        "seq_classify",
-        _plan(
-            data_args,
-            model_args,
-            training_args,
-            world_size,
-            label_names,
-            text_columns,
-            train_split,
-            eval_split,
-            weights,
-        ),
+    plan = run_plan(training_args, model_args, world_size)
+    plan.update(
+        _task_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split)
     )
+    plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
+    print_plan("train.seq_classify", plan)
     if run_args.dry_run:
         return
 
+    set_seed(training_args.seed)  # the head's and LoRA's random init must not depend on what ran before
     built = build_classifier(
         model_args,
         label_names,
@@ -114,7 +106,7 @@ def main(argv=None):
         callbacks=resume.stop_callbacks(),
         loss=ClassificationLoss(multi_label, weights),
     )
-    recipe = outputs.save_recipe(training_args.output_dir, data_args, model_args, run_args, training_args)
+    recipe = outputs.recipe_dict(data_args, model_args, run_args, training_args)
     resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     if resume.stopped_by_signal(trainer):
@@ -151,57 +143,42 @@ def main(argv=None):
     PartialState().wait_for_everyone()
 
 
-def _plan(
-    data_args,
-    model_args,
-    training_args,
-    world_size,
-    label_names,
-    text_columns,
-    train_split,
-    eval_split,
-    weights,
+def _task_plan(
+    data_args, model_args, training_args, label_names, text_columns, train_split, eval_split
 ) -> dict:
-    per_step = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
-    )
-    if model_args.adapter_path:
-        tuning = f"continue adapter {model_args.adapter_path}"
-    elif model_args.use_peft:
-        tuning = (
-            f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-            f"targets={model_args.lora_target_modules or 'PEFT default for this model'}"
-        )
-    else:
-        tuning = ""
-    if model_args.full_finetune:
-        tuning = f"{tuning} + full fine-tuning" if tuning else "full fine-tuning"
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        tuning = ("QLoRA 4-bit " if model_args.load_in_4bit else "8-bit ") + tuning
-    inputs = " + ".join(text_columns) + (" (pair encoding)" if len(text_columns) > 1 else "")
+    """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     truncated = f"{train_split.truncated} of {train_split.rows} train rows"
     if eval_split:
         truncated += f", {eval_split.truncated} of {eval_split.rows} eval rows"
     return {
         "model": model_args.model_name_or_path,
-        "tuning": tuning,
+        "tuning": _tuning_summary(model_args),
         "problem": f"{training_args.problem_type}, {len(label_names)} labels: {', '.join(label_names)}",
-        "inputs": inputs,
-        "class weights": "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist()),
+        "inputs": " + ".join(text_columns) + (" (pair encoding)" if len(text_columns) > 1 else ""),
         "train data": f"{data_args.train_data} ({train_split.rows} rows)",
         "eval data": f"{data_args.eval_data} ({eval_split.rows} rows)"
         if eval_split
         else "none (no evaluation)",
         f"truncated to {model_args.max_length} tokens": truncated,
-        "processes": world_size,
-        "batch": f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps}"
-        f" accumulation x {world_size} processes = {per_step}",
         "epochs / max_steps": f"{training_args.num_train_epochs:g} / {training_args.max_steps}",
         "best checkpoint by": training_args.metric_for_best_model
         if training_args.load_best_model_at_end
         else "-",
         "output_dir": training_args.output_dir,
     }
+
+
+def _tuning_summary(model_args) -> str:
+    if model_args.adapter_path:
+        tuning = f"continue adapter {model_args.adapter_path}"
+    elif model_args.use_peft:
+        targets = model_args.lora_target_modules or "PEFT default for this model"
+        tuning = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} targets={targets}"
+    else:
+        tuning = ""
+    if model_args.full_finetune:
+        tuning = f"{tuning} + full fine-tuning" if tuning else "full fine-tuning"
+    return tuning
 
 
 if __name__ == "__main__":
