@@ -20,7 +20,6 @@ Output folder: ``adapter/``, ``merged/`` (``export_merged``), ``lorasmith.json``
 
 from __future__ import annotations
 
-import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -51,7 +50,7 @@ from train.common.modeling import (
     load_tokenizer,
     resolve_model_source,
 )
-from train.common.plan import print_plan
+from train.common.plan import print_plan, run_plan
 
 
 def make_parser():
@@ -60,8 +59,7 @@ def make_parser():
 
 def main(argv=None):
     data_args, model_args, run_args, training_args = cli.parse_recipe(make_parser(), argv)
-    world_size = runtime.check_world_size()
-    runtime.check_precision(training_args)
+    world_size = runtime.check_launch(training_args, run_args, model_args)
     text_columns, template = prompt_columns(data_args, training_args)
     configure(data_args, model_args, training_args)
 
@@ -101,35 +99,29 @@ def main(argv=None):
     train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
     eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
 
-    per_step = (
-        training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
-    )
-    print_plan(
-        "sft_classify",
+    plan = run_plan(training_args, model_args, world_size)
+    plan.update(
         {
             "model": model_args.model_name_or_path
             + (f" ({model_args.gguf_file})" if model_args.gguf_file else ""),
             "tuning": tuning_summary(model_args),
             "prompt": f"{spec.format} prompt-completion, template columns {spec.text_columns}",
-            "labels -> answer tokens": {label: ids for label, ids in answer_ids.items()},
+            "labels -> answer tokens": answer_ids,
             "train rows": f"{len(train_ds)} (longest {train_rows.longest} tokens, {train_rows.shortened} shortened "
             f"to max_length {spec.max_length})",
             "eval rows": f"{len(eval_ds)} ({eval_rows.shortened} shortened)"
             if eval_ds is not None
-            else "none (no evaluation)",
-            "processes": world_size,
-            "batch": f"{training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps}"
-            f" accumulation x {world_size} processes = {per_step} rows per step",
-            "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+            else "none",
             "output_dir": training_args.output_dir,
-        },
+        }
     )
+    print_plan("train.sft_classify", plan)
     if run_args.dry_run:
         return None
 
     model = forget_dequantized_gguf(load_model(model_args, AutoModelForCausalLM))
     model = apply_tuning(
-        model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.gradient_checkpointing
+        model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.activation_checkpointing
     )
     trainable, total = count_parameters(model)
     print_plan(
@@ -202,29 +194,9 @@ def configure(data_args: DataArguments, model_args: ModelArguments, training_arg
     # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
     training_args.max_length = model_args.max_length
     training_args.trust_remote_code = model_args.trust_remote_code
-    if model_args.load_in_4bit and fsdp_enabled(training_args):
-        match_fsdp_quant_storage(model_args)
     if not data_args.eval_data:  # nothing to evaluate on: no evaluation, no best-checkpoint selection
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.load_best_model_at_end = False
-
-
-def fsdp_enabled(training_args) -> bool:
-    """FSDP from the recipe (``fsdp: ...``) or from the accelerate launcher's FSDP config."""
-    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
-
-
-def match_fsdp_quant_storage(model_args: ModelArguments) -> None:
-    """FSDP shards one flat buffer per dtype: 4-bit weights must be stored in the compute dtype to be sharded with
-    the rest (PEFT's FSDP+QLoRA recipe). Sets ``bnb_4bit_quant_storage`` to ``dtype``; ConfigError on a mismatch."""
-    compute = model_args.dtype if model_args.dtype not in (None, "auto") else "bfloat16"
-    storage = model_args.bnb_4bit_quant_storage
-    if storage and storage != compute:
-        raise ConfigError(
-            f"FSDP with load_in_4bit needs bnb_4bit_quant_storage equal to the compute dtype ({compute}), got {storage}"
-        )
-    model_args.bnb_4bit_quant_storage = compute
-    model_args.dtype = compute
 
 
 def forget_dequantized_gguf(model):
