@@ -20,6 +20,7 @@ import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import get_peft_config
 
 from data_utils.errors import ConfigError
@@ -123,8 +124,14 @@ def _bnb_config(model_args: ModelArguments, compute_dtype: torch.dtype) -> BitsA
     )
 
 
-def quantized_device_map() -> dict[str, int | str]:
-    """Each process loads its quantized copy onto its own device (never another process's GPU)."""
+def quantized_device_map() -> dict[str, int | str] | None:
+    """Each process loads its quantized copy onto its own device (never another process's GPU).
+
+    None under DeepSpeed ZeRO-3 and FSDP: they place and shard the weights themselves, and transformers
+    refuses a ``device_map`` with ZeRO-3.
+    """
+    if is_deepspeed_zero3_enabled() or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return None
     if torch.cuda.is_available():
         return {"": PartialState().local_process_index}
     return {"": "cpu"}
@@ -149,7 +156,9 @@ def load_model(model_args: ModelArguments, model_class, *, skip_quantization: li
     dtype = torch_dtype(model_args.dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = quantized_device_map()
+        device_map = quantized_device_map()
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         if dtype in (None, "auto"):
             dtype = quant.bnb_4bit_compute_dtype if model_args.load_in_4bit else torch.float16
     return model_class.from_pretrained(

@@ -60,7 +60,7 @@ def _training_defaults(cls) -> dict:
 def save_recipe(output_dir: str | os.PathLike, *arguments) -> dict:
     """Write ``recipe.yaml`` (the resolved configuration that produced this folder) and return it."""
     recipe = recipe_dict(*arguments)
-    write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(_plain(recipe), sort_keys=True, allow_unicode=True))
+    write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True))
     return recipe
 
 
@@ -68,7 +68,7 @@ def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:
     """Merge ``metrics`` into ``metrics.json`` (keys like ``before``/``after``/``train`` accumulate) and return all."""
     path = Path(output_dir) / METRICS_NAME
     merged = json.loads(path.read_text()) if path.exists() else {}
-    merged.update(_plain(metrics))
+    merged.update(yaml_safe(metrics))
     write_atomic(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return merged
 
@@ -98,7 +98,7 @@ def write_model_card(
         "## Recipe",
         "",
         "```yaml",
-        yaml.safe_dump(_plain(recipe), sort_keys=True, allow_unicode=True).strip(),
+        yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True).strip(),
         "```",
         "",
     ]
@@ -128,12 +128,12 @@ def _format(value) -> str:
     return "" if value is None else str(value)
 
 
-def _plain(value):
+def yaml_safe(value):
     """Make enums, tuples and paths YAML/JSON-safe."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): yaml_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [yaml_safe(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return getattr(value, "value", str(value))

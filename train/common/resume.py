@@ -79,7 +79,7 @@ def stopped_by_signal(trainer) -> bool:
 
 def comparable_recipe(recipe: dict) -> dict:
     """``recipe`` as YAML-plain data without the keys that may change on a restart (see ``RESTART_KEYS``)."""
-    plain = yaml.safe_load(yaml.safe_dump(outputs._plain(recipe), sort_keys=True))
+    plain = yaml.safe_load(yaml.safe_dump(outputs.yaml_safe(recipe), sort_keys=True))
     ignored = RESTART_KEYS | (BATCH_SPLIT_KEYS if plain.get("global_batch_size") else frozenset())
     return {k: v for k, v in plain.items() if k not in ignored}
 
@@ -193,7 +193,7 @@ def prepare_output_dir(training_args, run_args, recipe: dict) -> str | None:
         else:
             _move_incomplete(output_dir, [f for f in incomplete if not explicit or Path(explicit) != f])
         output_dir.mkdir(parents=True, exist_ok=True)
-        outputs.write_atomic(output_dir / outputs.RECIPE_NAME, yaml.safe_dump(outputs._plain(recipe), sort_keys=True))
+        outputs.write_atomic(output_dir / outputs.RECIPE_NAME, yaml.safe_dump(outputs.yaml_safe(recipe), sort_keys=True))
         if resume_from:
             _warn_on_batch_change(resume_from, recipe, training_args, state.num_processes)
             print(f"lorasmith: resuming from {resume_from}", flush=True)
