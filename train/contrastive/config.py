@@ -11,7 +11,8 @@ Defaults that differ from ``TrainingArguments`` (chosen for contrastive fine-tun
   ``warmup_steps`` 0.1 (a share of all steps); ``logging_steps`` 10; ``report_to`` tensorboard.
 - ``eval_strategy`` / ``save_strategy`` epoch, ``save_total_limit`` 2, ``load_best_model_at_end`` True:
   ``metric_for_best_model`` defaults to the eval task's main metric (``spearman`` for STS, ``ndcg@10`` for
-  retrieval); without ``eval_data`` there is no evaluation and the last model is exported.
+  retrieval); evaluation follows ``save_strategy`` when the two differ (the best checkpoint needs an
+  evaluation at each save); without ``eval_data`` there is no evaluation and the last model is exported.
 - ``remove_unused_columns`` False: rows reach the collator as raw texts.
 """
 
@@ -135,6 +136,14 @@ class EmbedConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.load_best_model_at_end and str(self.save_strategy) != str(self.eval_strategy):
+            # The best checkpoint needs an evaluation at every save: evaluation follows the checkpoints
+            # (a recipe that only says save_strategy: steps / no must not fail on TrainingArguments' check).
+            if str(self.save_strategy) == "no":
+                self.load_best_model_at_end = False
+            elif str(self.save_strategy) != "best":
+                self.eval_strategy = self.save_strategy
+                self.eval_steps = self.eval_steps or self.save_steps
         super().__post_init__()
         if isinstance(self.loss, str) and self.loss.strip().startswith(("{", "[")):
             self.loss = yaml.safe_load(self.loss)  # --loss '{cosent: 1, angle: 1}' from the command line

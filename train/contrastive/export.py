@@ -15,7 +15,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from transformers import AutoModel
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from data_utils.errors import ConfigError
 from eval.artifacts import write_manifest, write_sentence_transformers_files
 from train.common.args import ModelArguments
 from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
@@ -40,12 +42,19 @@ def export_embedding_model(
     tokenizer = trainer.processing_class
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.lora_only:
-        trainer.save_model(str(output_dir / ADAPTER_DIR))
+        trainer.save_model(str(output_dir / ADAPTER_DIR))  # consolidated by DeepSpeed when sharded
         saved = {"adapter": ADAPTER_DIR, "merged": None}
+        if trainer.zero3:  # the merge reloads the base on one process: not as a ZeRO-3 (collective) model
+            unset_hf_deepspeed_config()
         if export_merged and trainer.args.should_save:
             merge_saved_adapter(model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModel)
             saved["merged"] = MERGED_DIR
     else:
+        if trainer.zero3:
+            raise ConfigError(
+                "exporting a fully fine-tuned model trained under ZeRO-3 is not supported yet: train with "
+                "zero2.yaml / ddp.yaml, or LoRA only; the checkpoints in output_dir hold the weights"
+            )
         if trainer.args.should_save:
             save_full_model(model.encoder, tokenizer, output_dir)
         saved = {"adapter": None, "merged": MERGED_DIR}

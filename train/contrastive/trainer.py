@@ -22,6 +22,7 @@ resume, TensorBoard/W&B — is the ecosystem's):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -56,6 +57,14 @@ def embedded_batch(task: str, anchor: torch.Tensor, candidates: torch.Tensor, in
         scores=inputs.get("scores"),
         positive_is_anchor=task == "simcse_unsup",
     )
+
+
+class LockstepEmbedder(Embedder):
+    """Every process encodes every batch (no sharding): under ZeRO-3 each forward all-gathers parameters, a
+    collective that every process must join, so the processes must run the same forwards."""
+
+    def encode(self, texts, batch_size=64, prefix="", *, show_progress=None, shard=None):
+        return super().encode(texts, batch_size, prefix, show_progress=show_progress, shard=False)
 
 
 class ContrastiveTrainer(Trainer):
@@ -128,10 +137,25 @@ class ContrastiveTrainer(Trainer):
 
     # ---- evaluation ----
 
+    @property
+    def zero3(self) -> bool:
+        """True under DeepSpeed ZeRO-3 (parameters are partitioned across processes)."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        return plugin is not None and plugin.zero_stage == 3
+
+    def full_parameters(self):
+        """Context in which the encoder can run a plain forward: under ZeRO-3 before the DeepSpeed engine exists
+        (the "before" evaluation) the partitioned parameters are gathered on every process; otherwise nothing."""
+        if self.zero3 and self.deepspeed is None:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
     def embedder(self) -> Embedder:
         """An ``Embedder`` on the live encoder (its train/eval mode is restored after each encode)."""
         model: EmbeddingModel = self.accelerator.unwrap_model(self.model)
-        return Embedder.from_model(
+        return (LockstepEmbedder if self.zero3 else Embedder).from_model(
             model.encoder,
             self.processing_class,
             pooling=model.pooling,
@@ -150,9 +174,10 @@ class ContrastiveTrainer(Trainer):
         is sharded across them, every process gets the same numbers)."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         start = time.perf_counter()
-        metrics = embedding_metrics(
-            self.embedder(), self.args.eval_task, dataset, self.args.eval_ks, self.args.embed_batch_size
-        )
+        with self.full_parameters():
+            metrics = embedding_metrics(
+                self.embedder(), self.args.eval_task, dataset, self.args.eval_ks, self.args.embed_batch_size
+            )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
         self.log(dict(metrics))  # Trainer.log adds "epoch" to the dict it is given
