@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -128,3 +130,14 @@ def test_lora_with_activation_checkpointing_keeps_gradients_in_lora(tiny_bert_di
     lora_grads = {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads.values())
     assert torch.allclose(anchor.norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in (Path(__file__).parents[1] / "configs" / "embed").glob("*.yaml"))
+)
+def test_every_embed_recipe_parses_and_loads_its_data(recipe, capsys):
+    from train.common.cli import run_main
+    from train.embed import main
+
+    assert run_main(main, ["--config", f"configs/embed/{recipe}", "--dry_run", "true"]) == 0
+    assert "training rows" in capsys.readouterr().out
