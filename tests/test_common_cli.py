@@ -72,3 +72,9 @@ def test_outputs_recipe_metrics_and_card(parser, recipe, tmp_path):
     card = (out / "README.md").read_text()
     assert "| spearman | 0.5000 | 0.7500 |" in card and "lora_r: 8" in card
     assert not list(out.glob(".*.tmp"))
+
+
+def test_text_columns_accept_commas_or_spaces(parser, recipe):
+    for flags in (["a,b"], ["a", "b"]):
+        data, *_ = parse_recipe(parser, ["--config", str(recipe), "--task", "labeled", "--text_columns", *flags])
+        assert data.load_options()["text_columns"] == ["a", "b"]

@@ -103,3 +103,18 @@ def test_saved_adapter_and_merged_model_give_the_same_outputs(tiny_bert_dir, tmp
         expected = model(**batch).last_hidden_state
         assert torch.allclose(merged(**batch).last_hidden_state, expected, atol=1e-5)
         assert not torch.allclose(AutoModel.from_pretrained(tiny_bert_dir)(**batch).last_hidden_state, expected, atol=1e-3)
+
+
+def test_single_target_module_is_a_name_not_a_regex(tiny_bert_dir):
+    # TRL's ModelConfig collapses [query] to 'query'; PEFT would read that as a full-path regex and match nothing.
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_target_modules=["query"])
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+    adapted = {n.split(".lora_")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted and all(n.endswith("attention.self.query") for n in adapted)
+
+
+def test_unreachable_hub_id_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ModelArguments(model_name_or_path="no-such-org/no-such-model")
+    with pytest.raises(ConfigError, match="cannot load model 'no-such-org/no-such-model'.*HF_HUB_OFFLINE is set"):
+        load_model(args, AutoModel)

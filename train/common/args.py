@@ -52,16 +52,22 @@ class DataArguments:
             options["tag_delimiter"] = self.tag_delimiter
         if self.task == "labeled":
             if self.text_columns:
-                options["text_columns"] = list(self.text_columns)
+                options["text_columns"] = split_names(self.text_columns)
             if self.labels:
                 options["label_names"] = label_names(self.labels)
         return options
 
 
+def split_names(names: list[str] | str) -> list[str]:
+    """['a,b'] / 'a,b' / ['a', 'b'] -> ['a', 'b'] (the command line gives lists either way)."""
+    items = [names] if isinstance(names, str) else list(names)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
 def label_names(labels: dict | list | str) -> list[str]:
     """Label names in id order from a recipe's ``labels``: a list, a 'a,b' string, or a {name: answer} map."""
     if isinstance(labels, str):
-        return [name.strip() for name in labels.split(",") if name.strip()]
+        return split_names(labels)
     return [str(name) for name in labels]
 
 

@@ -10,9 +10,11 @@ layers only; continuing an existing adapter; full fine-tuning next to (or instea
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +72,28 @@ def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None)
     return ModelSource(name_or_path, gguf_file)
 
 
+@contextlib.contextmanager
+def _explain_unavailable(source: ModelSource):
+    """Turn the hub's OSError for a model that cannot be fetched into one actionable ConfigError."""
+    try:
+        yield
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        hint = (
+            "HF_HUB_OFFLINE is set, so only local folders, the hub cache and the embedded 'minilm' / 'smollm2' work"
+            if offline
+            else "check the id, your network and your hub token, or pass a local folder"
+        )
+        raise ConfigError(f"cannot load model '{source.path}': {str(error).splitlines()[0]} ({hint})") from None
+
+
 def load_tokenizer(model_args: ModelArguments, padding_side: str | None = None):
     """The model's tokenizer (or ``tokenizer_name_or_path``) with a pad token guaranteed."""
     source = resolve_model_source(model_args.tokenizer_name_or_path or model_args.model_name_or_path, model_args.gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
-    )
+    with _explain_unavailable(source):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if padding_side is not None:
@@ -148,9 +166,10 @@ def load_model(model_args: ModelArguments, model_class, *, skip_quantization: li
     quant = quantization_config(model_args, skip_quantization)
     if source.gguf_file and quant is not None:
         raise ConfigError("a GGUF model is dequantized to full precision on load; load_in_4bit/8bit cannot apply to it")
-    config = AutoConfig.from_pretrained(
-        source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
-    )
+    with _explain_unavailable(source):
+        config = AutoConfig.from_pretrained(
+            source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
+        )
     if model_class.__name__ == "AutoModel" and _accepts_pooling_flag(config):
         kwargs.setdefault("add_pooling_layer", False)
     dtype = torch_dtype(model_args.dtype)
@@ -214,8 +233,17 @@ def lora_config(model_args: ModelArguments, task_type: str | None, model: PreTra
             raise ConfigError("lora_layers is set but LoRA is off: add use_peft: true")
         return None
     peft_config.task_type = task_type
+    peft_config.target_modules = _module_names(peft_config.target_modules)
     peft_config.layers_to_transform = layers_to_transform(model_args.lora_layers, num_hidden_layers(model))
     return peft_config
+
+
+def _module_names(target_modules):
+    """TRL turns a one-item list ``[q_lin]`` into the string ``'q_lin'``, which PEFT reads as a regex over full
+    module paths (matching nothing). A plain name goes back into a list; ``all-linear`` and real regexes stay."""
+    if isinstance(target_modules, str) and target_modules != "all-linear" and re.fullmatch(r"[\w.]+", target_modules):
+        return [target_modules]
+    return target_modules
 
 
 def apply_tuning(
