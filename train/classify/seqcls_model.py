@@ -17,7 +17,6 @@ re-initialized at every reload.)
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 import torch
@@ -86,19 +85,6 @@ def newly_initialized_modules(model: PreTrainedModel, missing_keys: Sequence[str
     return sorted({key.rsplit(".", 1)[0] for key in missing_keys if key in parameters and "." in key})
 
 
-def module_name_list(target_modules: str | list[str] | None) -> str | list[str] | None:
-    """Undo TRL's ``ModelConfig`` collapsing a one-element ``lora_target_modules`` list to a string: PEFT reads a
-    string as a regex over full module paths, so ``[q_lin]`` would match nothing. ``all-linear`` and real regexes
-    (anything beyond a dotted name) stay strings."""
-    if (
-        isinstance(target_modules, str)
-        and target_modules != "all-linear"
-        and re.fullmatch(r"[\w.]+", target_modules)
-    ):
-        return [target_modules]
-    return target_modules
-
-
 def build_classifier(
     model_args: ModelArguments,
     label_names: Sequence[str],
@@ -129,6 +115,5 @@ def build_classifier(
     tuned_args = dataclasses.replace(
         model_args, lora_modules_to_save=list(trained)
     )  # a copy: PEFT extends it
-    tuned_args.lora_target_modules = module_name_list(model_args.lora_target_modules)  # after __post_init__
     model = apply_tuning(model, tuned_args, TASK_TYPE, gradient_checkpointing=gradient_checkpointing)
     return ClassifierModel(model, load_kwargs, head, trained)
