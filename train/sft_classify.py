@@ -140,9 +140,7 @@ def main(argv=None):
     )
     state = PartialState()
     recipe = outputs.recipe_dict(data_args, model_args, run_args, training_args)
-    if state.is_main_process:
-        outputs.save_recipe(training_args.output_dir, data_args, model_args, run_args, training_args)
-    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
+    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)  # also writes recipe.yaml
 
     metrics: dict = {}
     if training_args.eval_before_training and eval_ds is not None:
