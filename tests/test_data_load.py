@@ -351,6 +351,8 @@ SAMPLE_TASKS = {
     "labeled_sentiment_eval.csv": ("labeled", {}),
     "labeled_pairs.csv": ("labeled", {"text_columns": ["sentence1", "sentence2"]}),
     "labeled.xlsx": ("labeled", {}),
+    "geo_requirements.csv": ("labeled", {"text_columns": ["requirement", "sample_data"]}),
+    "geo_requirements_eval.csv": ("labeled", {"text_columns": ["requirement", "sample_data"]}),
 }
 
 

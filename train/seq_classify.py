@@ -69,15 +69,6 @@ def main(argv=None):
     if eval_split is None:  # nothing to evaluate or to pick a best checkpoint with
         training_args.eval_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
 
-    plan = run_plan(training_args, model_args, world_size)
-    plan.update(
-        _task_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split)
-    )
-    plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
-    print_plan("train.seq_classify", plan)
-    if run_args.dry_run:
-        return
-
     set_seed(training_args.seed)  # the head's and LoRA's random init must not depend on what ran before
     built = build_classifier(
         model_args,
@@ -86,15 +77,17 @@ def main(argv=None):
         tokenizer.pad_token_id,
         gradient_checkpointing=training_args.activation_checkpointing,
     )
-    trainable, total = count_parameters(built.model)
-    print_plan(
-        "model",
-        {
-            "trained in full (head)": ", ".join(built.trained_modules),
-            "kept out of quantization": ", ".join(built.head_modules),
-            "trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)",
-        },
+    plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
+    plan.update(
+        _task_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split)
     )
+    plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
+    plan["trained in full (head)"] = ", ".join(built.trained_modules)
+    plan["kept out of quantization"] = ", ".join(built.head_modules)
+    print_plan("train.seq_classify", plan)
+    if run_args.dry_run:
+        return
+
     trainer = SeqClassifyTrainer(
         model=built.model,
         args=training_args,
