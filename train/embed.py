@@ -60,6 +60,24 @@ def load_datasets(data_args: DataArguments, config: EmbedConfig):
     return train, evaluation
 
 
+def negatives_per_anchor(task: str, train_ds, global_anchors: int) -> str:
+    """How many in-batch negatives each anchor sees per micro-step, with candidates gathered across processes.
+
+    Gradient accumulation does not add negatives: each micro-step's loss only sees its own global batch.
+    """
+    if task == "triplets":
+        hard = len(train_ds[0]["negatives"])
+        return f"{global_anchors * (1 + hard) - 1} ({global_anchors} anchors x (1 positive + {hard} hard negatives), minus its positive)"
+    if task == "tags":
+        distinct = len({tag for tags in train_ds["tags"] for tag in tags})
+        return f"the distinct tags of {global_anchors} texts minus the text's own (at most {distinct - 1}; duplicates masked)"
+    if task == "scored_pairs":
+        return f"{global_anchors - 1} for in-batch losses; CoSENT/AnglE rank all {global_anchors} pairs against each other"
+    return (
+        f"{global_anchors - 1} ({global_anchors} anchors per global batch; duplicates of the positive masked)"
+    )
+
+
 def main(argv=None):
     data_args, model_args, run_args, config = cli.parse_recipe(make_parser(), argv)
     world_size = runtime.check_launch(config, run_args, model_args)
@@ -69,7 +87,12 @@ def main(argv=None):
     objective = ContrastiveObjective.from_config(data_args.task, config.loss, temperature=config.temperature)
     train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
 
-    plan = run_plan(config, model_args, world_size)
+    tokenizer = load_tokenizer(model_args)
+    set_seed(config.seed)  # LoRA's random init must not depend on what ran before (Trainer seeds only later)
+    model = build_embedding_model(
+        model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
+    )
+    plan = run_plan(config, model_args, world_size, count_parameters(model))
     plan.update(
         {
             "task": f"{data_args.task}, {len(train_ds)} training rows",
@@ -77,8 +100,9 @@ def main(argv=None):
             "model": model_args.model_name_or_path,
             "tuning": _tuning_summary(model_args),
             "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
-            "in-batch anchors": f"{config.per_device_train_batch_size * world_size} per micro-step (gathered "
-            "across processes; gradient accumulation does not add negatives)",
+            "negatives per anchor": negatives_per_anchor(
+                data_args.task, train_ds, config.per_device_train_batch_size * world_size
+            ),
             "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
             "best model by": config.metric_for_best_model
             if config.load_best_model_at_end
@@ -90,15 +114,6 @@ def main(argv=None):
     if run_args.dry_run:
         return
 
-    tokenizer = load_tokenizer(model_args)
-    set_seed(config.seed)  # LoRA's random init must not depend on what ran before (Trainer seeds only later)
-    model = build_embedding_model(
-        model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
-    )
-    trainable, total = count_parameters(model)
-    print_plan(
-        "model", {"trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"}
-    )
     collator = ContrastiveCollator(
         tokenizer, data_args.task, model_args.max_length, config.query_prefix, config.document_prefix
     )

@@ -24,7 +24,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 import data_utils
@@ -99,7 +99,12 @@ def main(argv=None):
     train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
     eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
 
-    plan = run_plan(training_args, model_args, world_size)
+    set_seed(training_args.seed)  # LoRA's random init must not depend on what ran before (resume compares runs)
+    model = load_model(model_args, AutoModelForCausalLM)
+    model = apply_tuning(
+        model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.activation_checkpointing
+    )
+    plan = run_plan(training_args, model_args, world_size, count_parameters(model))
     plan.update(
         {
             "model": model_args.model_name_or_path
@@ -119,14 +124,6 @@ def main(argv=None):
     if run_args.dry_run:
         return None
 
-    model = forget_dequantized_gguf(load_model(model_args, AutoModelForCausalLM))
-    model = apply_tuning(
-        model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.activation_checkpointing
-    )
-    trainable, total = count_parameters(model)
-    print_plan(
-        "model", {"trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"}
-    )
     trainer = PromptClassificationTrainer(
         model=model,
         args=training_args,
@@ -197,20 +194,6 @@ def configure(data_args: DataArguments, model_args: ModelArguments, training_arg
         training_args.load_best_model_at_end = False
 
 
-def forget_dequantized_gguf(model):
-    """Detach the GGUF quantizer transformers 5 leaves on a model whose GGUF weights it dequantized on load.
-
-    The weights are plain float tensors, but ``model.hf_quantizer`` (GGUF, ``is_trainable`` False) makes
-    ``Trainer`` refuse to train it. transformers' own ``remove_quantization_config`` detaches it.
-    (Belongs in ``train.common.modeling.load_model``; kept here until it moves there.)
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None and quantizer.quantization_config.quant_method == "gguf":
-        if all(parameter.dtype.is_floating_point for parameter in model.parameters()):
-            quantizer.remove_quantization_config(model)
-    return model
-
-
 def label_options(data_args: DataArguments) -> dict:
     """``label_names`` for ``data_utils.load`` when the recipe lists the labels (in id order)."""
     options = data_args.load_options() if data_args.labels else {}
@@ -254,20 +237,14 @@ def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, 
     """adapter/ (+ merged/), lorasmith.json, metrics.json and the model card. Main process only."""
     output_dir = training_args.output_dir
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
-    # A GGUF base cannot be re-read for the merge (load_model keeps the GGUF quantizer, see forget_dequantized_gguf);
-    # it was dequantized to full precision, so merging the live model gives the same weights.
-    merge_from_reloaded_base = run_args.export_merged and not source.gguf_file
     saved = export.save_trained_model(
         trainer.model,
         tokenizer,
         output_dir,
         model_args,
-        export_merged=merge_from_reloaded_base,
+        export_merged=run_args.export_merged,
         model_class=AutoModelForCausalLM,
     )
-    if run_args.export_merged and source.gguf_file:
-        export.save_full_model(trainer.model, tokenizer, output_dir)
-        saved["merged"] = export.MERGED_DIR
     write_manifest(
         output_dir,
         {

@@ -180,7 +180,7 @@ def load_model(model_args: ModelArguments, model_class, *, skip_quantization: li
             kwargs["device_map"] = device_map
         if dtype in (None, "auto"):
             dtype = quant.bnb_4bit_compute_dtype if model_args.load_in_4bit else torch.float16
-    return model_class.from_pretrained(
+    loaded = model_class.from_pretrained(
         source.path,
         gguf_file=source.gguf_file,
         dtype=dtype,
@@ -189,6 +189,22 @@ def load_model(model_args: ModelArguments, model_class, *, skip_quantization: li
         revision=model_args.model_revision,
         **kwargs,
     )
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True returns (model, info)
+    if source.gguf_file:
+        _forget_gguf_quantizer(model)
+    return loaded
+
+
+def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
+    """Detach the GGUF quantizer transformers leaves on a model whose GGUF weights it dequantized on load.
+
+    The weights are plain float tensors, but ``model.hf_quantizer`` (GGUF, not trainable, not serializable)
+    makes ``Trainer`` refuse to train and ``save_pretrained`` refuse to save; transformers' own
+    ``remove_quantization_config`` detaches it.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and all(parameter.dtype.is_floating_point for parameter in model.parameters()):
+        quantizer.remove_quantization_config(model)
 
 
 def _accepts_pooling_flag(config) -> bool:
@@ -277,7 +293,7 @@ def apply_tuning(
                 "nothing to train: set use_peft: true (LoRA), full_finetune: true, or adapter_path to continue an adapter"
             )
     if model_args.full_finetune:
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dtype.is_floating_point:
                 parameter.requires_grad_(True)
     if gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
