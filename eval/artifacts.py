@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_utils.errors import ConfigError
 from eval.pooling import SENTENCE_TRANSFORMERS_MODES, validate_pooling_mode
 
 MANIFEST_NAME = "lorasmith.json"
@@ -155,3 +156,32 @@ def _pooling_from_st_config(config: dict, folder: Path) -> str:
 
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def load_trained_model(folder: Path, manifest: dict, model_class, *, dtype=None, base_kwargs=None):
+    """(model, tokenizer) of a finished run: ``merged/`` if present, else the base model with the saved adapter.
+
+    ``base_kwargs(tokenizer) -> dict`` gives extra ``from_pretrained`` arguments for the base model (e.g. the
+    label map of a classification head, which the adapter then fills through ``modules_to_save``).
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
+        source = folder / manifest["merged"]
+        return model_class.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(source)
+    adapter = folder / (manifest.get("adapter") or ADAPTER_DIR)
+    if not adapter.is_dir():
+        raise ConfigError(
+            f"{folder} has neither {MERGED_DIR}/ nor {ADAPTER_DIR}/: the run did not finish saving"
+        )
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = model_class.from_pretrained(
+        manifest["base_model"],
+        gguf_file=manifest.get("gguf_file"),
+        dtype=dtype,
+        **(base_kwargs(tokenizer) if base_kwargs else {}),
+    )
+    return PeftModel.from_pretrained(base, adapter), tokenizer

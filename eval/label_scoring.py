@@ -34,7 +34,7 @@ import torch
 
 from data_utils.errors import ConfigError, DataError
 from data_utils.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
-from eval.artifacts import ADAPTER_DIR, MERGED_DIR, read_manifest
+from eval.artifacts import load_trained_model, read_manifest
 from eval.encoder import default_device
 
 KIND = "prompt_classifier"
@@ -89,7 +89,9 @@ class PromptClassifier:
             )
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        model, tokenizer = _load_model(folder, manifest, dtype)
+        from transformers import AutoModelForCausalLM
+
+        model, tokenizer = load_trained_model(folder, manifest, AutoModelForCausalLM, dtype=dtype)
         spec = PromptSpec.from_dict(manifest["prompt"])
         return cls.from_model(model.to(device).eval(), tokenizer, spec, manifest["labels"])
 
@@ -225,26 +227,3 @@ def sharded(items: list, compute: Callable[[list], list]) -> list:
 
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _load_model(folder: Path, manifest: dict, dtype: torch.dtype):
-    """(model, tokenizer) from ``merged/`` if present, else base model + adapter."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
-        source = folder / manifest["merged"]
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), AutoTokenizer.from_pretrained(
-            source
-        )
-    adapter = folder / (manifest.get("adapter") or ADAPTER_DIR)
-    if not adapter.is_dir():
-        raise ConfigError(
-            f"{folder} has neither {MERGED_DIR}/ nor {ADAPTER_DIR}/: the run did not finish saving"
-        )
-    from peft import PeftModel
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    base = AutoModelForCausalLM.from_pretrained(
-        manifest["base_model"], gguf_file=manifest.get("gguf_file"), dtype=dtype
-    )
-    return PeftModel.from_pretrained(base, adapter), tokenizer

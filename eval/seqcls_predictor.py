@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from data_utils.errors import ConfigError, DataError
-from eval.artifacts import ADAPTER_DIR, MERGED_DIR, read_manifest
+from eval.artifacts import load_trained_model, read_manifest
 from eval.encoder import default_device
 
 KIND = "seq_classifier"
@@ -173,35 +173,24 @@ class SequenceClassifier:
 
 def _load_model(folder: Path, manifest: dict):
     """(model, tokenizer) from ``merged/`` if present, else base model + adapter (which carries the head)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
-        source = folder / manifest["merged"]
-        return AutoModelForSequenceClassification.from_pretrained(source), AutoTokenizer.from_pretrained(
-            source
-        )
-    adapter = folder / (manifest.get("adapter") or ADAPTER_DIR)
-    if not adapter.is_dir():
-        raise ConfigError(
-            f"{folder} has neither {MERGED_DIR}/ nor {ADAPTER_DIR}/: the run did not finish saving"
-        )
-    from peft import PeftModel
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
     labels = list(manifest["labels"])
-    base = AutoModelForSequenceClassification.from_pretrained(
-        manifest["base_model"],
-        gguf_file=manifest.get("gguf_file"),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        problem_type="multi_label_classification"
-        if manifest.get("multi_label")
-        else "single_label_classification",
-        pad_token_id=tokenizer.pad_token_id,
-        dtype=torch.float32,
+
+    def head_kwargs(tokenizer) -> dict:
+        return {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "problem_type": "multi_label_classification"
+            if manifest.get("multi_label")
+            else "single_label_classification",
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+
+    return load_trained_model(
+        folder, manifest, AutoModelForSequenceClassification, dtype=torch.float32, base_kwargs=head_kwargs
     )
-    return PeftModel.from_pretrained(base, adapter), tokenizer
 
 
 def _forward_inputs(model) -> set[str]:

@@ -12,26 +12,34 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
-from data_utils.errors import ConfigError
-
 
 @dataclass
 class DataArguments:
     """What to train and evaluate on. Sources are anything ``data_utils.load`` reads."""
 
-    task: str | None = field(default=None, metadata={"help": "Data schema / training task, e.g. pairs, tags, labeled."})
-    train_data: str | None = field(default=None, metadata={"help": "Training data: file, folder, glob or hub id."})
-    eval_data: str | None = field(default=None, metadata={"help": "Evaluation data (same formats); optional."})
+    task: str | None = field(
+        default=None, metadata={"help": "Data schema / training task, e.g. pairs, tags, labeled."}
+    )
+    train_data: str | None = field(
+        default=None, metadata={"help": "Training data: file, folder, glob or hub id."}
+    )
+    eval_data: str | None = field(
+        default=None, metadata={"help": "Evaluation data (same formats); optional."}
+    )
     columns: dict | str | None = field(
         default=None,
-        metadata={"help": "Map canonical column -> source column: {anchor: question} or 'anchor=question,positive=answer'."},
+        metadata={
+            "help": "Map canonical column -> source column: {anchor: question} or 'anchor=question,positive=answer'."
+        },
     )
     score_range: str | None = field(
-        default=None, metadata={"help": "Scored pairs: 'lo,hi' range of the gold score (inferred as 0,1 or 0,5 if unset)."}
+        default=None,
+        metadata={"help": "Scored pairs: 'lo,hi' range of the gold score (inferred as 0,1 or 0,5 if unset)."},
     )
     tag_delimiter: str = field(default=",", metadata={"help": "Tags given as one string are split on this."})
     text_columns: list[str] | None = field(
-        default=None, metadata={"help": "Labeled data: the input text column(s), e.g. [sentence1, sentence2]."}
+        default=None,
+        metadata={"help": "Labeled data: the input text column(s), e.g. [sentence1, sentence2]."},
     )
     labels: dict | str | None = field(
         default=None,
@@ -40,14 +48,18 @@ class DataArguments:
             "map label -> answer text; inferred (sorted) from the data if unset."
         },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation rows."}
+    )
 
     def load_options(self) -> dict:
         """Keyword options for ``data_utils.load`` that apply to ``self.task``."""
         options: dict = {}
         if self.task == "scored_pairs" and self.score_range is not None:
-            options["score_range"] = parse_range(self.score_range)
+            options["score_range"] = self.score_range  # data_utils validates "lo,hi" / [lo, hi]
         if self.task == "tags":
             options["tag_delimiter"] = self.tag_delimiter
         if self.task == "labeled":
@@ -71,18 +83,6 @@ def label_names(labels: dict | list | str) -> list[str]:
     return [str(name) for name in labels]
 
 
-def parse_range(value) -> tuple[float, float]:
-    """'0,5' / [0, 5] -> (0.0, 5.0); ConfigError if not two increasing numbers."""
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        low, high = (float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(f"score_range must be two numbers 'lo,hi' such as 0,5; got {value!r}") from None
-    if not low < high:
-        raise ConfigError(f"score_range must be increasing (lo < hi); got {value!r}")
-    return low, high
-
-
 @dataclass
 class ModelArguments(ModelConfig):
     """TRL's ``ModelConfig`` plus lorasmith's model options.
@@ -92,15 +92,24 @@ class ModelArguments(ModelConfig):
     ``use_peft`` turns LoRA on (TRL's name); ``full_finetune`` trains the base weights too (alone or with LoRA).
     """
 
-    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside model_name_or_path."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file name inside model_name_or_path."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer, if not the model's."}
+    )
     lora_layers: str | None = field(
         default=None,
-        metadata={"help": "LoRA on chosen layers only: 'last', 'last2' or indices '0,5' (PEFT layers_to_transform)."},
+        metadata={
+            "help": "LoRA on chosen layers only: 'last', 'last2' or indices '0,5' (PEFT layers_to_transform)."
+        },
     )
-    full_finetune: bool = field(default=False, metadata={"help": "Train all base weights (with or without LoRA)."})
+    full_finetune: bool = field(
+        default=False, metadata={"help": "Train all base weights (with or without LoRA)."}
+    )
     adapter_path: str | None = field(
-        default=None, metadata={"help": "Continue training an existing LoRA adapter (folder with adapter_config.json)."}
+        default=None,
+        metadata={"help": "Continue training an existing LoRA adapter (folder with adapter_config.json)."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     max_length: int = field(default=256, metadata={"help": "Truncate inputs to this many tokens."})
@@ -111,11 +120,15 @@ class RunArguments:
     """How this run starts and what it leaves behind."""
 
     dry_run: bool = field(
-        default=False, metadata={"help": "Check data + config, print the plan (world size, batches, parameters), exit."}
+        default=False,
+        metadata={"help": "Check data + config, print the plan (world size, batches, parameters), exit."},
     )
-    export_merged: bool = field(default=True, metadata={"help": "Also save a merged full model in output_dir/merged."})
+    export_merged: bool = field(
+        default=True, metadata={"help": "Also save a merged full model in output_dir/merged."}
+    )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow an output_dir that holds another recipe's run (nothing is deleted)."}
+        default=False,
+        metadata={"help": "Allow an output_dir that holds another recipe's run (nothing is deleted)."},
     )
     global_batch_size: int | None = field(
         default=None,
