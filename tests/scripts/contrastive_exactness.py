@@ -264,6 +264,7 @@ def main() -> int:
             f"{failures} of {len(build_cases())} cases failed on {world} processes ({elapsed:.1f} s)",
             flush=True,
         )
+    dist.destroy_process_group()  # gloo threads left alive at interpreter exit can abort a rank (seen in CI)
     return 1 if failures else 0
 
 

@@ -67,10 +67,17 @@ def _unknown_keys_message(unknown: list[str], parser: TrlParser) -> str:
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a user error prints one paragraph to stderr (no traceback) and returns 2."""
+    """Call ``main(argv)``; a user error prints one paragraph to stderr (no traceback) and returns 2.
+
+    The process group is torn down before returning: gloo threads still alive at interpreter exit can
+    abort a rank ("terminate called without an active exception") after a run that succeeded.
+    """
     try:
         main(argv)
     except LorasmithError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
