@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from data_utils.errors import ConfigError
+from data_utils.errors import ConfigError, DataError
 from eval.artifacts import MANIFEST_NAME, read_manifest
 
 
@@ -53,3 +54,16 @@ def load_classifier(path: str | Path) -> Classifier:
         f"{path} holds a model of kind {kind!r}; eval.classify evaluates seq_classifier and prompt_classifier "
         "folders (embedding models: eval.probe)"
     )
+
+
+def check_input_rows(rows: Sequence[Mapping[str, str]], text_columns: Sequence[str], expected: str) -> None:
+    """DataError naming the first 1-based row that lacks text in one of ``text_columns``."""
+    for number, row in enumerate(rows, start=1):
+        missing = [name for name in text_columns if not isinstance(row.get(name), str)]
+        if missing:
+            raise DataError(
+                f"input has no text in {', '.join(repr(m) for m in missing)}",
+                row=number,
+                expected=f"{expected} {list(text_columns)}",
+                available=list(row),
+            )

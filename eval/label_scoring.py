@@ -35,6 +35,7 @@ import torch
 from data_utils.errors import ConfigError, DataError
 from data_utils.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
 from eval.artifacts import load_trained_model, read_manifest
+from eval.classifiers import check_input_rows
 from eval.encoder import default_device
 
 KIND = "prompt_classifier"
@@ -197,15 +198,7 @@ class PromptClassifier:
         return labels
 
     def _check_rows(self, rows: Sequence[Mapping[str, str]]) -> None:
-        for number, row in enumerate(rows, start=1):
-            missing = [name for name in self.text_columns if not isinstance(row.get(name), str)]
-            if missing:
-                raise DataError(
-                    f"input has no text in {', '.join(repr(m) for m in missing)}",
-                    row=number,
-                    expected=f"the prompt's input columns {self.text_columns}",
-                    available=list(row),
-                )
+        check_input_rows(rows, self.text_columns, "the prompt's input columns")
 
 
 def sharded(items: list, compute: Callable[[list], list]) -> list:

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_utils.errors import ConfigError, DataError
+from data_utils.errors import ConfigError
 from eval.artifacts import load_trained_model, read_manifest
+from eval.classifiers import check_input_rows
 from eval.encoder import default_device
 
 KIND = "seq_classifier"
@@ -160,15 +161,7 @@ class SequenceClassifier:
         return [self.label_names[i] for i in decisions]
 
     def _check_rows(self, rows: Sequence[Mapping[str, str]]) -> None:
-        for number, row in enumerate(rows, start=1):
-            missing = [name for name in self.text_columns if not isinstance(row.get(name), str)]
-            if missing:
-                raise DataError(
-                    f"input has no text in {', '.join(repr(m) for m in missing)}",
-                    row=number,
-                    expected=f"the model's input columns {self.text_columns}",
-                    available=list(row),
-                )
+        check_input_rows(rows, self.text_columns, "the model's input columns")
 
 
 def _load_model(folder: Path, manifest: dict):
