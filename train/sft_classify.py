@@ -21,7 +21,6 @@ Output folder: ``adapter/``, ``merged/`` (``export_merged``), ``lorasmith.json``
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, set_seed
@@ -248,7 +247,7 @@ def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, 
     write_manifest(
         output_dir,
         {
-            "lorasmith_version": _lorasmith_version(),
+            "lorasmith_version": outputs.lorasmith_version(),
             "kind": KIND,
             "base_model": source.path,
             "gguf_file": source.gguf_file,
@@ -278,13 +277,6 @@ def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, 
             f"clf.predict([{{{', '.join(repr(c) + ': ...' for c in spec.text_columns)}}}])\n```"
         ),
     )
-
-
-def _lorasmith_version() -> str:
-    try:
-        return version("lorasmith")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from eval.seqcls_predictor import KIND
 from train.common.args import ModelArguments
 from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
 from train.common.modeling import resolve_model_source
-from train.common.outputs import write_model_card
-from train.contrastive.export import lorasmith_version
+from train.common.outputs import lorasmith_version, write_model_card
 
 
 def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *, export_merged: bool) -> dict:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,14 @@ import yaml
 RECIPE_NAME = "recipe.yaml"
 METRICS_NAME = "metrics.json"
 MODEL_CARD_NAME = "README.md"
+
+
+def lorasmith_version() -> str:
+    """The installed lorasmith version recorded in manifests; "source" for an uninstalled checkout."""
+    try:
+        return version("lorasmith")
+    except PackageNotFoundError:
+        return "source"
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from transformers import AutoModel
@@ -22,15 +21,8 @@ from eval.artifacts import write_manifest, write_sentence_transformers_files
 from train.common.args import ModelArguments
 from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
 from train.common.modeling import resolve_model_source
-from train.common.outputs import write_model_card
+from train.common.outputs import lorasmith_version, write_model_card
 from train.contrastive.model import EmbeddingModel
-
-
-def lorasmith_version() -> str:
-    try:
-        return version("lorasmith")
-    except PackageNotFoundError:  # running from a source checkout that is not installed
-        return "source"
 
 
 def export_embedding_model(
