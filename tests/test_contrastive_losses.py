@@ -126,7 +126,7 @@ def test_infonce_duplicate_positive_text_is_not_a_negative():
     c = batch.candidates
     expected = (
         info_nce_term(batch.anchor[0], c[0], [c[1]], 0.1)
-        + info_nce_term(batch.anchor[1], c[1], [c[0], c[2]], 0.1)
+        + info_nce_term(batch.anchor[1], c[1], [c[0]], 0.1)  # p0 is one negative, scored at its first row
         + info_nce_term(batch.anchor[2], c[2], [c[1]], 0.1)
     ) / 3
     unmasked = (
@@ -136,8 +136,9 @@ def test_infonce_duplicate_positive_text_is_not_a_negative():
     assert loss_of(InfoNCELoss(temperature=0.1), batch) == pytest.approx(expected, rel=1e-12)
     assert expected != pytest.approx(unmasked, rel=1e-3)
     telemetry = ContrastiveObjective.from_config("pairs", {"infonce": {"temperature": 0.1}})(batch).telemetry
-    assert telemetry["infonce/masked_false_negatives"] == 2  # row 2 for anchor 0, row 0 for anchor 2
-    assert telemetry["infonce/negatives_per_anchor"] == pytest.approx(4 / 3)
+    # anchor 2's positive p0 would have been a negative at row 0; for anchor 0, row 2 is a second copy anyway
+    assert telemetry["infonce/masked_false_negatives"] == 1
+    assert telemetry["infonce/negatives_per_anchor"] == pytest.approx(1)
 
 
 def test_infonce_multi_positive_tags_one_term_per_distinct_tag():
@@ -152,10 +153,27 @@ def test_infonce_multi_positive_tags_one_term_per_distinct_tag():
     expected = [
         info_nce_term(a[0], c[0], [c[2]], 0.05),  # x: red vs green (blue and the 2nd red are positives)
         info_nce_term(a[0], c[1], [c[2]], 0.05),  # x: blue vs green
-        info_nce_term(a[1], c[2], [c[0], c[1], c[3]], 0.05),  # y: green vs red, blue, red
-        info_nce_term(a[2], c[1], [c[0], c[2], c[3]], 0.05),  # z: blue vs the rest
+        info_nce_term(a[1], c[2], [c[0], c[1]], 0.05),  # y: green vs red (once), blue
+        info_nce_term(a[2], c[1], [c[0], c[2]], 0.05),  # z: blue vs red (once), green
     ]
     assert loss_of(InfoNCELoss(), batch) == pytest.approx(sum(expected) / 4, rel=1e-12)
+
+
+def test_infonce_loss_does_not_depend_on_how_many_copies_of_a_candidate_the_batch_holds():
+    # Two processes each de-duplicate their own tags, so "red" reaches the global batch twice; one process
+    # de-duplicating the double batch holds it once. With equal embeddings for equal texts the loss must agree.
+    red, blue, green = text_ids(["red", "blue", "green"]).tolist()
+    once = embeddings(3, 1)  # red, blue, green
+    twice = torch.cat([once, once[:1]])  # red, blue, green, red
+    anchors, anchor_ids = embeddings(2, 0), text_ids(["x", "y"])
+    positives = torch.tensor([[red, -1], [green, blue]])
+    deduplicated = EmbeddedBatch(anchors, once, anchor_ids, text_ids(["red", "blue", "green"]), positives)
+    repeated = EmbeddedBatch(anchors, twice, anchor_ids, text_ids(["red", "blue", "green", "red"]), positives)
+    assert loss_of(InfoNCELoss(), repeated) == pytest.approx(loss_of(InfoNCELoss(), deduplicated), rel=1e-12)
+    objective = ContrastiveObjective.from_config("tags", {"infonce": {}})
+    with_copy, without = objective(repeated).telemetry, objective(deduplicated).telemetry
+    assert (with_copy.pop("global_candidates"), without.pop("global_candidates")) == (4, 3)  # rows encoded
+    assert with_copy == pytest.approx(without)  # loss, top-1, negatives per anchor, masked false negatives
 
 
 def test_infonce_positive_missing_from_candidates_is_an_error():
@@ -170,17 +188,17 @@ def test_infonce_symmetric_averages_both_directions_with_duplicates_masked():
     # Queries q0 and q3 share their positive p0; q0 appears twice as an anchor (rows 0 and 2).
     batch = pairs_batch(["q0", "q1", "q0", "q3"], ["p0", "p1", "p2", "p0", "n0"])
     a, c = batch.anchor, batch.candidates
-    forward = [
+    forward = [  # a negative content counts once, at its first row: p0 is c[0], never c[3]
         info_nce_term(a[0], c[0], [c[1], c[2], c[4]], 0.05),  # c[3] is p0 again
-        info_nce_term(a[1], c[1], [c[0], c[2], c[3], c[4]], 0.05),
-        info_nce_term(a[2], c[2], [c[0], c[1], c[3], c[4]], 0.05),
+        info_nce_term(a[1], c[1], [c[0], c[2], c[4]], 0.05),
+        info_nce_term(a[2], c[2], [c[0], c[1], c[4]], 0.05),
         info_nce_term(a[3], c[3], [c[1], c[2], c[4]], 0.05),  # c[0] is p0 again
     ]
     backward = [  # candidate -> anchors: anchors with the same text or the same partner text are not negatives
         info_nce_term(c[0], a[0], [a[1]], 0.05),  # a[2] is q0 again, a[3]'s partner is p0
-        info_nce_term(c[1], a[1], [a[0], a[2], a[3]], 0.05),
+        info_nce_term(c[1], a[1], [a[0], a[3]], 0.05),  # q0 counts once (a[0]; a[2] is its second copy)
         info_nce_term(c[2], a[2], [a[1], a[3]], 0.05),  # a[0] is q0 again
-        info_nce_term(c[3], a[3], [a[1], a[2]], 0.05),  # a[0]'s partner is p0
+        info_nce_term(c[3], a[3], [a[1]], 0.05),  # a[0]'s partner is p0, a[2] is q0 whose first copy is a[0]
     ]
     expected = (sum(forward) / 4 + sum(backward) / 4) / 2
     assert loss_of(InfoNCELoss(symmetric=True), batch) == pytest.approx(expected, rel=1e-9)
@@ -214,7 +232,7 @@ def test_ibn_positives_are_pairs_above_threshold_and_duplicates_are_masked():
     a, c = batch.anchor, batch.candidates
     expected = (
         info_nce_term(a[0], c[0], [c[2], c[3]], 0.05)  # c[1] has b0's content: not a negative
-        + info_nce_term(a[2], c[2], [c[0], c[1], c[3]], 0.05)
+        + info_nce_term(a[2], c[2], [c[0], c[3]], 0.05)  # b0 counts once, at its first row c[0]
     ) / 2
     assert loss_of(InBatchNegativesLoss(), batch) == pytest.approx(expected, rel=1e-12)
     assert loss_of(InBatchNegativesLoss(threshold=0.4), batch) != pytest.approx(expected, rel=1e-3)

@@ -27,15 +27,7 @@ def logged_steps(output_dir: Path) -> list[dict]:
     [
         ("pairs", "infonce"),
         ("scored_pairs", "{cosent: 1, ibn: {weight: 1, threshold: 0.5}, angle: 1}"),
-        pytest.param(
-            "tags",
-            "infonce",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a tag shared by texts on both ranks is gathered twice and counts twice as a negative; "
-                "needs the loss library to count each candidate content id once (requested)",
-            ),
-        ),
+        ("tags", "infonce"),
     ],
 )
 def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(

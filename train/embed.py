@@ -73,9 +73,7 @@ def negatives_per_anchor(task: str, train_ds, global_anchors: int) -> str:
         return f"the distinct tags of {global_anchors} texts minus the text's own (at most {distinct - 1}; duplicates masked)"
     if task == "scored_pairs":
         return f"{global_anchors - 1} for in-batch losses; CoSENT/AnglE rank all {global_anchors} pairs against each other"
-    return (
-        f"{global_anchors - 1} ({global_anchors} anchors per global batch; duplicates of the positive masked)"
-    )
+    return f"{global_anchors - 1} at most ({global_anchors} anchors per global batch; duplicates of the positive masked, a repeated text counts once)"
 
 
 def main(argv=None):

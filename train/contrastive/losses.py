@@ -53,28 +53,42 @@ class SoftmaxTerms:
     Attributes:
         losses: ``(T,)`` per-term loss ``-log(exp(s_pos/t) / (exp(s_pos/t) + sum_neg exp(s_neg/t)))``.
         stats: local sums (no gradient) over the queries that have at least one term: ``queries``,
-            ``top1_correct`` (the best-scoring key is one of the query's positives), ``negatives`` (keys left
-            as negatives after masking) and ``masked_false_negatives`` (keys with a positive's content that
-            are neither a term's positive nor a negative: duplicates in the global batch).
+            ``top1_correct`` (the best-scoring key is one of the query's positives), ``negatives`` (distinct
+            contents left as negatives after masking) and ``masked_false_negatives`` (distinct contents that
+            would have been negatives but carry one of the query's positives, other than the term's own
+            positive row: a duplicate of the positive text elsewhere in the global batch).
     """
 
     losses: Tensor
     stats: dict[str, Tensor]
 
 
+def first_occurrences(ids: Tensor) -> Tensor:
+    """``(K,)`` bool: True at the first row of each distinct id in ``ids (K,)``."""
+    earlier_same = (ids[:, None] == ids[None, :]).tril(diagonal=-1)  # (K, K): row j < i has i's id
+    return ~earlier_same.any(dim=1)
+
+
 def softmax_terms(
     queries: Tensor,
     keys: Tensor,
+    key_ids: Tensor,
     term_query: Tensor,
     term_key: Tensor,
     is_positive: Tensor,
     temperature: float,
 ) -> SoftmaxTerms:
-    """In-batch softmax terms with positives masked out of the negatives.
+    """In-batch softmax terms with positives masked out of the negatives and each negative content counted once.
+
+    The negatives of a query are the *distinct contents* among the keys that are none of its positives: a
+    text present twice in the global batch (a tag brought by two processes, a repeated sentence) is one
+    negative, scored at its first row. Which copies a batch holds therefore does not change the loss:
+    tags de-duplicated per process on 2 processes give the loss of one process de-duplicating the double batch.
 
     Args:
         queries: ``(Q, D)`` query embeddings.
         keys: ``(K, D)`` key embeddings.
+        key_ids: ``(K,)`` content ids of the keys.
         term_query: ``(T,)`` query row of each term.
         term_key: ``(T,)`` key row of each term's positive.
         is_positive: ``(Q, K)`` bool, True where the key has the content of one of the query's positives;
@@ -82,22 +96,25 @@ def softmax_terms(
         temperature: cosine similarities are divided by it.
     """
     logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T / temperature  # (Q, K)
-    negative_lse = torch.logsumexp(logits.masked_fill(is_positive, float("-inf")), dim=1)  # (Q,)
+    first = first_occurrences(key_ids)  # (K,)
+    is_negative = ~is_positive & first[None, :]  # (Q, K)
+    negative_lse = torch.logsumexp(logits.masked_fill(~is_negative, float("-inf")), dim=1)  # (Q,)
     positive_logit = logits[term_query, term_key]  # (T,)
     # softplus(lse_neg - pos) = -log(exp(pos) / (exp(pos) + sum exp(neg)))
     losses = F.softplus(negative_lse[term_query] - positive_logit)  # (T,)
     with torch.no_grad():
         has_term = torch.zeros(queries.shape[0], dtype=torch.bool, device=queries.device)
         has_term[term_query] = True
+        is_term_key = torch.zeros_like(is_positive)
+        is_term_key[term_query, term_key] = True
         best_key = logits.argmax(dim=1)
         rows = torch.arange(queries.shape[0], device=queries.device)
-        positives_per_query = is_positive.sum(dim=1)
-        terms_per_query = torch.bincount(term_query, minlength=queries.shape[0])
+        masked = is_positive & first[None, :] & ~is_term_key  # (Q, K)
         stats = {
             "queries": has_term.sum(),
             "top1_correct": (is_positive[rows, best_key] & has_term).sum(),
-            "negatives": ((keys.shape[0] - positives_per_query) * has_term).sum(),
-            "masked_false_negatives": (positives_per_query * has_term).sum() - terms_per_query.sum(),
+            "negatives": (is_negative & has_term[:, None]).sum(),
+            "masked_false_negatives": (masked & has_term[:, None]).sum(),
         }
     return SoftmaxTerms(losses, {name: value.to(torch.float64) for name, value in stats.items()})
 
@@ -111,15 +128,18 @@ class InfoNCELoss(nn.Module):
     Every distinct id in an anchor's ``positive_ids`` row (``-1`` padding skipped) is one term
     ``-log(exp(s_ap/t) / (exp(s_ap/t) + sum_n exp(s_an/t)))``, ``s`` the cosine. The positive candidate ``p``
     is the anchor's aligned partner (``pair_index``) when it has that id, else the first global candidate
-    with that id. The negatives ``n`` are all global candidates whose id is *none* of the anchor's positive
-    ids: a duplicate of the positive text elsewhere in the global batch (the same sentence twice, a tag shared
-    with another text) is neither a negative nor an extra term. Loss = mean over all terms of the global batch.
+    with that id. The negatives ``n`` are the distinct contents among the global candidates whose id is *none*
+    of the anchor's positive ids, each counted once (:func:`softmax_terms`): a duplicate of the positive text
+    elsewhere in the global batch (the same sentence twice, a tag shared with another text) is neither a
+    negative nor an extra term, and a negative text present twice weighs once. Loss = mean over all terms of
+    the global batch.
     Covers SimCSE (unsupervised: positive = second dropout view; supervised: + contradiction as hard negative),
     pairs, triplets with hard negatives (extra candidate rows), and text -> tags retrieval (multi-positive).
 
     ``symmetric=True`` (aligned tasks only) averages this with the reverse direction: each local anchor's
     partner is the query, all global anchors the keys, the anchor its positive; anchors with the same content
-    as the query's anchor, or whose partner has the query's content, are not negatives.
+    as the query's anchor, or whose partner has the query's content, are not negatives; each distinct anchor
+    content counts once.
 
     Args:
         temperature: cosines are divided by it (0.05 == scale 20).
@@ -170,6 +190,7 @@ class InfoNCELoss(nn.Module):
         return softmax_terms(
             view.local.anchor,
             view.candidates,
+            candidate_ids,
             term_query,
             positive_index[term_query, term_slot],
             matches.any(dim=1),
@@ -189,6 +210,7 @@ class InfoNCELoss(nn.Module):
         return softmax_terms(
             view.candidates[partner],
             view.anchors,
+            view.anchor_ids,
             term_query,
             term_query + view.anchor_offset,
             not_negative,
@@ -214,7 +236,7 @@ class InBatchNegativesLoss(InfoNCELoss):
     global ``candidates`` (every sentence2) and ``candidate_ids``.
 
     A pair whose gold score is above ``threshold`` is a positive: its anchor gets one InfoNCE term with the
-    partner as positive and every other global candidate as negative, except candidates with the partner's
+    partner as positive and every other distinct global candidate content as negative, except the partner's
     content (identical texts are not negatives). Pairs at or below the threshold contribute no term, but their
     sentence2 still serves as an in-batch negative for the others. Loss = mean over the global batch's terms
     (0 if no pair is positive).
