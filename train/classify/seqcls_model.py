@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.modeling_utils import set_zero3_state
 
 from data_utils.errors import ConfigError
 from train.common.args import ModelArguments
@@ -61,8 +62,8 @@ def classifier_load_kwargs(
 
 def head_module_names(config, trust_remote_code: bool = False) -> list[str]:
     """Names of the sequence-classification head modules of ``config``'s architecture (no weights are loaded)."""
-    try:
-        with torch.device("meta"):
+    try:  # a meta-device skeleton; set_zero3_state keeps ZeRO-3's zero.Init (which cannot init meta) out of it
+        with torch.device("meta"), set_zero3_state():
             skeleton = AutoModelForSequenceClassification.from_config(
                 config, trust_remote_code=trust_remote_code
             )
