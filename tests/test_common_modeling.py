@@ -85,7 +85,9 @@ def test_embedded_alias_and_missing_path():
 
 
 def test_saved_adapter_and_merged_model_give_the_same_outputs(tiny_bert_dir, tmp_path):
-    from train.common.export import save_trained_model
+    from transformers import Trainer, TrainingArguments
+
+    from train.common.export import export_trained_model
 
     args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=4)
     model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
@@ -95,7 +97,10 @@ def test_saved_adapter_and_merged_model_give_the_same_outputs(tiny_bert_dir, tmp
                 parameter.normal_(0, 0.5)
     model.eval()
     tokenizer = load_tokenizer(args)
-    saved = save_trained_model(model, tokenizer, tmp_path, args, export_merged=True, model_class=AutoModel)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]), processing_class=tokenizer
+    )
+    saved = export_trained_model(trainer, args, AutoModel, export_merged=True)
     assert saved == {"adapter": "adapter", "merged": "merged"}
     batch = tokenizer(["the cat likes the map."], return_tensors="pt")
     merged = AutoModel.from_pretrained(tmp_path / "merged").eval()

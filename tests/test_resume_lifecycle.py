@@ -195,6 +195,32 @@ def test_8bit_cannot_be_sharded_but_zero2_is_fine():
     )
 
 
+def zero3_launch(save_16bit: bool):
+    return SimpleNamespace(
+        deepspeed_plugin=SimpleNamespace(zero_stage=3, zero3_save_16bit_model=save_16bit), fsdp=False
+    )
+
+
+def test_full_finetuning_under_zero3_is_refused_at_start_when_it_could_not_be_exported():
+    from train.common.args import ModelArguments
+
+    full = ModelArguments(model_name_or_path="x", full_finetune=True)
+    with pytest.raises(ConfigError, match="set zero3_save_16bit_model: true"):
+        runtime.check_full_model_export(zero3_launch(save_16bit=False), full)
+    with pytest.raises(
+        ConfigError, match="LoRA together with full fine-tuning cannot be exported under DeepSpeed ZeRO-3"
+    ):
+        runtime.check_full_model_export(
+            zero3_launch(save_16bit=True),
+            ModelArguments(model_name_or_path="x", full_finetune=True, use_peft=True),
+        )
+    runtime.check_full_model_export(zero3_launch(save_16bit=True), full)  # gathered and saved at the end
+    lora_only = ModelArguments(model_name_or_path="x", use_peft=True)
+    runtime.check_full_model_export(zero3_launch(save_16bit=False), lora_only)  # Trainer.save_model gathers
+    zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2), fsdp=False)
+    runtime.check_full_model_export(zero2, full)
+
+
 def lora_model(tiny_llama_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

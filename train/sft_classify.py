@@ -98,7 +98,9 @@ def main(argv=None):
     train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
     eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
 
-    set_seed(training_args.seed)  # LoRA's random init must not depend on what ran before (resume compares runs)
+    set_seed(
+        training_args.seed
+    )  # LoRA's random init must not depend on what ran before (resume compares runs)
     model = load_model(model_args, AutoModelForCausalLM)
     model = apply_tuning(
         model, model_args, "CAUSAL_LM", gradient_checkpointing=training_args.activation_checkpointing
@@ -152,8 +154,11 @@ def main(argv=None):
         if training_args.compare_generation:
             metrics["generation"] = generation_report(trainer, label_rows(eval_ds, spec), eval_ds["label"])
 
+    saved = export.export_trained_model(
+        trainer, model_args, AutoModelForCausalLM, export_merged=run_args.export_merged
+    )
     if state.is_main_process:
-        save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, recipe, metrics)
+        save_outputs(spec, model_args, training_args, recipe, metrics, saved)
     state.wait_for_everyone()
     return trainer
 
@@ -232,18 +237,11 @@ def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], go
     return {"accuracy": correct / len(rows), "unmapped_rate": sum(a is None for a in answers) / len(rows)}
 
 
-def save_outputs(trainer, tokenizer, spec, model_args, run_args, training_args, recipe, metrics) -> None:
-    """adapter/ (+ merged/), lorasmith.json, metrics.json and the model card. Main process only."""
+def save_outputs(spec, model_args, training_args, recipe, metrics, saved: dict) -> None:
+    """lorasmith.json, metrics.json and the model card next to the saved model (``saved``: the manifest's
+    ``adapter`` / ``merged`` entries). Main process only."""
     output_dir = training_args.output_dir
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
-    saved = export.save_trained_model(
-        trainer.model,
-        tokenizer,
-        output_dir,
-        model_args,
-        export_merged=run_args.export_merged,
-        model_class=AutoModelForCausalLM,
-    )
     write_manifest(
         output_dir,
         {

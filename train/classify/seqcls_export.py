@@ -4,7 +4,7 @@
   ``Trainer.save_model`` so DeepSpeed consolidates weights first;
 - ``merged/``: the adapter merged into an unquantized base with the same head shape and label map — a plain
   ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
-  fully fine-tuned runs save only this;
+  fully fine-tuned runs save only this (gathered from the shards under ZeRO-3);
 - ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length) and the
   ``README.md`` model card. ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
 """
@@ -13,45 +13,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from eval.artifacts import write_manifest
 from eval.seqcls_predictor import KIND
 from train.common.args import ModelArguments
-from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
+from train.common.export import MERGED_DIR, export_trained_model
 from train.common.modeling import resolve_model_source
 from train.common.outputs import lorasmith_version, write_model_card
 
 
 def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *, export_merged: bool) -> dict:
-    """Save adapter and/or merged model of ``trainer.model``; call on EVERY process (the adapter save may be
-    collective). ``load_kwargs`` rebuild the head for the merge. Returns the manifest's ``adapter``/``merged``."""
-    output_dir = Path(trainer.args.output_dir)
-    tokenizer = trainer.processing_class
-    if (
-        isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel)
-        and not model_args.full_finetune
-    ):
-        trainer.save_model(str(output_dir / ADAPTER_DIR))
-        saved = {"adapter": ADAPTER_DIR, "merged": None}
-        if export_merged:
-            if trainer.args.should_save:
-                merge_saved_adapter(
-                    model_args,
-                    output_dir / ADAPTER_DIR,
-                    output_dir,
-                    tokenizer,
-                    AutoModelForSequenceClassification,
-                    **load_kwargs,
-                )
-            saved["merged"] = MERGED_DIR
-    else:
-        if trainer.args.should_save:
-            save_full_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, output_dir)
-        saved = {"adapter": None, "merged": MERGED_DIR}
-    trainer.accelerator.wait_for_everyone()
-    return saved
+    """``export_trained_model`` for a sequence classifier; call on EVERY process. ``load_kwargs`` rebuild the
+    head for the merge. Returns the manifest's ``adapter``/``merged``."""
+    return export_trained_model(
+        trainer, model_args, AutoModelForSequenceClassification, export_merged=export_merged, **load_kwargs
+    )
 
 
 def classifier_manifest(

@@ -43,7 +43,9 @@ def check_precision(training_args) -> None:
     """Refuse bf16/fp16 on a CPU that would emulate them (measured ~100x slower than fp32 here)."""
     if torch.cuda.is_available():
         if training_args.bf16 and not torch.cuda.is_bf16_supported():
-            raise ConfigError("bf16 requested but this GPU does not support it: use fp16: true or bf16: false")
+            raise ConfigError(
+                "bf16 requested but this GPU does not support it: use fp16: true or bf16: false"
+            )
         return
     if training_args.fp16:
         raise ConfigError("fp16 needs a GPU; on CPU set fp16: false (fp32 is the fast choice here)")
@@ -99,8 +101,10 @@ def check_quantized_distribution(training_args, model_args) -> None:
         return
     name = "FSDP" if kind == "fsdp" else "DeepSpeed ZeRO-3"
     if model_args.load_in_8bit:
-        raise ConfigError(f"8-bit bases cannot be sharded by {name}: use load_in_4bit with bnb_4bit_quant_storage, "
-                          "or ddp.yaml / zero2.yaml")
+        raise ConfigError(
+            f"8-bit bases cannot be sharded by {name}: use load_in_4bit with bnb_4bit_quant_storage, "
+            "or ddp.yaml / zero2.yaml"
+        )
     from train.common.modeling import quantization_config
 
     quant = quantization_config(model_args)
@@ -112,17 +116,40 @@ def check_quantized_distribution(training_args, model_args) -> None:
         )
 
 
+def check_full_model_export(training_args, model_args) -> None:
+    """Refuse, before training, a fully fine-tuned model under ZeRO-3 that could not be exported at the end.
+
+    The export gathers ZeRO-3 shards with DeepSpeed's ``stage3_gather_16bit_weights_on_model_save``
+    (``zero3_save_16bit_model`` in the accelerate config) and saves them with ``save_pretrained``: that needs
+    the setting on, and a model without LoRA layers (LoRA + full fine-tuning is merged from the live model,
+    which ZeRO-3 keeps in shards).
+    """
+    if not model_args.full_finetune or distribution(training_args) != "deepspeed-zero3":
+        return
+    if model_args.use_peft or model_args.adapter_path:
+        raise ConfigError(
+            "LoRA together with full fine-tuning cannot be exported under DeepSpeed ZeRO-3 (the adapter is merged "
+            "from the live model, which ZeRO-3 keeps in shards): use zero2.yaml, or drop use_peft/adapter_path"
+        )
+    if not training_args.deepspeed_plugin.zero3_save_16bit_model:
+        raise ConfigError(
+            "full fine-tuning under DeepSpeed ZeRO-3 exports the gathered weights: set zero3_save_16bit_model: true "
+            "under deepspeed_config in the accelerate config (accelerate_configs/zero3.yaml has it)"
+        )
+
+
 def check_launch(training_args, run_args, model_args=None) -> int:
     """Every start-up check that needs no model, in order; returns the world size.
 
     World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, the global batch (sets
-    ``gradient_accumulation_steps``), and quantization x distribution.
+    ``gradient_accumulation_steps``), quantization x distribution and the full-model export under ZeRO-3.
     """
     world_size = check_world_size()
     check_precision(training_args)
     apply_global_batch(training_args, run_args, world_size)
     if model_args is not None:
         check_quantized_distribution(training_args, model_args)
+        check_full_model_export(training_args, model_args)
     return world_size
 
 

@@ -2,8 +2,8 @@
 
 - ``adapter/``: the LoRA adapter + tokenizer (LoRA-only runs), written through ``Trainer.save_model`` so that
   DeepSpeed consolidates the weights first (ZeRO-3 included);
-- ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights),
-  loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
+- ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
+  gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
   ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
 - ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes), ``README.md`` model card.
 ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
@@ -16,10 +16,15 @@ from pathlib import Path
 from transformers import AutoModel
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from data_utils.errors import ConfigError
 from eval.artifacts import write_manifest, write_sentence_transformers_files
 from train.common.args import ModelArguments
-from train.common.export import ADAPTER_DIR, MERGED_DIR, merge_saved_adapter, save_full_model
+from train.common.export import (
+    ADAPTER_DIR,
+    MERGED_DIR,
+    gathered_state_dict,
+    merge_saved_adapter,
+    save_full_model,
+)
 from train.common.modeling import resolve_model_source
 from train.common.outputs import lorasmith_version, write_model_card
 from train.contrastive.model import EmbeddingModel
@@ -42,13 +47,9 @@ def export_embedding_model(
             merge_saved_adapter(model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModel)
             saved["merged"] = MERGED_DIR
     else:
-        if trainer.zero3:
-            raise ConfigError(
-                "exporting a fully fine-tuned model trained under ZeRO-3 is not supported yet: train with "
-                "zero2.yaml / ddp.yaml, or LoRA only; the checkpoints in output_dir hold the weights"
-            )
+        weights = gathered_state_dict(trainer, prefix="encoder.")  # ZeRO-3 shards, gathered; None otherwise
         if trainer.args.should_save:
-            save_full_model(model.encoder, tokenizer, output_dir)
+            save_full_model(model.encoder, tokenizer, output_dir, state_dict=weights)
         saved = {"adapter": None, "merged": MERGED_DIR}
     if saved["merged"] and trainer.args.should_save:
         settings = embedding_settings(trainer)
