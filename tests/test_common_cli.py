@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 from data_utils.errors import ConfigError, DataError
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.cli import make_parser, parse_recipe, run_main
-from train.common.outputs import save_recipe, write_metrics, write_model_card
+from train.common.outputs import recipe_dict, write_metrics, write_model_card, write_recipe
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_run_main_turns_user_errors_into_exit_2(capsys):
 def test_outputs_recipe_metrics_and_card(parser, recipe, tmp_path):
     data, model, run, training = parse_recipe(parser, ["--config", str(recipe)])
     out = tmp_path / "out"
-    saved = save_recipe(out, data, model, run, training)
+    saved = recipe_dict(data, model, run, training)
+    write_recipe(out, saved)
     assert yaml.safe_load((out / "recipe.yaml").read_text()) == saved
     assert saved["learning_rate"] == 1e-4 and saved["lora_r"] == 8 and "logging_steps" not in saved
     write_metrics(out, {"before": {"spearman": 0.5}})

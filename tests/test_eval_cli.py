@@ -319,3 +319,19 @@ def test_load_classifier_rejects_embedding_folders(tmp_path):
     write_manifest(tmp_path, {"kind": "embedding", "base_model": "x"})
     with pytest.raises(ConfigError, match="eval.probe"):
         load_classifier(tmp_path)
+
+
+def test_classifier_input_rows_must_have_text_in_every_template_column():
+    from data_utils.errors import DataError
+    from eval.classifiers import check_input_rows
+
+    check_input_rows([{"title": "a", "body": "b"}], ["title", "body"], "the template's columns")
+    with pytest.raises(DataError) as error:
+        check_input_rows(
+            [{"title": "a", "body": "b"}, {"title": "c", "body": None}],
+            ["title", "body"],
+            "the template's columns",
+        )
+    assert error.value.row == 2 and error.value.available == ["title", "body"]
+    assert "input has no text in 'body'" in str(error.value)
+    assert "the template's columns ['title', 'body']" in str(error.value)

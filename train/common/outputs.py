@@ -66,11 +66,9 @@ def _training_defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-def save_recipe(output_dir: str | os.PathLike, *arguments) -> dict:
-    """Write ``recipe.yaml`` (the resolved configuration that produced this folder) and return it."""
-    recipe = recipe_dict(*arguments)
+def write_recipe(output_dir: str | os.PathLike, recipe: dict) -> None:
+    """Write ``recipe.yaml``: the resolved configuration (:func:`recipe_dict`) that produced this folder."""
     write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True))
-    return recipe
 
 
 def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:

@@ -193,7 +193,7 @@ def prepare_output_dir(training_args, run_args, recipe: dict) -> str | None:
         else:
             _move_incomplete(output_dir, [f for f in incomplete if not explicit or Path(explicit) != f])
         output_dir.mkdir(parents=True, exist_ok=True)
-        outputs.write_atomic(output_dir / outputs.RECIPE_NAME, yaml.safe_dump(outputs.yaml_safe(recipe), sort_keys=True))
+        outputs.write_recipe(output_dir, recipe)
         if resume_from:
             _warn_on_batch_change(resume_from, recipe, training_args, state.num_processes)
             print(f"lorasmith: resuming from {resume_from}", flush=True)
