@@ -70,11 +70,18 @@ def read_manifest(folder: str | Path) -> dict | None:
 
 
 def write_sentence_transformers_files(
-    folder: str | Path, pooling: str, normalize: bool, max_length: int, hidden_size: int
+    folder: str | Path,
+    pooling: str,
+    normalize: bool,
+    max_length: int,
+    hidden_size: int,
+    prompts: dict[str, str] | None = None,
 ) -> None:
     """Add the sentence-transformers module files to a saved HF model folder so that
     ``SentenceTransformer(folder)`` rebuilds Transformer -> Pooling(pooling) [-> Normalize].
 
+    ``prompts`` (e.g. ``{"query": "query: ", "document": "passage: "}``, the prefixes the model was trained
+    with) go to ``config_sentence_transformers.json``: ``model.encode(texts, prompt_name="query")`` prepends them.
     Written in the legacy format (boolean ``pooling_mode_*`` keys, ``sentence_transformers.models.*``
     types) that every sentence-transformers version from 2.x on reads.
     """
@@ -96,6 +103,10 @@ def write_sentence_transformers_files(
     _write_json(folder / "1_Pooling" / "config.json", pooling_config)
     _write_json(folder / "modules.json", modules)
     _write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+    _write_json(
+        folder / "config_sentence_transformers.json",
+        {"prompts": dict(prompts or {}), "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    )
 
 
 def read_sentence_transformers_config(folder: str | Path) -> dict | None:

@@ -101,6 +101,22 @@ def test_sentence_transformers_files_load_with_our_pooling(tiny_bert_dir, tmp_pa
     assert torch.allclose(ours.encode(TEXTS), expected.cpu(), atol=1e-5)
 
 
+def test_training_prefixes_become_sentence_transformers_prompts(tiny_bert_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "merged"
+    shutil.copytree(tiny_bert_dir, folder)
+    prompts = {"query": "query: ", "document": "passage: "}
+    write_sentence_transformers_files(folder, "mean", True, 64, 32, prompts=prompts)
+    model = SentenceTransformer(str(folder), device="cpu")
+    assert model.prompts == prompts
+    prefixed = model.encode(["query: " + text for text in TEXTS], convert_to_tensor=True)
+    assert torch.allclose(
+        model.encode(TEXTS, prompt_name="query", convert_to_tensor=True), prefixed, atol=1e-6
+    )
+    assert not torch.allclose(model.encode(TEXTS, convert_to_tensor=True), prefixed, atol=1e-3)
+
+
 def test_legacy_and_new_sentence_transformers_pooling_configs(tmp_path):
     (tmp_path / "1_Pooling").mkdir()
     modules = [

@@ -59,6 +59,14 @@ def export_embedding_model(
             settings["normalize"],
             settings["max_length"],
             model.hidden_size(),
+            prompts={
+                name: prefix
+                for name, prefix in (
+                    ("query", settings["query_prefix"]),
+                    ("document", settings["document_prefix"]),
+                )
+                if prefix
+            },
         )
     trainer.accelerator.wait_for_everyone()
     return saved
