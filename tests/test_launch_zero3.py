@@ -69,7 +69,12 @@ def consolidated_checkpoint(output_dir: Path) -> dict:
 
 @pytest.mark.parametrize(
     ("entrypoint", "tuning", "prefix"),
-    [("embed", "full", "encoder."), ("seq_classify", "full", ""), ("sft_classify", "lora", "")],
+    [
+        ("embed", "full", "encoder."),
+        ("embed", "lora", "encoder."),  # evaluated during training too: every process encodes in lockstep
+        ("seq_classify", "full", ""),
+        ("sft_classify", "lora", ""),
+    ],
 )
 def test_export_under_zero3_equals_the_consolidated_checkpoint(
     tiny_bert_dir, tiny_llama_dir, tmp_path, entrypoint, tuning, prefix
@@ -82,6 +87,8 @@ def test_export_under_zero3_equals_the_consolidated_checkpoint(
     }
     if tuning == "full":
         recipe.update(use_peft=False, full_finetune=True)
+    if entrypoint == "embed" and tuning == "lora":
+        recipe.update(eval_data=recipe["train_data"], eval_strategy="steps", eval_steps=STEPS)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     output_dir = tmp_path / "out"
@@ -95,7 +102,9 @@ def test_export_under_zero3_equals_the_consolidated_checkpoint(
     if tuning == "lora":  # the adapter file; PEFT drops the adapter name from the keys it saves
         exported = load_file(output_dir / "adapter" / "adapter_model.safetensors")
         reference = {
-            name.replace(".default.", "."): tensor for name, tensor in reference.items() if ".lora_" in name
+            name.removeprefix(prefix).replace(".default.", "."): tensor
+            for name, tensor in reference.items()
+            if ".lora_" in name
         }
         assert set(exported) == set(reference)
     else:  # the merged folder as users load it
