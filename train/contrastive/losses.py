@@ -64,9 +64,9 @@ class SoftmaxTerms:
 
 
 def first_occurrences(ids: Tensor) -> Tensor:
-    """``(K,)`` bool: True at the first row of each distinct id in ``ids (K,)``."""
-    earlier_same = (ids[:, None] == ids[None, :]).tril(diagonal=-1)  # (K, K): row j < i has i's id
-    return ~earlier_same.any(dim=1)
+    """Bool of ``ids``' shape ``(..., K)``: True at the first occurrence of each distinct id along the last dim."""
+    earlier_same = (ids[..., :, None] == ids[..., None, :]).tril(diagonal=-1)  # (..., K, K): j < i has i's id
+    return ~earlier_same.any(dim=-1)
 
 
 def softmax_terms(
@@ -175,8 +175,7 @@ class InfoNCELoss(nn.Module):
         positive_ids = self.positive_ids(view)  # (B, P)
         candidate_ids = view.candidate_ids  # (M_g,)
         matches = positive_ids[:, :, None] == candidate_ids[None, None, :]  # (B, P, M_g); -1 never matches
-        earlier_same = (positive_ids[:, :, None] == positive_ids[:, None, :]).tril(diagonal=-1).any(dim=2)
-        is_term = (positive_ids != PAD_ID) & ~earlier_same  # (B, P)
+        is_term = (positive_ids != PAD_ID) & first_occurrences(positive_ids)  # (B, P)
         if (is_term & ~matches.any(dim=2)).any():
             raise ValueError("a positive id of an anchor is not among the candidates of the global batch")
         # (B, P): first global occurrence of each positive id (argmax returns the first maximum), replaced by
