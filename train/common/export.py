@@ -80,9 +80,19 @@ def gathered_state_dict(trainer, prefix: str = "") -> dict[str, torch.Tensor] | 
 
 
 def export_trained_model(
-    trainer, model_args: ModelArguments, model_class, *, export_merged: bool, **load_kwargs
+    trainer,
+    model_args: ModelArguments,
+    model_class,
+    *,
+    export_merged: bool,
+    module: torch.nn.Module | None = None,
+    prefix: str = "",
+    **load_kwargs,
 ) -> dict:
     """Save what ``trainer`` trained to its ``output_dir``; call on EVERY process (saving gathers ZeRO-3 shards).
+
+    ``module`` is the transformer to export (default: the unwrapped trained model); ``prefix`` its key prefix in
+    the trained model's state dict (e.g. ``"encoder."`` when the trainer wraps it in an embedding model).
 
     - LoRA only: ``adapter/`` through ``Trainer.save_model`` (DeepSpeed consolidates the shards first), and
       ``merged/`` from that adapter when ``export_merged`` (``model_class`` + ``load_kwargs`` reload the base);
@@ -93,8 +103,8 @@ def export_trained_model(
     """
     output_dir = Path(trainer.args.output_dir)
     tokenizer = trainer.processing_class
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel) and not model_args.full_finetune:
+    module = module if module is not None else trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(module, PeftModel) and not model_args.full_finetune:
         trainer.save_model(str(output_dir / ADAPTER_DIR))
         if is_deepspeed_zero3_enabled():  # the merge reloads the base on one process, not as a ZeRO-3 model
             unset_hf_deepspeed_config()
@@ -104,9 +114,9 @@ def export_trained_model(
             )
         saved = {"adapter": ADAPTER_DIR, "merged": MERGED_DIR if export_merged else None}
     else:
-        weights = gathered_state_dict(trainer)  # ZeRO-3 shards, gathered; None otherwise
+        weights = gathered_state_dict(trainer, prefix)  # ZeRO-3 shards, gathered; None otherwise
         if trainer.args.should_save:
-            save_full_model(model, tokenizer, output_dir, weights)
+            save_full_model(module, tokenizer, output_dir, weights)
         saved = {"adapter": None, "merged": MERGED_DIR}
     trainer.accelerator.wait_for_everyone()
     return saved

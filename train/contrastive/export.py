@@ -14,20 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import AutoModel
-from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from eval.artifacts import write_manifest, write_sentence_transformers_files
 from train.common.args import ModelArguments
-from train.common.export import (
-    ADAPTER_DIR,
-    MERGED_DIR,
-    gathered_state_dict,
-    merge_saved_adapter,
-    save_full_model,
-)
+from train.common.export import MERGED_DIR, export_trained_model
 from train.common.modeling import resolve_model_source
 from train.common.outputs import lorasmith_version, write_model_card
 from train.contrastive.model import EmbeddingModel
+from train.contrastive.trainer import ENCODER_PREFIX
 
 
 def export_embedding_model(
@@ -36,21 +30,15 @@ def export_embedding_model(
     """Save adapter and/or merged model of ``trainer``'s model to ``trainer.args.output_dir``; call on EVERY
     process (the adapter save may be collective). Returns the manifest's ``adapter`` / ``merged`` entries."""
     output_dir = Path(trainer.args.output_dir)
-    tokenizer = trainer.processing_class
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.lora_only:
-        trainer.save_model(str(output_dir / ADAPTER_DIR))  # consolidated by DeepSpeed when sharded
-        saved = {"adapter": ADAPTER_DIR, "merged": None}
-        if trainer.zero3:  # the merge reloads the base on one process: not as a ZeRO-3 (collective) model
-            unset_hf_deepspeed_config()
-        if export_merged and trainer.args.should_save:
-            merge_saved_adapter(model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, AutoModel)
-            saved["merged"] = MERGED_DIR
-    else:
-        weights = gathered_state_dict(trainer, prefix="encoder.")  # ZeRO-3 shards, gathered; None otherwise
-        if trainer.args.should_save:
-            save_full_model(model.encoder, tokenizer, output_dir, state_dict=weights)
-        saved = {"adapter": None, "merged": MERGED_DIR}
+    saved = export_trained_model(
+        trainer,
+        model_args,
+        AutoModel,
+        export_merged=export_merged,
+        module=model.encoder,
+        prefix=ENCODER_PREFIX,
+    )
     if saved["merged"] and trainer.args.should_save:
         settings = embedding_settings(trainer)
         write_sentence_transformers_files(
@@ -68,7 +56,7 @@ def export_embedding_model(
                 if prefix
             },
         )
-    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()  # the sentence-transformers files are written
     return saved
 
 
