@@ -96,7 +96,6 @@ def main(argv=None):
             "task": f"{data_args.task}, {len(train_ds)} training rows",
             "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
             "model": model_args.model_name_or_path,
-            "tuning": _tuning_summary(model_args),
             "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
             "negatives per anchor": negatives_per_anchor(
                 data_args.task, train_ds, config.per_device_train_batch_size * world_size
@@ -148,18 +147,6 @@ def main(argv=None):
         if "after" in metrics:
             print(outputs.metrics_table(_quality(metrics)), flush=True)
         print(f"saved to {config.output_dir}: " + ", ".join(k for k, v in saved.items() if v), flush=True)
-
-
-def _tuning_summary(model_args: ModelArguments) -> str:
-    parts = []
-    if model_args.adapter_path:
-        parts.append(f"continue adapter {model_args.adapter_path}")
-    elif model_args.use_peft:
-        layers = f", layers {model_args.lora_layers}" if model_args.lora_layers else ""
-        parts.append(f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha}{layers}")
-    if model_args.full_finetune:
-        parts.append("full fine-tuning")
-    return " + ".join(parts) or "(nothing: set use_peft or full_finetune)"
 
 
 def _strip_prefix(metrics: dict, prefix: str) -> dict:

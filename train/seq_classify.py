@@ -145,7 +145,6 @@ def _task_plan(
         truncated += f", {eval_split.truncated} of {eval_split.rows} eval rows"
     return {
         "model": model_args.model_name_or_path,
-        "tuning": _tuning_summary(model_args),
         "problem": f"{training_args.problem_type}, {len(label_names)} labels: {', '.join(label_names)}",
         "inputs": " + ".join(text_columns) + (" (pair encoding)" if len(text_columns) > 1 else ""),
         "train data": f"{data_args.train_data} ({train_split.rows} rows)",
@@ -159,19 +158,6 @@ def _task_plan(
         else "-",
         "output_dir": training_args.output_dir,
     }
-
-
-def _tuning_summary(model_args) -> str:
-    if model_args.adapter_path:
-        tuning = f"continue adapter {model_args.adapter_path}"
-    elif model_args.use_peft:
-        targets = model_args.lora_target_modules or "PEFT default for this model"
-        tuning = f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} targets={targets}"
-    else:
-        tuning = ""
-    if model_args.full_finetune:
-        tuning = f"{tuning} + full fine-tuning" if tuning else "full fine-tuning"
-    return tuning
 
 
 if __name__ == "__main__":

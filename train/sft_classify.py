@@ -110,7 +110,6 @@ def main(argv=None):
         {
             "model": model_args.model_name_or_path
             + (f" ({model_args.gguf_file})" if model_args.gguf_file else ""),
-            "tuning": tuning_summary(model_args),
             "prompt": f"{spec.format} prompt-completion, template columns {spec.text_columns}",
             "labels -> answer tokens": answer_ids,
             "train rows": f"{len(train_ds)} (longest {train_rows.longest} tokens, {train_rows.shortened} shortened "
@@ -208,25 +207,6 @@ def _head(dataset, count: int | None):
     if dataset is None or count is None or count >= len(dataset):
         return dataset
     return dataset.select(range(count))
-
-
-def tuning_summary(model_args: ModelArguments) -> str:
-    parts = []
-    if model_args.load_in_4bit:
-        parts.append(
-            f"4-bit {model_args.bnb_4bit_quant_type} (double quant {model_args.use_bnb_nested_quant})"
-        )
-    if model_args.load_in_8bit:
-        parts.append("8-bit")
-    if model_args.use_peft or model_args.adapter_path:
-        parts.append(
-            f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-            f"targets={model_args.lora_target_modules or 'model default'} layers={model_args.lora_layers or 'all'}"
-            + (f" continuing {model_args.adapter_path}" if model_args.adapter_path else "")
-        )
-    if model_args.full_finetune:
-        parts.append("full fine-tuning")
-    return ", ".join(parts) or "nothing (set use_peft: true)"
 
 
 def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], gold: list[int]) -> dict:

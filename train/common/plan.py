@@ -36,11 +36,26 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "model dtype": model_args.dtype or "auto",
         "quantization": _quantization(model_args),
+        "tuning": _tuning(model_args),
     }
     if parameters is not None:
         trainable, total = parameters
         plan["trainable parameters"] = f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
     return plan
+
+
+def _tuning(model_args) -> str:
+    """What trains: LoRA (its shape, targets, layers, the adapter it continues) and/or the full base weights."""
+    parts = []
+    if model_args.use_peft or model_args.adapter_path:
+        parts.append(
+            f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+            f"targets={model_args.lora_target_modules or 'model default'} layers={model_args.lora_layers or 'all'}"
+            + (f" continuing {model_args.adapter_path}" if model_args.adapter_path else "")
+        )
+    if model_args.full_finetune:
+        parts.append("full fine-tuning")
+    return " + ".join(parts) or "nothing (set use_peft: true or full_finetune: true)"
 
 
 def _quantization(model_args) -> str:
