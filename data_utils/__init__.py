@@ -7,11 +7,11 @@ See ``data_utils.loader.load`` for sources and options, ``data_utils.schemas`` f
 each task, and ``python -m data_utils.check`` to validate a file from the shell.
 """
 
-from data_utils.errors import ConfigError, DataError, LorasmithError
 from data_utils.labels import label_names_from_dataset
 from data_utils.loader import load
 from data_utils.samples import sample_path
 from data_utils.schemas import TASKS
+from lorasmith.errors import ConfigError, DataError, LorasmithError
 
 __all__ = [
     "TASKS",

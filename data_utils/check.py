@@ -22,10 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import ClassLabel, Dataset
 
-from data_utils.errors import ConfigError, LorasmithError
 from data_utils.loader import load
 from data_utils.readers import column_values
 from data_utils.schemas import TASKS
+from lorasmith.errors import ConfigError
+from lorasmith.process import run_main
 
 _BAR_WIDTH = 30
 _TOP_TAGS = 10
@@ -229,22 +230,20 @@ def token_length_summary(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = make_parser().parse_known_args(argv)
-    try:
-        dataset = load(args.data, task=args.task, columns=args.columns, **parse_load_options(extra))
-        lines = [
-            f"data: {args.data}",
-            f"task: {args.task or '(none: read only)'}",
-            *summarize(dataset, args.task),
-        ]
-        if args.tokenizer:
-            lines += token_length_summary(dataset, args.task, args.tokenizer, args.max_length)
-    except LorasmithError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_main(_check, args, extra)
+
+
+def _check(args: argparse.Namespace, extra: list[str]) -> None:
+    dataset = load(args.data, task=args.task, columns=args.columns, **parse_load_options(extra))
+    lines = [
+        f"data: {args.data}",
+        f"task: {args.task or '(none: read only)'}",
+        *summarize(dataset, args.task),
+    ]
+    if args.tokenizer:
+        lines += token_length_summary(dataset, args.task, args.tokenizer, args.max_length)
     print("\n".join(lines))
     print("OK: the data is valid for task " + repr(args.task) if args.task else "OK: the data was read")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

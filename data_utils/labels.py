@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from datasets import ClassLabel, Dataset
 
-from data_utils.errors import ConfigError, DataError
 from data_utils.options import as_str_list
 from data_utils.readers import column_values
+from lorasmith.errors import ConfigError, DataError
 
 LabelKey = int | str
 _INTEGER = re.compile(r"[+-]?\d+")

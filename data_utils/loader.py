@@ -6,10 +6,10 @@ import difflib
 
 from datasets import Dataset
 
-from data_utils.errors import ConfigError
 from data_utils.options import reject_unknown
 from data_utils.readers import READ_OPTIONS, read
 from data_utils.schemas import SCHEMA_OPTIONS, TASKS, apply_schema, parse_columns
+from lorasmith.errors import ConfigError
 
 
 def load(source, *, task: str | None = None, columns=None, **options) -> Dataset:

@@ -27,7 +27,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 
 FORMATS = ("auto", "chat", "plain")
 

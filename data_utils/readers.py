@@ -37,8 +37,8 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.table import InMemoryTable
 
-from data_utils.errors import DataError
 from data_utils.options import as_bool, reject_unknown
+from lorasmith.errors import DataError
 
 READ_OPTIONS = {
     "format": "override the extension: csv, tsv, json, jsonl, parquet, xlsx, txt or pkl",

@@ -26,7 +26,6 @@ from datasets import ClassLabel, Dataset, DatasetInfo, Features, Value
 from datasets import Sequence as SequenceFeature
 from datasets.table import InMemoryTable
 
-from data_utils.errors import ConfigError, DataError
 from data_utils.labels import (
     LabelEncoder,
     infer_label_names,
@@ -36,6 +35,7 @@ from data_utils.labels import (
 )
 from data_utils.options import as_bool, as_range, as_str_list
 from data_utils.readers import ReadResult
+from lorasmith.errors import ConfigError, DataError
 
 TASKS = ("sentences", "pairs", "triplets", "scored_pairs", "tags", "labeled")
 

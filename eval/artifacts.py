@@ -36,8 +36,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_utils.errors import ConfigError
 from eval.pooling import SENTENCE_TRANSFORMERS_MODES, validate_pooling_mode
+from lorasmith.errors import ConfigError
 
 MANIFEST_NAME = "lorasmith.json"
 ADAPTER_DIR = "adapter"

@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from data_utils.errors import ConfigError, DataError
 from eval.artifacts import MANIFEST_NAME, read_manifest
+from lorasmith.errors import ConfigError, DataError
 
 
 @runtime_checkable

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_utils.errors import ConfigError
 from eval.classifiers import Classifier, load_classifier
 from eval.cli import add_output_argument, parse_column_map, run_cli
 from eval.metrics.classification import classification_metrics
 from eval.report import emit, format_table
+from lorasmith.errors import ConfigError
 
 PERCENT_KEYS = ("accuracy", "precision", "recall", "f1", "ece")
 

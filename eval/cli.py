@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
-from data_utils.errors import ConfigError, LorasmithError
 from eval.pooling import POOLING_MODES
+from lorasmith.errors import ConfigError
+from lorasmith.process import check_world_size, run_main
 
 MODEL_HELP = (
     "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
@@ -89,14 +88,9 @@ def init_distributed() -> None:
     On a machine without CUDA the processes use gloo (accelerate would otherwise start them as
     independent world-1 processes). ``LORASMITH_EXPECT_WORLD_SIZE``, when set, must equal the world size.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+    from accelerate import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available())
-    expected = os.environ.get("LORASMITH_EXPECT_WORLD_SIZE")
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if expected is not None and int(expected) != world:
-        raise ConfigError(f"expected {expected} processes but this run has {world}")
+    check_world_size(PartialState(cpu=not torch.cuda.is_available()))
 
 
 def is_main_process() -> bool:
@@ -108,10 +102,9 @@ def run_cli(
 ) -> int:
     """Parse ``argv``, run ``body(args)``; a user error prints one line to stderr and returns 2."""
     args = parser.parse_args(argv)
-    try:
+
+    def start_and_run():
         init_distributed()
         body(args)
-    except LorasmithError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(start_and_run)

@@ -26,9 +26,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data_utils.errors import ConfigError
 from eval.artifacts import MERGED_DIR, read_manifest, read_sentence_transformers_config
 from eval.pooling import pool, validate_pooling_mode
+from lorasmith.errors import ConfigError
 
 PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2")
 DEFAULT_MAX_LENGTH = 512

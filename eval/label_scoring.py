@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_utils.errors import ConfigError, DataError
 from data_utils.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
 from eval.artifacts import load_trained_model, read_manifest
 from eval.classifiers import check_input_rows
 from eval.encoder import default_device
+from lorasmith.errors import ConfigError, DataError
 
 KIND = "prompt_classifier"
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import yaml
 
-from data_utils.errors import ConfigError
 from eval.cli import add_model_arguments, is_main_process, load_embedder, parse_column_map, run_cli
 from eval.probe import evaluate_probe
 from eval.report import emit, format_table, write_json
 from eval.retrieval import evaluate_retrieval
 from eval.sts import evaluate_sts
+from lorasmith.errors import ConfigError
 
 PATH_KEYS = ("data", "corpus", "queries", "qrels")
 

@@ -17,7 +17,6 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from data_utils.errors import ConfigError
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
@@ -27,6 +26,7 @@ from eval.cli import (
     run_cli,
 )
 from eval.report import emit, format_table
+from lorasmith.errors import ConfigError
 
 SENTEVAL_C_GRID = tuple(2.0**t for t in range(-2, 5))
 

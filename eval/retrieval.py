@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from data_utils.errors import ConfigError, DataError
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
@@ -36,6 +35,7 @@ from eval.cli import (
 )
 from eval.metrics.retrieval import METRIC_NAMES, exact_topk, topk_retrieval_metrics
 from eval.report import emit, format_table
+from lorasmith.errors import ConfigError, DataError
 
 
 @dataclass

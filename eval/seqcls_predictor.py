@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_utils.errors import ConfigError
 from eval.artifacts import load_trained_model, read_manifest
 from eval.classifiers import check_input_rows
 from eval.encoder import default_device
+from lorasmith.errors import ConfigError
 
 KIND = "seq_classifier"
 

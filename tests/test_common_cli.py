@@ -6,9 +6,10 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from data_utils.errors import ConfigError, DataError
+from lorasmith.errors import ConfigError, DataError
+from lorasmith.process import run_main
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.cli import make_parser, parse_recipe, run_main
+from train.common.cli import make_parser, parse_recipe
 from train.common.outputs import recipe_dict, write_metrics, write_model_card, write_recipe
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common.args import ModelArguments
 from train.common.modeling import (
     apply_tuning,

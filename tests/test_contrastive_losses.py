@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.contrastive.batch import EmbeddedBatch, GlobalBatch, text_ids
 from train.contrastive.gather import gather_no_grad, gather_with_grad, rank_offset
 from train.contrastive.losses import (

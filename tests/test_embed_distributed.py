@@ -10,7 +10,7 @@ import pytest
 from multiproc import run_multiprocess
 from test_embed_train import sentences, write_jsonl
 
-from train.common.cli import run_main
+from lorasmith.process import run_main
 from train.embed import main
 
 STEPS = 4

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import OBJECTS, SUBJECTS, VERBS
 
-from train.common.cli import run_main
+from lorasmith.process import run_main
 from train.embed import main
 
 FAST = [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common import cli
 from train.contrastive.batch import PAD_ID, text_ids
 from train.contrastive.collator import ContrastiveCollator
@@ -138,7 +138,7 @@ def test_lora_with_activation_checkpointing_keeps_gradients_in_lora(tiny_bert_di
 def test_every_embed_recipe_parses_and_loads_its_data(recipe, capsys, tiny_bert_dir):
     import yaml
 
-    from train.common.cli import run_main
+    from lorasmith.process import run_main
     from train.embed import main
 
     argv = ["--config", f"configs/embed/{recipe}", "--dry_run", "true"]

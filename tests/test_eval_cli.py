@@ -310,9 +310,9 @@ def test_classify_cli_labels_texts(monkeypatch, capsys):
 
 
 def test_load_classifier_rejects_embedding_folders(tmp_path):
-    from data_utils.errors import ConfigError
     from eval.artifacts import write_manifest
     from eval.classifiers import load_classifier
+    from lorasmith.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a lorasmith output folder"):
         load_classifier(tmp_path)
@@ -322,8 +322,8 @@ def test_load_classifier_rejects_embedding_folders(tmp_path):
 
 
 def test_classifier_input_rows_must_have_text_in_every_template_column():
-    from data_utils.errors import DataError
     from eval.classifiers import check_input_rows
+    from lorasmith.errors import DataError
 
     check_input_rows([{"title": "a", "body": "b"}], ["title", "body"], "the template's columns")
     with pytest.raises(DataError) as error:

@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from data_utils.errors import ConfigError
 from eval.artifacts import (
     read_manifest,
     read_sentence_transformers_config,
@@ -17,6 +16,7 @@ from eval.artifacts import (
 )
 from eval.encoder import Embedder, _resolve_settings
 from eval.pooling import POOLING_MODES, pool
+from lorasmith.errors import ConfigError
 
 TEXTS = [
     "the cat likes the map.",

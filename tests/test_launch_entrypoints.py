@@ -121,7 +121,7 @@ def test_deepspeed_zero2_on_cpu(entrypoint, tmp_path):
 def test_dry_run_prints_the_launch_plan(entrypoint, capsys):
     from importlib import import_module
 
-    from train.common.cli import run_main
+    from lorasmith.process import run_main
 
     name, recipe = entrypoint
     main = import_module(f"train.{name}").main
@@ -139,7 +139,7 @@ def test_dry_run_prints_the_launch_plan(entrypoint, capsys):
 def test_bf16_on_this_cpu_is_refused_before_any_model_loads(entrypoint, capsys):
     from importlib import import_module
 
-    from train.common.cli import run_main
+    from lorasmith.process import run_main
     from train.common.runtime import cpu_supports_bf16
 
     if cpu_supports_bf16():

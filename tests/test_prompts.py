@@ -2,7 +2,6 @@
 
 import pytest
 
-from data_utils.errors import ConfigError
 from data_utils.prompts import (
     PromptSpec,
     build_verbalizers,
@@ -16,6 +15,7 @@ from data_utils.prompts import (
     shortened_lengths,
     template_columns,
 )
+from lorasmith.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import TrainerControl
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common import resume, runtime
 from train.common.signals import StopOnSignal
 

@@ -16,8 +16,8 @@ from safetensors import safe_open
 
 from data_utils import load, sample_path
 from eval.seqcls_predictor import SequenceClassifier
+from lorasmith.process import run_main
 from train.classify.seqcls_trainer import class_weight_vector
-from train.common.cli import run_main
 from train.seq_classify import main
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from transformers import (
 )
 
 from data_utils import load, sample_path
-from data_utils.errors import ConfigError, DataError
 from eval.seqcls_predictor import decide, probabilities_from_logits
+from lorasmith.errors import ConfigError, DataError
 from train.classify.seqcls_data import load_splits, tokenize_split
 from train.classify.seqcls_model import build_classifier, head_module_names
 from train.classify.seqcls_trainer import ClassificationLoss, class_weight_vector

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from data_utils.errors import ConfigError, DataError
 from data_utils.prompts import PromptSpec
+from lorasmith.errors import ConfigError, DataError
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the team", "our model", "a user"]
 OBJECTS = ["the map", "a good book", "fresh bread", "great music", "clean data"]

@@ -26,7 +26,8 @@ import sys
 from transformers import set_seed
 
 import data_utils
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
+from lorasmith.process import run_main
 from train.common import cli, outputs, resume, runtime
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
@@ -169,4 +170,4 @@ def _quality(metrics: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

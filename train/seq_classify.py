@@ -28,6 +28,7 @@ from accelerate import PartialState
 from transformers import DataCollatorWithPadding, IntervalStrategy, set_seed
 
 from data_utils import label_names_from_dataset
+from lorasmith.process import run_main
 from train.classify.seqcls_config import SeqClassifyConfig
 from train.classify.seqcls_data import load_splits, text_columns_of, tokenize_split
 from train.classify.seqcls_export import classifier_manifest, export_classifier, write_classifier_files
@@ -161,4 +162,4 @@ def _task_plan(
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

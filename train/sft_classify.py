@@ -27,7 +27,6 @@ from transformers import AutoModelForCausalLM, set_seed
 from transformers.trainer_utils import IntervalStrategy
 
 import data_utils
-from data_utils.errors import ConfigError
 from data_utils.prompts import (
     PromptSpec,
     build_verbalizers,
@@ -37,6 +36,8 @@ from data_utils.prompts import (
 )
 from eval.artifacts import write_manifest
 from eval.label_scoring import KIND
+from lorasmith.errors import ConfigError
+from lorasmith.process import run_main
 from train.classify.sft_config import SFTClassifyConfig
 from train.classify.sft_data import build_sft_rows, check_verbalizers, label_rows
 from train.classify.sft_trainer import PromptClassificationTrainer, scalar_metrics
@@ -258,4 +259,4 @@ def save_outputs(spec, model_args, training_args, recipe, metrics, saved: dict) 
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

@@ -33,6 +33,7 @@ from transformers import (
     set_seed,
 )
 
+from lorasmith.process import run_main
 from train.common import cli, outputs, resume, runtime
 from train.common.args import ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
@@ -97,4 +98,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(run_main(main))

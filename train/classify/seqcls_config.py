@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from transformers import IntervalStrategy, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from data_utils import label_names_from_dataset, load
-from data_utils.errors import ConfigError
 from eval.seqcls_predictor import text_inputs
+from lorasmith.errors import ConfigError
 from train.common.args import DataArguments
 
 

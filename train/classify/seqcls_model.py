@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_utils import set_zero3_state
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model, resolve_model_source
 

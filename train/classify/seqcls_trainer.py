@@ -22,9 +22,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
-from data_utils.errors import ConfigError
 from eval.metrics.classification import classification_metrics
 from eval.seqcls_predictor import decide, probabilities_from_logits
+from lorasmith.errors import ConfigError
 
 
 def class_weight_vector(

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from data_utils.errors import DataError
 from data_utils.prompts import PromptSpec, answer_tokens, check_choices, encode_choices, fit_row
+from lorasmith.errors import DataError
 
 
 @dataclass

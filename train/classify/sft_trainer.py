@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from trl import SFTTrainer
 
-from data_utils.errors import DataError
 from data_utils.prompts import PromptSpec
 from eval.label_scoring import PromptClassifier
 from eval.metrics.classification import classification_metrics
+from lorasmith.errors import DataError
 
 
 class PromptClassificationTrainer(SFTTrainer):

@@ -1,4 +1,4 @@
-"""Recipe + command-line parsing shared by every entrypoint, and the error boundary around ``main``.
+"""Recipe + command-line parsing shared by every entrypoint (the error boundary is ``lorasmith.process.run_main``).
 
 A run is configured by one YAML recipe (``--config configs/<task>/R.yaml``) whose keys are the fields of
 the entrypoint's dataclasses; any ``--key value`` on the command line overrides the recipe. Parsing is
@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from trl import TrlParser
 
-from data_utils.errors import ConfigError, LorasmithError
+from lorasmith.errors import ConfigError
 
 
 def make_parser(dataclass_types: Sequence[type]) -> TrlParser:
@@ -64,20 +64,3 @@ def _unknown_keys_message(unknown: list[str], parser: TrlParser) -> str:
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         parts.append(f"'{key}'" + (f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""))
     return "unknown recipe key(s): " + "; ".join(parts) + ". Run with --help for every valid key."
-
-
-def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a user error prints one paragraph to stderr (no traceback) and returns 2.
-
-    The process group is torn down before returning: gloo threads still alive at interpreter exit can
-    abort a rank ("terminate called without an active exception") after a run that succeeded.
-    """
-    try:
-        main(argv)
-    except LorasmithError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0

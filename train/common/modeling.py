@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrain
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import get_peft_config
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common.args import ModelArguments
 
 # alias -> (package that ships the files, folder inside the package, GGUF file name or None)

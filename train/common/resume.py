@@ -36,7 +36,7 @@ import yaml
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.common import outputs
 from train.common.runtime import CheckTrainableInputs
 from train.common.signals import StopOnSignal

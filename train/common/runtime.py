@@ -11,27 +11,9 @@ import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
+from lorasmith.process import check_world_size
 from train.common.batching import gradient_accumulation_for
-
-EXPECT_WORLD_SIZE_ENV = "LORASMITH_EXPECT_WORLD_SIZE"
-
-
-def check_world_size(state: PartialState | None = None) -> int:
-    """The number of processes; ConfigError if it differs from ``$LORASMITH_EXPECT_WORLD_SIZE``.
-
-    Measured trap: ``accelerate launch --cpu --num_processes 2`` starts ONE process without a word, and a
-    2-process launch without the CPU flag trains twice as two worlds of 1. Tests and the SLURM launcher
-    export the size they asked for so a silent mismatch becomes an error.
-    """
-    world_size = (state or PartialState()).num_processes
-    expected = os.environ.get(EXPECT_WORLD_SIZE_ENV)
-    if expected and int(expected) != world_size:
-        raise ConfigError(
-            f"launched for {expected} processes but running as {world_size}: on a machine without GPUs use "
-            "`accelerate launch --config_file accelerate_configs/cpu_ddp.yaml` (not --cpu, which starts one process)"
-        )
-    return world_size
 
 
 def cpu_supports_bf16() -> bool:

@@ -24,8 +24,8 @@ import yaml
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
-from data_utils.errors import ConfigError
 from eval.pooling import POOLING_MODES
+from lorasmith.errors import ConfigError
 
 # lorasmith embed task -> the data_utils schema its training rows follow.
 TASK_DATA_SCHEMA = {

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from data_utils.errors import ConfigError
+from lorasmith.errors import ConfigError
 from train.contrastive.batch import EmbeddedBatch, GlobalBatch
 from train.contrastive.gather import sum_over_ranks
 from train.contrastive.losses import (

@@ -1,7 +1,9 @@
 """User-facing errors raised at the boundary (data files, recipes, CLI flags).
 
+A leaf: every layer (``data_utils``, ``train``, ``eval``) imports these without loading data or models.
+
 Entrypoints catch these, print ``str(error)`` as one short paragraph without a traceback and
-exit with code 2 (see ``train.common.cli.run_main``). Messages are for people: they name the
+exit with code 2 (see ``lorasmith.process.run_main``). Messages are for people: they name the
 file, the 1-based row as a spreadsheet user counts it (the header is not a row), the column and
 what was expected, and list the columns that do exist when one is missing.
 """

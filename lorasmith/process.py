@@ -1,0 +1,52 @@
+"""Process-level conventions shared by every command line (train entrypoints, eval CLIs, data check).
+
+- ``run_main``: a user error (``LorasmithError``) prints one paragraph and exits 2, never a traceback.
+- ``check_world_size``: the launch came up with the number of processes it was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+from accelerate import PartialState
+
+from lorasmith.errors import ConfigError, LorasmithError
+
+EXPECT_WORLD_SIZE_ENV = "LORASMITH_EXPECT_WORLD_SIZE"
+
+
+def check_world_size(state: PartialState | None = None) -> int:
+    """The number of processes; ConfigError if it differs from ``$LORASMITH_EXPECT_WORLD_SIZE``.
+
+    Measured trap: ``accelerate launch --cpu --num_processes 2`` starts ONE process without a word, and a
+    2-process launch without the CPU flag trains twice as two worlds of 1. Tests and the SLURM launcher
+    export the size they asked for so a silent mismatch becomes an error.
+    """
+    world_size = (state or PartialState()).num_processes
+    expected = os.environ.get(EXPECT_WORLD_SIZE_ENV)
+    if expected and int(expected) != world_size:
+        raise ConfigError(
+            f"launched for {expected} processes but running as {world_size}: on a machine without GPUs use "
+            "`accelerate launch --config_file accelerate_configs/cpu_ddp.yaml` (not --cpu, which starts one process)"
+        )
+    return world_size
+
+
+def run_main(main: Callable[..., object], *args) -> int:
+    """Call ``main(*args)``; a user error prints one paragraph to stderr (no traceback) and returns 2.
+
+    The process group is torn down before returning: gloo threads still alive at interpreter exit can
+    abort a rank ("terminate called without an active exception") after a run that succeeded.
+    """
+    try:
+        main(*args)
+    except LorasmithError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
