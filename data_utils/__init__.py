@@ -1,4 +1,4 @@
-"""Read any supported data source into a validated ``datasets.Dataset`` for one of the ``TASKS``.
+"""Read any supported data source into a validated ``datasets.Dataset`` for one of the ``SCHEMAS``.
 
     from data_utils import load, sample_path
     ds = load(sample_path("pairs.jsonl"), task="pairs")    # columns: anchor, positive
@@ -10,11 +10,11 @@ each task, and ``python -m data_utils.check`` to validate a file from the shell.
 from data_utils.labels import label_names_from_dataset
 from data_utils.loader import load
 from data_utils.samples import sample_path
-from data_utils.schemas import TASKS
+from data_utils.schemas import SCHEMAS
 from lorasmith.errors import ConfigError, DataError, LorasmithError
 
 __all__ = [
-    "TASKS",
+    "SCHEMAS",
     "ConfigError",
     "DataError",
     "LorasmithError",

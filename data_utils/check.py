@@ -24,7 +24,7 @@ from datasets import ClassLabel, Dataset
 
 from data_utils.loader import load
 from data_utils.readers import column_values
-from data_utils.schemas import TASKS
+from data_utils.schemas import SCHEMAS
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 
@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
         "(e.g. --score_range 0,5 --text_columns a,b --header false --quoting none).",
     )
     parser.add_argument(
-        "--task", choices=TASKS, default=None, help="task schema to validate (default: only read)"
+        "--task", choices=SCHEMAS, default=None, help="task schema to validate (default: only read)"
     )
     parser.add_argument("--data", required=True, help="file, glob, save_to_disk folder or hub dataset id")
     parser.add_argument("--columns", default=None, help="column mapping, e.g. anchor=question,negative=n1+n2")

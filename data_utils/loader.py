@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from data_utils.options import reject_unknown
 from data_utils.readers import READ_OPTIONS, read
-from data_utils.schemas import SCHEMA_OPTIONS, TASKS, apply_schema, parse_columns
+from data_utils.schemas import SCHEMA_OPTIONS, SCHEMAS, apply_schema, parse_columns
 from lorasmith.errors import ConfigError
 
 
@@ -18,7 +18,7 @@ def load(source, *, task: str | None = None, columns=None, **options) -> Dataset
     Args:
         source: a file path (csv, tsv, json, jsonl, parquet, xlsx, txt, pkl; ``.gz`` of each), a glob,
             a ``save_to_disk`` folder, a hub dataset id (when not offline), or a ``Dataset``.
-        task: one of ``TASKS``, or ``None`` to read only (no schema, mapped columns renamed).
+        task: one of ``SCHEMAS``, or ``None`` to read only (no schema, mapped columns renamed).
         columns: ``{canonical: source_column}`` or ``"anchor=question,negative=n1+n2"``.
         **options: read options (``readers.READ_OPTIONS``: header, quoting, sep, encoding, sheet,
             split, field, format) and the task's options (``schemas.SCHEMA_OPTIONS``: score_range,
@@ -29,10 +29,10 @@ def load(source, *, task: str | None = None, columns=None, **options) -> Dataset
         ConfigError: unknown task, option or column mapping.
         DataError: the source cannot be read or breaks the task's schema (file, row, column named).
     """
-    if task is not None and task not in TASKS:
-        close = difflib.get_close_matches(str(task), TASKS, n=1)
+    if task is not None and task not in SCHEMAS:
+        close = difflib.get_close_matches(str(task), SCHEMAS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown task '{task}'{hint} Tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task '{task}'{hint} Tasks: {', '.join(SCHEMAS)}")
     task_options = SCHEMA_OPTIONS[task] if task else {}
     for name in options:
         owners = [other for other, allowed in SCHEMA_OPTIONS.items() if name in allowed]

@@ -37,7 +37,8 @@ from data_utils.options import as_bool, as_range, as_str_list
 from data_utils.readers import ReadResult
 from lorasmith.errors import ConfigError, DataError
 
-TASKS = ("sentences", "pairs", "triplets", "scored_pairs", "tags", "labeled")
+# The data schemas ``load(task=...)`` validates against (``train.embed``'s training objectives are another list).
+SCHEMAS = ("sentences", "pairs", "triplets", "scored_pairs", "tags", "labeled")
 
 SCHEMA_OPTIONS: dict[str, dict[str, str]] = {
     "sentences": {},

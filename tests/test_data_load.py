@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from data_utils import TASKS, label_names_from_dataset, load, sample_path
+from data_utils import SCHEMAS, label_names_from_dataset, load, sample_path
 from data_utils.samples import sample_names
 
 
@@ -180,7 +180,7 @@ def test_stsb_release_style_tsv_with_quotes_and_extra_columns(tmp_path):
 
 
 def test_tasks_tuple():
-    assert TASKS == ("sentences", "pairs", "triplets", "scored_pairs", "tags", "labeled")
+    assert SCHEMAS == ("sentences", "pairs", "triplets", "scored_pairs", "tags", "labeled")
 
 
 def test_pairs_drops_extra_columns_and_orders_canonical_columns(tmp_path):
