@@ -69,25 +69,30 @@ def evaluate_sts(
     score_range=None,
     batch_size: int = 64,
 ) -> dict:
-    """``{"spearman", "pearson" (x 100), "num_pairs"}`` of cosine(sentence1, sentence2) against the score.
-
-    Each distinct sentence is embedded once, without prefixes (STS is symmetric)."""
+    """``{"spearman", "pearson" (x 100), "num_pairs"}`` of cosine(sentence1, sentence2) against the score
+    (:func:`sts_correlations`)."""
     dataset = load_sts_data(data, columns=columns, format=format, score_range=score_range)
-    first, second = list(dataset["sentence1"]), list(dataset["sentence2"])
-    unique = list(dict.fromkeys(first + second))
+    gold = list(dataset["score"])
+    correlations = sts_correlations(
+        embedder, list(dataset["sentence1"]), list(dataset["sentence2"]), gold, batch_size
+    )
+    return {"task": "sts", "data": str(data), "num_pairs": len(gold), **correlations}
+
+
+def sts_correlations(
+    embedder, first: Sequence[str], second: Sequence[str], scores: Sequence[float], batch_size: int = 64
+) -> dict[str, float]:
+    """``{"spearman", "pearson"}`` x 100 of cosine(first[i], second[i]) against ``scores[i]``.
+
+    Each distinct sentence is embedded once, without prefixes (STS is symmetric); ``train.embed`` scores its
+    eval set with this same function."""
+    unique = list(dict.fromkeys([*first, *second]))
     position = {text: i for i, text in enumerate(unique)}
-    embeddings = embedder.encode(unique, batch_size=batch_size)
+    embeddings = embedder.encode(unique, batch_size=batch_size)  # (U, D)
     left = embeddings[[position[text] for text in first]]
     right = embeddings[[position[text] for text in second]]
     cosine = F.cosine_similarity(left, right, dim=-1).double().numpy()
-    gold = list(dataset["score"])
-    return {
-        "task": "sts",
-        "data": str(data),
-        "num_pairs": len(gold),
-        "spearman": 100 * spearman(cosine, gold),
-        "pearson": 100 * pearson(cosine, gold),
-    }
+    return {"spearman": 100 * spearman(cosine, list(scores)), "pearson": 100 * pearson(cosine, list(scores))}
 
 
 def make_parser() -> argparse.ArgumentParser:
