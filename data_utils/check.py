@@ -25,6 +25,8 @@ from datasets import ClassLabel, Dataset
 from data_utils.loader import load
 from data_utils.readers import column_values
 from data_utils.schemas import SCHEMAS
+from data_utils.tokenizer_inputs import model_max_length
+from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 
@@ -45,7 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", required=True, help="file, glob, save_to_disk folder or hub dataset id")
     parser.add_argument("--columns", default=None, help="column mapping, e.g. anchor=question,negative=n1+n2")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer name or path: report token lengths")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer name or path, or an embedded model ('minilm'): report token lengths")
     parser.add_argument(
         "--max-length",
         type=int,
@@ -205,12 +207,14 @@ def token_length_summary(
     """Token counts (special tokens included) per text column: min / median / p95 / max, rows over ``max_length``."""
     from transformers import AutoTokenizer
 
+    embedded = embedded_model_files(tokenizer_name)
+    source, gguf = (str(embedded[0]), embedded[1]) if embedded else (tokenizer_name, None)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot load tokenizer '{tokenizer_name}': {error}") from error
-    if max_length is None and tokenizer.model_max_length < 1_000_000:
-        max_length = tokenizer.model_max_length
+    if max_length is None:
+        max_length = model_max_length(tokenizer, default=None)
     lines = [f"token lengths ({tokenizer_name}" + (f", max length {max_length}):" if max_length else "):")]
     columns = text_columns_of(dataset, task)
     batches = {column: (_texts(dataset, column),) for column in columns}
@@ -244,6 +248,7 @@ def _check(args: argparse.Namespace, extra: list[str]) -> None:
         lines += token_length_summary(dataset, args.task, args.tokenizer, args.max_length)
     print("\n".join(lines))
     print("OK: the data is valid for task " + repr(args.task) if args.task else "OK: the data was read")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from eval.classifiers import Classifier, load_classifier
-from eval.cli import add_output_argument, parse_column_map, run_cli
+from eval.cli import add_output_argument, run_cli
 from eval.metrics.classification import classification_metrics
 from eval.report import emit, format_table
 from lorasmith.errors import ConfigError
@@ -37,7 +37,7 @@ def predict(
 
 
 def evaluate_classifier(
-    classifier: Classifier, data: str, *, columns: dict[str, str] | None = None, batch_size: int = 16
+    classifier: Classifier, data: str, *, columns: dict[str, str] | str | None = None, batch_size: int = 16
 ) -> dict:
     """Metrics of ``classifier`` on the labelled file ``data`` (see ``classification_metrics``), x 100."""
     from data_utils import load
@@ -167,9 +167,7 @@ def _run(args: argparse.Namespace) -> dict:
             digits=3,
         )
     else:
-        result = evaluate_classifier(
-            classifier, args.data, columns=parse_column_map(args.columns), batch_size=args.batch_size
-        )
+        result = evaluate_classifier(classifier, args.data, columns=args.columns, batch_size=args.batch_size)
         text = metrics_text(result, classifier.label_names)
     result["model"] = args.model
     emit(result, text, args.output)

@@ -1,4 +1,4 @@
-"""Pieces every eval CLI shares: model flags, error handling, distributed start-up, column maps."""
+"""Pieces every eval CLI shares: model flags, error handling, distributed start-up."""
 
 from __future__ import annotations
 
@@ -58,19 +58,6 @@ def load_embedder(args: argparse.Namespace, model: str | None = None):
     )
 
 
-def parse_column_map(text: str | None) -> dict[str, str] | None:
-    """``"sentence1=question,score=label"`` -> ``{"sentence1": "question", "score": "label"}``."""
-    if not text:
-        return None
-    mapping = {}
-    for item in text.split(","):
-        role, sep, column = item.partition("=")
-        if not sep or not role.strip() or not column.strip():
-            raise ConfigError(f"--columns expects role=column pairs separated by commas, got {text!r}")
-        mapping[role.strip()] = column.strip()
-    return mapping
-
-
 def parse_ks(text: str) -> tuple[int, ...]:
     """``"1,5,10"`` -> ``(1, 5, 10)``."""
     try:
@@ -91,10 +78,6 @@ def init_distributed() -> None:
     from accelerate import PartialState
 
     check_world_size(PartialState(cpu=not torch.cuda.is_available()))
-
-
-def is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def run_cli(

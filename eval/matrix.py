@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from accelerate import PartialState
 
-from eval.cli import add_model_arguments, is_main_process, load_embedder, parse_column_map, run_cli
+from data_utils.schemas import parse_columns
+from eval.cli import add_model_arguments, load_embedder, run_cli
 from eval.probe import evaluate_probe
 from eval.report import emit, format_table, write_json
 from eval.retrieval import evaluate_retrieval
@@ -113,7 +115,7 @@ def _resolve_options(options: dict, base: Path) -> dict:
         if key in resolved:
             resolved[key] = str(base / resolved[key])
     if isinstance(resolved.get("columns"), str):
-        resolved["columns"] = parse_column_map(resolved["columns"])
+        resolved["columns"] = parse_columns(resolved["columns"])
     if "k" in resolved:
         ks = resolved["k"]
         resolved["k"] = tuple(int(k) for k in (ks if isinstance(ks, list) else str(ks).split(",")))
@@ -214,7 +216,7 @@ def _run(args: argparse.Namespace) -> dict:
     results = run_suite(
         args.models, tasks, lambda model: load_embedder(args, model), batch_size=args.batch_size
     )
-    if not is_main_process():
+    if not PartialState().is_main_process:
         return results
     matrix = write_matrix(results, tasks, args.output_dir)
     table = format_table(

@@ -14,15 +14,14 @@ import argparse
 from collections.abc import Sequence
 
 import numpy as np
+from accelerate import PartialState
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
-    is_main_process,
     load_embedder,
-    parse_column_map,
     run_cli,
 )
 from eval.report import emit, format_table
@@ -82,7 +81,7 @@ def evaluate_probe(
     data: str,
     *,
     text_column: str = "text",
-    columns: dict[str, str] | None = None,
+    columns: dict[str, str] | str | None = None,
     folds: int = 10,
     select_c: bool = False,
     seed: int = 0,
@@ -128,14 +127,14 @@ def _run(args: argparse.Namespace) -> dict:
         embedder,
         args.data,
         text_column=args.text_column,
-        columns=parse_column_map(args.columns),
+        columns=args.columns,
         folds=args.folds,
         select_c=args.select_c,
         seed=args.seed,
         batch_size=args.batch_size,
     )
     result["model"] = args.model
-    if is_main_process():
+    if PartialState().is_main_process:
         table = format_table(
             ["model", "examples", "labels", "folds", "accuracy x100", "std"],
             [

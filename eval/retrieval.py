@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
+from accelerate import PartialState
 
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
-    is_main_process,
     load_embedder,
-    parse_column_map,
     parse_ks,
     run_cli,
 )
@@ -149,7 +148,7 @@ def task_from_positives(texts: Sequence[str], positives: Sequence[Sequence[str]]
     )
 
 
-def load_file_task(data: str, task: str, columns: dict[str, str] | None = None) -> RetrievalTask:
+def load_file_task(data: str, task: str, columns: dict[str, str] | str | None = None) -> RetrievalTask:
     """``task="pairs"``: anchor -> positive; ``task="tags"``: text -> its tags (data_utils schemas)."""
     from data_utils import load
 
@@ -193,7 +192,7 @@ def evaluate_retrieval(
     *,
     data: str | None = None,
     task: str | None = None,
-    columns: dict[str, str] | None = None,
+    columns: dict[str, str] | str | None = None,
     corpus: str | None = None,
     queries: str | None = None,
     qrels: str | None = None,
@@ -260,7 +259,7 @@ def _run(args: argparse.Namespace) -> dict:
         embedder,
         data=args.data,
         task=args.task,
-        columns=parse_column_map(args.columns),
+        columns=args.columns,
         corpus=args.corpus,
         queries=args.queries,
         qrels=args.qrels,
@@ -270,7 +269,7 @@ def _run(args: argparse.Namespace) -> dict:
         document_prefix=args.document_prefix,
     )
     result["model"] = args.model
-    if is_main_process():
+    if PartialState().is_main_process:
         rows = [[f"{name}"] + [result[f"{name}@{k}"] for k in ks] for name in METRIC_NAMES]
         header = (
             f"{args.model}: {result['num_queries']} queries, {result['num_documents']} documents "

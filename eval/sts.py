@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch.nn.functional as F
+from accelerate import PartialState
 
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
-    is_main_process,
     load_embedder,
-    parse_column_map,
     run_cli,
 )
 from eval.metrics.correlation import pearson, spearman
@@ -49,7 +48,7 @@ def is_stsb_release_file(path: str | Path) -> bool:
 
 
 def load_sts_data(
-    data: str, *, columns: dict[str, str] | None = None, format: str | None = None, score_range=None
+    data: str, *, columns: dict[str, str] | str | None = None, format: str | None = None, score_range=None
 ):
     """Dataset with columns sentence1, sentence2, score (score scaled to [0, 1] by data_utils)."""
     from data_utils import load
@@ -64,7 +63,7 @@ def evaluate_sts(
     embedder,
     data: str,
     *,
-    columns: dict[str, str] | None = None,
+    columns: dict[str, str] | str | None = None,
     format: str | None = None,
     score_range=None,
     batch_size: int = 64,
@@ -115,13 +114,13 @@ def _run(args: argparse.Namespace) -> dict:
     result = evaluate_sts(
         embedder,
         args.data,
-        columns=parse_column_map(args.columns),
+        columns=args.columns,
         format=args.format,
         score_range=args.score_range,
         batch_size=args.batch_size,
     )
     result["model"] = args.model
-    if is_main_process():
+    if PartialState().is_main_process:
         table = format_table(
             ["model", "pairs", "spearman x100", "pearson x100"],
             [[args.model, result["num_pairs"], result["spearman"], result["pearson"]]],

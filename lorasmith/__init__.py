@@ -2,5 +2,6 @@
 
 ``lorasmith.errors``: the user-error classes (exit code 2, no traceback).
 ``lorasmith.process``: process-level conventions shared by every CLI: the exit code of a user error and the
-world-size check. Nothing here imports the project's other packages.
+world-size check.
+``lorasmith.embedded_models``: the models shipped inside PyPI packages (``minilm``, ``smollm2``) by alias. Nothing here imports the project's other packages.
 """

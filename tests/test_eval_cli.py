@@ -322,7 +322,7 @@ def test_load_classifier_rejects_embedding_folders(tmp_path):
 
 
 def test_classifier_input_rows_must_have_text_in_every_template_column():
-    from eval.classifiers import check_input_rows
+    from eval.classifiers.base import check_input_rows
     from lorasmith.errors import DataError
 
     check_input_rows([{"title": "a", "body": "b"}], ["title", "body"], "the template's columns")

@@ -15,7 +15,7 @@ from multiproc import run_multiprocess
 from safetensors import safe_open
 
 from data_utils import load, sample_path
-from eval.seqcls_predictor import SequenceClassifier
+from eval.classifiers.sequence import SequenceClassifier
 from lorasmith.process import run_main
 from train.classify.seqcls_trainer import class_weight_vector
 from train.seq_classify import main

@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from data_utils import load, sample_path
-from eval.seqcls_predictor import decide, probabilities_from_logits
+from eval.classifiers.sequence import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError, DataError
 from train.classify.seqcls_data import load_splits, tokenize_split
 from train.classify.seqcls_model import build_classifier, head_module_names

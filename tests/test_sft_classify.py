@@ -110,7 +110,7 @@ def test_lora_run_writes_every_artifact(lora_run):
 def test_label_scoring_picks_the_label_the_model_was_trained_to_prefer(lora_run, tiny_llama_dir, data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.label_scoring import PromptClassifier
+    from eval.classifiers.prompt import PromptClassifier
 
     trainer, out = lora_run
     rows = eval_rows(data["eval"])
@@ -147,7 +147,7 @@ def test_label_likelihood_is_the_sum_of_answer_token_log_probs(lora_run, data):
 
 
 def test_save_reload_gives_identical_predictions(lora_run, data, tmp_path):
-    from eval.label_scoring import PromptClassifier
+    from eval.classifiers.prompt import PromptClassifier
 
     trainer, out = lora_run
     rows = eval_rows(data["eval"])
@@ -233,7 +233,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_llama_dir, dat
     """2 gloo processes (world size asserted by the entrypoint); sharded scoring equals one-process scoring."""
     from multiproc import run_multiprocess
 
-    from eval.label_scoring import PromptClassifier
+    from eval.classifiers.prompt import PromptClassifier
     from eval.metrics.classification import classification_metrics
 
     result = run_multiprocess(

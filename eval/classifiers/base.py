@@ -1,20 +1,17 @@
-"""Load a trained classifier folder behind one interface, whatever the training method.
+"""What every classifier implementation provides, and the input-row check they share.
 
-``kind`` in ``lorasmith.json`` picks the implementation (imported lazily; their modules own the models):
-``seq_classifier`` -> ``eval.seqcls_predictor.SequenceClassifier``, ``prompt_classifier`` ->
-``eval.label_scoring.PromptClassifier``.
+A leaf: imports no implementation, so ``eval.classifiers.prompt`` and ``eval.classifiers.sequence`` both import it
+and ``eval.classifiers`` (the registry) imports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from eval.artifacts import MANIFEST_NAME, read_manifest
-from lorasmith.errors import ConfigError, DataError
+from lorasmith.errors import DataError
 
 
 @runtime_checkable
@@ -34,26 +31,6 @@ class Classifier(Protocol):
     def predict_proba(self, rows: list[dict[str, str]], batch_size: int = 16) -> np.ndarray:
         """(N, L) probabilities; each row sums to 1 unless ``multi_label``."""
         ...
-
-
-def load_classifier(path: str | Path) -> Classifier:
-    """The classifier saved in the lorasmith output folder ``path``."""
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise ConfigError(f"{path} is not a lorasmith output folder (no {MANIFEST_NAME})")
-    kind = manifest.get("kind")
-    if kind == "seq_classifier":
-        from eval.seqcls_predictor import SequenceClassifier
-
-        return SequenceClassifier.load(path)
-    if kind == "prompt_classifier":
-        from eval.label_scoring import PromptClassifier
-
-        return PromptClassifier.load(path)
-    raise ConfigError(
-        f"{path} holds a model of kind {kind!r}; eval.classify evaluates seq_classifier and prompt_classifier "
-        "folders (embedding models: eval.probe)"
-    )
 
 
 def check_input_rows(rows: Sequence[Mapping[str, str]], text_columns: Sequence[str], expected: str) -> None:

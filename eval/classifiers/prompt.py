@@ -26,16 +26,17 @@ max_length) and label names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from data_utils.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
 from eval.artifacts import load_trained_model, read_manifest
-from eval.classifiers import check_input_rows
-from eval.encoder import default_device
+from eval.classifiers.base import check_input_rows
+from eval.distributed import split_and_gather
 from lorasmith.errors import ConfigError, DataError
 
 KIND = "prompt_classifier"
@@ -78,7 +79,8 @@ class PromptClassifier:
     ) -> PromptClassifier:
         """Load a ``train.sft_classify`` output folder (merged model, else base + adapter).
 
-        ``dtype`` defaults to float32 on CPU (bf16 is emulated and slow there) and bfloat16 on a GPU.
+        ``device`` defaults to this process's (``PartialState().device``); ``dtype`` to float32 on CPU (bf16 is
+        emulated and slow there) and bfloat16 on a GPU.
         """
         folder = Path(path)
         manifest = read_manifest(folder)
@@ -88,7 +90,7 @@ class PromptClassifier:
             raise ConfigError(
                 f"{folder} holds a {manifest.get('kind')!r} model, not a prompt classifier ({KIND})"
             )
-        device = torch.device(device) if device is not None else default_device()
+        device = torch.device(device) if device is not None else PartialState().device
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         from transformers import AutoModelForCausalLM
 
@@ -110,7 +112,9 @@ class PromptClassifier:
         Under a distributed launch every process must call this with the same rows; each scores its shard.
         """
         self._check_rows(rows)
-        scores = sharded(list(rows), lambda shard: list(self.label_log_likelihoods(shard, batch_size)))
+        scores = split_and_gather(
+            list(rows), lambda shard: list(self.label_log_likelihoods(shard, batch_size))
+        )
         scores = np.asarray(scores, dtype=np.float64).reshape(len(rows), len(self.label_names))
         scores -= scores.max(axis=1, keepdims=True)
         probabilities = np.exp(scores)
@@ -127,7 +131,7 @@ class PromptClassifier:
         else is None. Sharded across processes like ``predict_proba``.
         """
         self._check_rows(rows)
-        return sharded(list(rows), lambda shard: self._generate_local(shard, batch_size))
+        return split_and_gather(list(rows), lambda shard: self._generate_local(shard, batch_size))
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -199,23 +203,6 @@ class PromptClassifier:
 
     def _check_rows(self, rows: Sequence[Mapping[str, str]]) -> None:
         check_input_rows(rows, self.text_columns, "the prompt's input columns")
-
-
-def sharded(items: list, compute: Callable[[list], list]) -> list:
-    """``compute(items)`` with the items split into contiguous shards across processes and gathered in order.
-
-    Every process must call this with the same ``items``. Shards are padded to equal length (so every process
-    runs the same number of forward passes, which FSDP / ZeRO-3 need) and the padding is dropped afterwards.
-    """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    state = PartialState()
-    if state.num_processes == 1 or not items:
-        return compute(items)
-    with state.split_between_processes(items, apply_padding=True) as shard:
-        results = compute(shard)
-    return gather_object(results)[: len(items)]
 
 
 def _model_device(model) -> torch.device:

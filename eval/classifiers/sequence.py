@@ -11,9 +11,8 @@ the trained head through PEFT ``modules_to_save``. Label names, input columns, m
 ``max_length`` come from the manifest. A folder without a manifest is read as a plain transformers classifier
 (label names from ``config.id2label``, one input column ``text``).
 
-Inputs are built the same way in training and here (``text_inputs``): one text column is encoded alone, two
-as a pair (``[CLS] a [SEP] b [SEP]`` for BERT), more: the first column, then the others joined with the
-tokenizer's separator token as the second segment.
+Inputs are built as in training (``data_utils.tokenizer_inputs.text_inputs``). Without a ``max_length`` in the
+manifest, texts are truncated at the tokenizer's own limit (``model_max_length``).
 """
 
 from __future__ import annotations
@@ -23,28 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
+from data_utils.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length, text_inputs
 from eval.artifacts import load_trained_model, read_manifest
-from eval.classifiers import check_input_rows
-from eval.encoder import default_device
+from eval.classifiers.base import check_input_rows
 from lorasmith.errors import ConfigError
 
 KIND = "seq_classifier"
-
-
-def text_inputs(
-    columns: Mapping[str, Sequence[str]], text_columns: Sequence[str], separator: str
-) -> tuple[list[str], list[str] | None]:
-    """``(texts, text_pairs)`` for the tokenizer from column-wise texts (see the module docstring).
-
-    ``columns[name]`` is a list of N texts for every name in ``text_columns``; ``text_pairs`` is None for one column.
-    """
-    first = list(columns[text_columns[0]])
-    if len(text_columns) == 1:
-        return first, None
-    rest = [columns[name] for name in text_columns[1:]]
-    joiner = f" {separator} " if separator else " "
-    return first, [joiner.join(parts) for parts in zip(*rest, strict=True)]
 
 
 def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
@@ -79,7 +64,7 @@ class SequenceClassifier:
         *,
         multi_label: bool = False,
         threshold: float = 0.5,
-        max_length: int = 512,
+        max_length: int = DEFAULT_MAX_LENGTH,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -92,7 +77,8 @@ class SequenceClassifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> SequenceClassifier:
-        """Load from a lorasmith output folder (merged model, else base + adapter) or a plain HF classifier folder."""
+        """Load from a lorasmith output folder (merged model, else base + adapter) or a plain HF classifier folder,
+        onto ``device`` (default: this process's, ``PartialState().device``)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(path)
@@ -107,12 +93,12 @@ class SequenceClassifier:
             labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
             multi_label = model.config.problem_type == "multi_label_classification"
             return cls(
-                model.to(device or default_device()),
+                model.to(device or PartialState().device),
                 tokenizer,
                 labels,
                 ["text"],
                 multi_label=multi_label,
-                max_length=_model_max_length(tokenizer),
+                max_length=model_max_length(tokenizer),
             )
         if manifest.get("kind") != KIND:
             raise ConfigError(
@@ -120,13 +106,13 @@ class SequenceClassifier:
             )
         model, tokenizer = _load_model(folder, manifest)
         return cls(
-            model.to(device or default_device()),
+            model.to(device or PartialState().device),
             tokenizer,
             manifest["labels"],
             manifest["text_columns"],
             multi_label=bool(manifest.get("multi_label")),
             threshold=float(manifest.get("threshold", 0.5)),
-            max_length=int(manifest.get("max_length") or _model_max_length(tokenizer)),
+            max_length=int(manifest.get("max_length") or model_max_length(tokenizer)),
         )
 
     def logits(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> np.ndarray:
@@ -192,8 +178,3 @@ def _forward_inputs(model) -> set[str]:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters) & {"input_ids", "attention_mask", "token_type_ids"}
-
-
-def _model_max_length(tokenizer) -> int:
-    length = getattr(tokenizer, "model_max_length", None)
-    return length if isinstance(length, int) and 0 < length <= 8192 else 512

