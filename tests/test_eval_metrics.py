@@ -7,13 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-from sklearn import metrics as skm
-
-from eval.metrics.classification import classification_metrics, expected_calibration_error
-from eval.metrics.correlation import pearson, spearman
-from eval.metrics.retrieval import (
-    exact_topk,
+from retrieval_reference import (  # tests/ is on sys.path (conftest.py)
     hit_rate_at_k,
     map_at_k,
     mrr_at_k,
@@ -21,8 +15,13 @@ from eval.metrics.retrieval import (
     precision_at_k,
     recall_at_k,
     retrieval_metrics,
-    topk_retrieval_metrics,
 )
+from scipy import stats
+from sklearn import metrics as skm
+
+from eval.metrics.classification import classification_metrics, expected_calibration_error
+from eval.metrics.correlation import pearson, spearman
+from eval.metrics.retrieval import exact_topk, topk_retrieval_metrics
 
 
 @pytest.fixture

@@ -1,27 +1,23 @@
-"""Ranking metrics for retrieval, from a dense score matrix or from retrieved top-k lists.
+"""Ranking metrics for retrieval, from retrieved top-k lists (BEIR-style: the corpus may be too large for a
+(Q, N) score matrix).
 
-Two entry points compute the same metrics:
+    _, indices = exact_topk(query_emb, corpus_emb, k)                            # (Q, k) best first
+    topk_retrieval_metrics(indices, query_ids, corpus_ids, qrels, ks=(1, 5, 10))  # {"recall@1": ..., ...}
 
-* ``retrieval_metrics(scores (Q, C), relevance (Q, C), ks)`` — every query is scored against every
-  candidate (text -> tag retrieval, in-training evaluation). The per-metric functions
-  (``recall_at_k`` ...) take the same inputs.
-* ``exact_topk(query_emb, corpus_emb, k)`` + ``topk_retrieval_metrics(indices, query_ids, corpus_ids,
-  qrels, ks)`` — BEIR-style evaluation where the corpus is too large for a (Q, N) matrix.
+``tests/retrieval_reference.py`` computes the same metrics from a full (Q, C) score matrix with these per-query
+functions and checks them against sklearn and brute force; the tests check this top-k path against it.
 
 Conventions (those of trec_eval / pytrec_eval as used by BEIR, unless stated):
 
-* ``relevance`` holds non-negative grades (bool or int); a candidate is *relevant* when its grade > 0.
-* Queries without any relevant candidate are excluded from every mean (BEIR only evaluates queries that
-  have judgments). ``per_query=True`` returns them as NaN; ``retrieval_metrics`` reports how many there
-  were. Note: ``sklearn.metrics.ndcg_score`` instead counts them as 0.
+* grades are non-negative (bool or int); a document is *relevant* when its grade > 0.
+* Queries without any relevant document are excluded from every mean (BEIR only evaluates queries that
+  have judgments); the per-query functions return NaN for them. Note: ``sklearn.metrics.ndcg_score`` instead
+  counts them as 0.
 * Gains are linear in the grade and the discount is ``1 / log2(rank + 1)`` (trec_eval's ``ndcg_cut``,
   sklearn's ``ndcg_score``).
-* ``precision@k`` divides by ``k`` even when fewer than ``k`` candidates exist (trec_eval ``P_k``);
-  ``map@k`` divides by the total number of relevant candidates (trec_eval ``map_cut_k``).
-* Ties in ``scores``: ``ndcg_at_k`` averages the gain over each tied group, exactly like
-  ``sklearn.metrics.ndcg_score`` (``ignore_ties=False``), i.e. the expected NDCG over all orderings of
-  the ties. The other metrics break ties by candidate index (earlier candidate ranked first), which is
-  deterministic but arbitrary — with float embeddings exact ties are rare.
+* ``precision@k`` divides by ``k`` even when fewer than ``k`` documents exist (trec_eval ``P_k``);
+  ``map@k`` divides by the total number of relevant documents (trec_eval ``map_cut_k``).
+* Ties in scores are broken by ``exact_topk``'s order (``torch.topk``); with float embeddings exact ties are rare.
 """
 
 from __future__ import annotations
@@ -51,58 +47,6 @@ class RankedJudgments:
 def _discounts(length: int) -> torch.Tensor:
     """(length,) float64: 1 / log2(rank + 1) for ranks 1..length."""
     return 1.0 / torch.log2(torch.arange(2, length + 2, dtype=torch.float64))
-
-
-def _validate_dense(scores: torch.Tensor, relevance: torch.Tensor, k: int) -> None:
-    if scores.ndim != 2 or scores.shape != relevance.shape:
-        raise ValueError(
-            f"scores and relevance must both be (Q, C) matrices of the same shape; got "
-            f"{tuple(scores.shape)} and {tuple(relevance.shape)}"
-        )
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if scores.shape[1] == 0:
-        raise ValueError("there must be at least one candidate (C >= 1)")
-    if bool((relevance < 0).any()):
-        raise ValueError("relevance grades must be >= 0")
-
-
-def _as_tensors(scores, relevance) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(relevance).to(torch.float64)
-
-
-def _tie_averaged_gains(sorted_scores: torch.Tensor, sorted_gains: torch.Tensor) -> torch.Tensor:
-    """(Q, C) gains in which every run of equal scores carries the mean gain of the run.
-
-    ``sorted_scores`` is sorted in decreasing order along dim 1; ``sorted_gains`` follows that order.
-    """
-    num_queries, num_candidates = sorted_scores.shape
-    new_group = torch.ones_like(sorted_scores, dtype=torch.long)
-    new_group[:, 1:] = (sorted_scores[:, 1:] != sorted_scores[:, :-1]).long()
-    group = new_group.cumsum(dim=1) - 1  # (Q, C), group id within the row
-    flat_group = group + torch.arange(num_queries).unsqueeze(1) * num_candidates
-    sums = torch.zeros(num_queries * num_candidates, dtype=torch.float64)
-    counts = torch.zeros(num_queries * num_candidates, dtype=torch.float64)
-    sums.index_add_(0, flat_group.flatten(), sorted_gains.flatten())
-    counts.index_add_(0, flat_group.flatten(), torch.ones(flat_group.numel(), dtype=torch.float64))
-    return (sums / counts.clamp(min=1))[flat_group]
-
-
-def judgments_from_scores(scores, relevance, k: int, *, average_ties: bool = False) -> RankedJudgments:
-    """Rank the C candidates of each query by decreasing score and keep the first ``min(k, C)`` ranks.
-
-    scores: (Q, C) float; relevance: (Q, C) non-negative grades (bool or int).
-    ``average_ties=True`` gives each rank the mean grade of its tied group (see module docstring).
-    """
-    scores, relevance = _as_tensors(scores, relevance)
-    _validate_dense(scores, relevance, k)
-    depth = min(k, scores.shape[1])
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    ranked = relevance.gather(1, order)
-    if average_ties:
-        ranked = _tie_averaged_gains(scores.gather(1, order), ranked)
-    ideal = torch.sort(relevance, dim=1, descending=True).values
-    return RankedJudgments(ranked[:, :depth], ideal[:, :depth], (relevance > 0).sum(dim=1).to(torch.float64))
 
 
 def judgments_from_topk(
@@ -197,56 +141,17 @@ PER_QUERY = {
 }
 
 
-def _reduce(values: torch.Tensor, per_query: bool) -> torch.Tensor | float:
-    if per_query:
-        return values
+def _mean_over_judged(values: torch.Tensor) -> float:
+    """Mean of a per-query metric over the queries that have a relevant document (NaN when none has)."""
     defined = values[~values.isnan()]
     return float(defined.mean()) if defined.numel() else float("nan")
 
 
-# ---- public API on dense (Q, C) scores ----
-
-
-def recall_at_k(scores, relevance, k: int, *, per_query: bool = False):
-    """Fraction of each query's relevant candidates found in its top k. Mean over queries, or (Q,)."""
-    return _reduce(per_query_recall(judgments_from_scores(scores, relevance, k), k), per_query)
-
-
-def precision_at_k(scores, relevance, k: int, *, per_query: bool = False):
-    """Relevant candidates in the top k divided by k. Mean over queries, or (Q,)."""
-    return _reduce(per_query_precision(judgments_from_scores(scores, relevance, k), k), per_query)
-
-
-def hit_rate_at_k(scores, relevance, k: int, *, per_query: bool = False):
-    """1 when at least one relevant candidate is in the top k (sentence-transformers' accuracy@k)."""
-    return _reduce(per_query_hit_rate(judgments_from_scores(scores, relevance, k), k), per_query)
-
-
-def mrr_at_k(scores, relevance, k: int, *, per_query: bool = False):
-    """Reciprocal rank of the first relevant candidate within the top k (0 when none is)."""
-    return _reduce(per_query_mrr(judgments_from_scores(scores, relevance, k), k), per_query)
-
-
-def map_at_k(scores, relevance, k: int, *, per_query: bool = False):
-    """Average precision over the top k, normalised by the total number of relevant candidates."""
-    return _reduce(per_query_map(judgments_from_scores(scores, relevance, k), k), per_query)
-
-
-def ndcg_at_k(scores, relevance, k: int, *, ignore_ties: bool = False, per_query: bool = False):
-    """Graded NDCG@k; equals ``sklearn.metrics.ndcg_score(relevance, scores, k=k, ignore_ties=...)``
-    per query (ties averaged unless ``ignore_ties``), averaged over queries with a relevant candidate."""
-    judgments = judgments_from_scores(scores, relevance, k, average_ties=not ignore_ties)
-    return _reduce(per_query_ndcg(judgments, k), per_query)
-
-
-def _metrics_dict(
-    judgments: RankedJudgments, ndcg_judgments: RankedJudgments, num_queries: int, ks: Sequence[int]
-) -> dict[str, float]:
+def _metrics_dict(judgments: RankedJudgments, num_queries: int, ks: Sequence[int]) -> dict[str, float]:
     result: dict[str, float] = {}
     for name in METRIC_NAMES:
         for k in ks:
-            source = ndcg_judgments if name == "ndcg" else judgments
-            result[f"{name}@{k}"] = _reduce(PER_QUERY[name](source, k), per_query=False)
+            result[f"{name}@{k}"] = _mean_over_judged(PER_QUERY[name](judgments, k))
     result["num_queries"] = num_queries
     result["num_queries_without_relevant"] = int((judgments.num_relevant == 0).sum())
     return result
@@ -257,19 +162,6 @@ def _validate_ks(ks: Sequence[int]) -> None:
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
 
 
-def retrieval_metrics(scores, relevance, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """All metrics at every k: keys ``"recall@1"``, ``"ndcg@10"``, ... plus ``num_queries`` and
-    ``num_queries_without_relevant`` (excluded from the means). Values are fractions in [0, 1].
-
-    scores: (Q, C) float, higher = more similar; relevance: (Q, C) non-negative grades.
-    """
-    _validate_ks(ks)
-    scores, relevance = _as_tensors(scores, relevance)
-    stable = judgments_from_scores(scores, relevance, max(ks))
-    tie_averaged = judgments_from_scores(scores, relevance, max(ks), average_ties=True)
-    return _metrics_dict(stable, tie_averaged, scores.shape[0], ks)
-
-
 def topk_retrieval_metrics(
     topk_indices,
     query_ids: Sequence[str],
@@ -277,7 +169,8 @@ def topk_retrieval_metrics(
     qrels: Mapping[str, Mapping[str, int]],
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """Same keys as ``retrieval_metrics``, from retrieved lists (Q, K) and BEIR qrels.
+    """Every metric at every k from retrieved lists (Q, K) and BEIR qrels: keys ``"recall@1"``, ``"ndcg@10"``, ...
+    (fractions in [0, 1]) plus ``num_queries`` and ``num_queries_without_relevant`` (excluded from the means).
 
     ``num_queries`` counts the queries that have qrels (the others are not evaluated). K should be
     >= max(ks); shorter lists simply have nothing at the missing ranks.
@@ -286,7 +179,7 @@ def topk_retrieval_metrics(
     judgments, kept = judgments_from_topk(topk_indices, query_ids, corpus_ids, qrels)
     if not kept:
         raise ValueError("none of the queries has an entry in qrels")
-    return _metrics_dict(judgments, judgments, len(kept), ks)
+    return _metrics_dict(judgments, len(kept), ks)
 
 
 def exact_topk(
