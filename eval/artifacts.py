@@ -1,4 +1,5 @@
-"""The output-folder contract between the trainers (writers) and eval (reader).
+"""The output-folder contract between the trainers (writers) and eval (reader); its names are defined here only
+(``train`` imports them).
 
 A lorasmith ``output_dir`` looks like::
 
@@ -45,14 +46,15 @@ MERGED_DIR = "merged"
 METRICS_NAME = "metrics.json"
 MODEL_CARD_NAME = "README.md"
 RECIPE_NAME = "recipe.yaml"
-KINDS = ("embedding", "seq_classifier", "prompt_classifier")
+# what a manifest's ``kind`` may be (the classifier kinds are ``eval.classifiers.CLASSIFIER_TYPES``' keys)
+MODEL_KINDS = ("embedding", "seq_classifier", "prompt_classifier")
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     """Write ``manifest`` to ``folder/lorasmith.json`` (creating ``folder``); returns the file path."""
     kind = manifest.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"manifest 'kind' must be one of {KINDS}, got {kind!r}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"manifest 'kind' must be one of {MODEL_KINDS}, got {kind!r}")
     if not manifest.get("base_model"):
         raise ValueError("manifest needs 'base_model'")
     path = Path(folder) / MANIFEST_NAME

@@ -41,20 +41,23 @@ PATH_KEYS = ("data", "corpus", "queries", "qrels")
 
 
 @dataclass(frozen=True)
-class Kind:
+class Evaluator:
+    """What a suite task of one ``kind`` runs: ``evaluate(embedder, batch_size=..., **options)``, the option
+    keys it accepts and the metric the matrix shows by default."""
+
     evaluate: Callable[..., dict]
     options: tuple[str, ...]
     default_metric: str
 
 
-KINDS = {
-    "sts": Kind(evaluate_sts, ("data", "columns", "format", "score_range"), "spearman"),
-    "retrieval": Kind(
+EVALUATORS = {
+    "sts": Evaluator(evaluate_sts, ("data", "columns", "format", "score_range"), "spearman"),
+    "retrieval": Evaluator(
         evaluate_retrieval,
         ("data", "task", "columns", "corpus", "queries", "qrels", "k", "query_prefix", "document_prefix"),
         "ndcg@10",
     ),
-    "probe": Kind(
+    "probe": Evaluator(
         evaluate_probe, ("data", "text_column", "columns", "folds", "select_c", "seed"), "accuracy"
     ),
 }
@@ -85,11 +88,11 @@ def load_suite(path: str | Path) -> list[SuiteTask]:
         if name in names:
             raise ConfigError(f"{path}: task name {name!r} is used twice")
         names.add(name)
-        if kind_name not in KINDS:
+        if kind_name not in EVALUATORS:
             raise ConfigError(
-                f"{path}: task {name!r} has kind {kind_name!r}; choose one of {', '.join(KINDS)}"
+                f"{path}: task {name!r} has kind {kind_name!r}; choose one of {', '.join(EVALUATORS)}"
             )
-        kind = KINDS[kind_name]
+        kind = EVALUATORS[kind_name]
         metric = entry.pop("metric", None)
         for key in entry:
             if key not in kind.options:
@@ -104,7 +107,7 @@ def load_suite(path: str | Path) -> list[SuiteTask]:
 def _default_metric(kind: str, options: dict) -> str:
     """sts: spearman; probe: accuracy; retrieval: ndcg@10, or ndcg at the largest k when 10 is not a cut-off."""
     if kind != "retrieval":
-        return KINDS[kind].default_metric
+        return EVALUATORS[kind].default_metric
     ks = options.get("k", (1, 5, 10))
     return f"ndcg@{10 if 10 in ks else max(ks)}"
 
@@ -134,7 +137,7 @@ def run_suite(
         embedder = load_model(model)
         results[model] = {}
         for task in tasks:
-            result = KINDS[task.kind].evaluate(embedder, batch_size=batch_size, **task.options)
+            result = EVALUATORS[task.kind].evaluate(embedder, batch_size=batch_size, **task.options)
             if task.metric not in result:
                 numeric = [k for k, v in result.items() if isinstance(v, float)]
                 raise ConfigError(

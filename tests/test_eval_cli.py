@@ -321,6 +321,15 @@ def test_load_classifier_rejects_embedding_folders(tmp_path):
         load_classifier(tmp_path)
 
 
+def test_every_classifier_kind_is_a_manifest_kind_and_its_class_loads_it():
+    from eval.artifacts import MODEL_KINDS
+    from eval.classifiers import CLASSIFIER_TYPES
+
+    assert sorted(CLASSIFIER_TYPES) == ["prompt_classifier", "seq_classifier"]
+    assert set(CLASSIFIER_TYPES) <= set(MODEL_KINDS)
+    assert all(callable(getattr(cls, "load", None)) for cls in CLASSIFIER_TYPES.values())
+
+
 def test_classifier_input_rows_must_have_text_in_every_template_column():
     from eval.classifiers.base import check_input_rows
     from lorasmith.errors import DataError

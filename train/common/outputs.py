@@ -16,9 +16,7 @@ from pathlib import Path
 
 import yaml
 
-RECIPE_NAME = "recipe.yaml"
-METRICS_NAME = "metrics.json"
-MODEL_CARD_NAME = "README.md"
+from eval.artifacts import METRICS_NAME, MODEL_CARD_NAME, RECIPE_NAME  # the output contract
 
 
 def lorasmith_version() -> str:
