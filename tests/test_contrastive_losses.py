@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from lorasmith.errors import ConfigError
-from train.contrastive.batch import EmbeddedBatch, GlobalBatch, text_ids
-from train.contrastive.gather import gather_no_grad, gather_with_grad, rank_offset
+from train.contrastive.batch import PAD_ID, EmbeddedBatch, GlobalBatch, text_ids
+from train.contrastive.gather import gather_no_grad, gather_sizes, gather_with_grad
+from train.contrastive.loss_spec import build_objective
 from train.contrastive.losses import (
     AnglELoss,
     CoSENTLoss,
@@ -19,7 +20,7 @@ from train.contrastive.losses import (
     InfoNCELoss,
     angle_similarity,
 )
-from train.contrastive.objective import ContrastiveObjective
+from train.contrastive.tasks import embed_task
 
 D = 6
 
@@ -50,7 +51,21 @@ def pairs_batch(anchor_texts, candidate_texts, seed=0, scores=None) -> EmbeddedB
 
 
 def loss_of(loss, batch: EmbeddedBatch) -> float:
-    return float(loss(GlobalBatch.single_process(batch)))
+    return float(loss(GlobalBatch.single_process(batch)).loss)
+
+
+def objective_of(task: str, loss=None, **options):
+    """The objective a recipe with ``task`` and ``loss`` builds."""
+    return build_objective(embed_task(task), loss, **options)
+
+
+def multi_positive(
+    anchor, candidates, anchor_ids, candidate_ids, positives: list[list[int]]
+) -> EmbeddedBatch:
+    """Tags: ``positives[i]`` lists the content ids of anchor ``i``'s tags, padded with -1 (as the collator does)."""
+    width = max(len(ids) for ids in positives)
+    positive_ids = torch.tensor([ids + [PAD_ID] * (width - len(ids)) for ids in positives], dtype=torch.int64)
+    return EmbeddedBatch(anchor, candidates, anchor_ids, candidate_ids, positive_ids)
 
 
 # --- content ids and batch construction ---------------------------------------------------------------
@@ -82,7 +97,7 @@ def test_aligned_batch_takes_partner_or_anchor_ids_as_positives():
 
 def test_multi_positive_batch_pads_positive_ids_with_minus_one():
     red, blue = text_ids(["red", "blue"]).tolist()
-    batch = EmbeddedBatch.multi_positive(
+    batch = multi_positive(
         embeddings(2, 0),
         embeddings(2, 1),
         text_ids(["x", "y"]),
@@ -104,7 +119,7 @@ def test_gather_is_the_identity_without_a_process_group():
     t = embeddings(3, 0)
     assert gather_with_grad(t) is t
     assert gather_no_grad(t) is t
-    assert rank_offset(3) == 0
+    assert gather_sizes(3) == [(3,)]
 
 
 # --- InfoNCE ------------------------------------------------------------------------------------------
@@ -135,7 +150,7 @@ def test_infonce_duplicate_positive_text_is_not_a_negative():
     )
     assert loss_of(InfoNCELoss(temperature=0.1), batch) == pytest.approx(expected, rel=1e-12)
     assert expected != pytest.approx(unmasked, rel=1e-3)
-    telemetry = ContrastiveObjective.from_config("pairs", {"infonce": {"temperature": 0.1}})(batch).telemetry
+    telemetry = objective_of("pairs", {"infonce": {"temperature": 0.1}})(batch).telemetry
     # anchor 2's positive p0 would have been a negative at row 0; for anchor 0, row 2 is a second copy anyway
     assert telemetry["infonce/masked_false_negatives"] == 1
     assert telemetry["infonce/negatives_per_anchor"] == pytest.approx(1)
@@ -170,7 +185,7 @@ def test_infonce_loss_does_not_depend_on_how_many_copies_of_a_candidate_the_batc
     deduplicated = EmbeddedBatch(anchors, once, anchor_ids, text_ids(["red", "blue", "green"]), positives)
     repeated = EmbeddedBatch(anchors, twice, anchor_ids, text_ids(["red", "blue", "green", "red"]), positives)
     assert loss_of(InfoNCELoss(), repeated) == pytest.approx(loss_of(InfoNCELoss(), deduplicated), rel=1e-12)
-    objective = ContrastiveObjective.from_config("tags", {"infonce": {}})
+    objective = objective_of("tags", {"infonce": {}})
     with_copy, without = objective(repeated).telemetry, objective(deduplicated).telemetry
     assert (with_copy.pop("global_candidates"), without.pop("global_candidates")) == (4, 3)  # rows encoded
     assert with_copy == pytest.approx(without)  # loss, top-1, negatives per anchor, masked false negatives
@@ -217,7 +232,7 @@ def test_infonce_temperature_sharpens_the_softmax():
 def test_infonce_single_anchor_has_zero_loss_and_finite_gradient():
     anchor = embeddings(1, 0).requires_grad_()
     batch = EmbeddedBatch.aligned(anchor, embeddings(1, 1), text_ids(["q"]), text_ids(["p"]))
-    loss = InfoNCELoss()(GlobalBatch.single_process(batch))
+    loss = InfoNCELoss()(GlobalBatch.single_process(batch)).loss
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(anchor.grad).all()
@@ -300,7 +315,7 @@ def test_cosine_mse_is_the_mean_squared_error_of_cosines():
 
 def test_objective_is_the_weighted_sum_and_skips_zero_weights():
     batch = pairs_batch([f"a{i}" for i in range(5)], [f"b{i}" for i in range(5)], scores=SCORES)
-    objective = ContrastiveObjective.from_config(
+    objective = objective_of(
         "scored_pairs", {"cosent": {"weight": 1, "temperature": 0.05}, "ibn": {"weight": 0}, "angle": 0.5}
     )
     output = objective(batch)
@@ -315,19 +330,19 @@ def test_objective_top1_accuracy_counts_anchors_whose_best_candidate_is_positive
     candidates = anchors.clone()
     candidates[3] = -anchors[3]  # anchor 3's partner points away: its best candidate is another one
     batch = EmbeddedBatch.aligned(anchors, candidates, text_ids(list("abcd")), text_ids(list("ABCD")))
-    telemetry = ContrastiveObjective.from_config("pairs", "infonce")(batch).telemetry
+    telemetry = objective_of("pairs", "infonce")(batch).telemetry
     assert telemetry["infonce/top1_accuracy"] == 0.75
     assert telemetry["infonce/negatives_per_anchor"] == 3
 
 
-def test_from_config_temperature_default_applies_to_losses_without_their_own():
-    objective = ContrastiveObjective.from_config(
+def test_loss_recipe_temperature_default_applies_to_losses_without_their_own():
+    objective = objective_of(
         "scored_pairs", {"cosent": 1, "angle": {"temperature": 0.2}, "cosine_mse": 1}, temperature=0.1
     )
     assert objective.losses["cosent"].temperature == 0.1
     assert objective.losses["angle"].temperature == 0.2
-    assert type(ContrastiveObjective.from_config("scored_pairs").losses["cosent"]) is CoSENTLoss
-    assert ContrastiveObjective.from_config("tags").losses["infonce"].temperature == 0.05
+    assert type(objective_of("scored_pairs").losses["cosent"]) is CoSENTLoss
+    assert objective_of("tags").losses["infonce"].temperature == 0.05
 
 
 @pytest.mark.parametrize(
@@ -359,6 +374,6 @@ def test_from_config_temperature_default_applies_to_losses_without_their_own():
         ("pairs", [], r"loss is empty"),
     ],
 )
-def test_from_config_rejects_invalid_configs_with_actionable_messages(task, loss, message):
+def test_loss_recipe_rejects_invalid_configs_with_actionable_messages(task, loss, message):
     with pytest.raises(ConfigError, match=message):
-        ContrastiveObjective.from_config(task, loss)
+        objective_of(task, loss)

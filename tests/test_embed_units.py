@@ -12,6 +12,7 @@ from train.common import cli
 from train.contrastive.batch import PAD_ID, text_ids
 from train.contrastive.collator import ContrastiveCollator
 from train.contrastive.config import resolve_task_defaults
+from train.contrastive.tasks import EMBED_TASKS
 from train.contrastive.trainer import embedded_batch
 from train.embed import make_parser
 
@@ -28,7 +29,9 @@ def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(token
         {"text": "the cat likes the map", "tags": ["cat", "map"]},
         {"text": "a dog reads", "tags": ["dog", "cat"]},
     ]
-    batch = ContrastiveCollator(tokenizer, "tags", 32, query_prefix="q: ", document_prefix="d: ")(rows)
+    batch = ContrastiveCollator(
+        tokenizer, EMBED_TASKS["tags"], 32, query_prefix="q: ", document_prefix="d: "
+    )(rows)
 
     assert batch["candidate_input_ids"].shape[0] == 3  # cat, map, dog: the shared tag appears once
     assert batch["candidate_ids"].tolist() == text_ids(["cat", "map", "dog"]).tolist()  # ids of the raw tags
@@ -47,7 +50,7 @@ def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(token
 
 def test_tags_with_different_tag_counts_pad_positive_ids(tokenizer):
     rows = [{"text": "a", "tags": ["x"]}, {"text": "b", "tags": ["x", "y", "z"]}]
-    batch = ContrastiveCollator(tokenizer, "tags", 32)(rows)
+    batch = ContrastiveCollator(tokenizer, EMBED_TASKS["tags"], 32)(rows)
     assert batch["positive_ids"].shape == (2, 3)
     assert batch["positive_ids"][0, 1:].tolist() == [PAD_ID, PAD_ID]
 
@@ -57,21 +60,23 @@ def test_triplet_candidates_are_positives_then_row_major_negatives(tokenizer):
         {"anchor": "a1", "positive": "p1", "negatives": ["n11", "n12"]},
         {"anchor": "a2", "positive": "p2", "negatives": ["n21", "n22"]},
     ]
-    batch = ContrastiveCollator(tokenizer, "triplets", 32)(rows)
+    batch = ContrastiveCollator(tokenizer, EMBED_TASKS["triplets"], 32)(rows)
     assert batch["candidate_ids"].tolist() == text_ids(["p1", "p2", "n11", "n12", "n21", "n22"]).tolist()
     d = 4
-    embedded = embedded_batch("triplets", torch.zeros(2, d), torch.zeros(6, d), batch)
+    embedded = embedded_batch(EMBED_TASKS["triplets"], torch.zeros(2, d), torch.zeros(6, d), batch)
     assert embedded.pair_index.tolist() == [0, 1]
     assert embedded.positive_ids[:, 0].tolist() == text_ids(["p1", "p2"]).tolist()
 
 
 def test_simcse_views_share_ids_and_symmetric_tasks_drop_prefixes(tokenizer):
     rows = [{"text": "the cat likes the map"}, {"text": "a dog reads"}]
-    collator = ContrastiveCollator(tokenizer, "simcse_unsup", 32, query_prefix="q: ", document_prefix="d: ")
+    collator = ContrastiveCollator(
+        tokenizer, EMBED_TASKS["simcse_unsup"], 32, query_prefix="q: ", document_prefix="d: "
+    )
     batch = collator(rows)
     assert collator.query_prefix == collator.document_prefix == ""
     assert torch.equal(batch["anchor_input_ids"], batch["candidate_input_ids"])
-    embedded = embedded_batch("simcse_unsup", torch.zeros(2, 4), torch.zeros(2, 4), batch)
+    embedded = embedded_batch(EMBED_TASKS["simcse_unsup"], torch.zeros(2, 4), torch.zeros(2, 4), batch)
     assert embedded.positive_ids[:, 0].tolist() == batch["anchor_ids"].tolist()
 
 
@@ -80,8 +85,8 @@ def test_scored_pairs_carry_scores(tokenizer):
         {"sentence1": "a", "sentence2": "b", "score": 0.2},
         {"sentence1": "c", "sentence2": "d", "score": 1.0},
     ]
-    batch = ContrastiveCollator(tokenizer, "scored_pairs", 32)(rows)
-    embedded = embedded_batch("scored_pairs", torch.zeros(2, 4), torch.zeros(2, 4), batch)
+    batch = ContrastiveCollator(tokenizer, EMBED_TASKS["scored_pairs"], 32)(rows)
+    embedded = embedded_batch(EMBED_TASKS["scored_pairs"], torch.zeros(2, 4), torch.zeros(2, 4), batch)
     assert embedded.scores.tolist() == pytest.approx([0.2, 1.0])
 
 
@@ -94,7 +99,7 @@ def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_
         "--task", "scored_pairs", "--loss", "{cosent: 1, angle: {weight: 1, temperature: 0.1}}"
     )
     assert config.loss == {"cosent": 1, "angle": {"weight": 1, "temperature": 0.1}}
-    resolve_task_defaults(config, "scored_pairs", has_eval_data=True)
+    resolve_task_defaults(config, EMBED_TASKS["scored_pairs"], has_eval_data=True)
     assert (config.eval_task, config.metric_for_best_model, config.greater_is_better) == (
         "scored_pairs",
         "spearman",
@@ -102,7 +107,7 @@ def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_
     )
 
     _, _, _, config = parse("--task", "tags")
-    resolve_task_defaults(config, "tags", has_eval_data=False)
+    resolve_task_defaults(config, EMBED_TASKS["tags"], has_eval_data=False)
     assert (config.eval_task, config.load_best_model_at_end, config.eval_strategy) == ("tags", False, "no")
 
 

@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from torch import nn
 
 from train.contrastive.batch import PAD_ID, EmbeddedBatch, text_ids
-from train.contrastive.objective import ContrastiveObjective
+from train.contrastive.loss_spec import build_objective
+from train.contrastive.tasks import embed_task
 
 TOLERANCE = 1e-6
 FEATURES = 16
@@ -202,7 +203,7 @@ def main() -> int:
     failures = 0
     started = time.perf_counter()
     for name, task, loss_config, specs in build_cases():
-        objective = ContrastiveObjective.from_config(task, loss_config)
+        objective = build_objective(embed_task(task), loss_config)
         spec = specs[rank]
 
         model.zero_grad(set_to_none=True)

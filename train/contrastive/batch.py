@@ -6,20 +6,15 @@ hands that to the losses. Texts are identified by a content hash (:func:`text_id
 twice in the global batch (a duplicate sentence, a tag shared by two texts) is recognised as the same
 content on every process and is never used as a negative of an anchor it is positive for.
 
-How the trainer builds an ``EmbeddedBatch`` per task (``B`` anchors, ``D`` embedding size):
+An ``EmbeddedBatch`` (``B`` anchors, ``M`` candidates, ``D`` embedding size) has one of two shapes; the task's
+record (``tasks.EmbedTask.aligned``) says which:
 
-=============  ===================  ==================================  ============================  ============
-task           anchor               candidates                          positive_ids                  pair_index
-=============  ===================  ==================================  ============================  ============
-simcse_unsup   texts, dropout 1     same texts, dropout 2 (B rows)      ``anchor_ids[:, None]``       ``arange(B)``
-pairs          anchor / sentence1   positive / sentence2 (B rows)       ``candidate_ids[:, None]``    ``arange(B)``
-triplets       anchor               B positives, then B*K hard negs     ids of the B positives        ``arange(B)``
-tags           texts                the batch's distinct tags (M rows)  each text's tag ids, -1 pad   ``None``
-scored_pairs   sentence1            sentence2 (B rows)                  ``candidate_ids[:, None]``    ``arange(B)``
-=============  ===================  ==================================  ============================  ============
-
-``scores`` (scored_pairs only) are the gold similarities rescaled to ``[0, 1]``.
-:meth:`EmbeddedBatch.aligned` and :meth:`EmbeddedBatch.multi_positive` build the two shapes.
+- **aligned** (:meth:`EmbeddedBatch.aligned`): the first ``B`` candidates are the anchors' partners in order
+  (``pair_index = arange(B)``), further rows are hard negatives; ``positive_ids (B, 1)`` is the partner's id,
+  or the anchor's own for two views of one text (unsupervised SimCSE). ``scores (B,)``, when the task is
+  scored, are the gold similarities rescaled to ``[0, 1]``.
+- **multi-positive**: the candidates are the batch's distinct positives (tags), ``positive_ids (B, P)`` each
+  anchor's positive ids padded with ``-1``, no ``pair_index``.
 """
 
 from __future__ import annotations
@@ -111,20 +106,27 @@ class EmbeddedBatch:
         pair_index = torch.arange(b, device=candidate_ids.device)
         return cls(anchor, candidates, anchor_ids, candidate_ids, partner_ids[:, None], pair_index, scores)
 
-    @classmethod
-    def multi_positive(
-        cls,
-        anchor: Tensor,
-        candidates: Tensor,
-        anchor_ids: Tensor,
-        candidate_ids: Tensor,
-        positives: list[list[int]],
-    ) -> EmbeddedBatch:
-        """Tags: ``positives[i]`` lists the content ids of anchor ``i``'s tags (at least one each)."""
-        width = max(len(ids) for ids in positives)
-        padded = [ids + [PAD_ID] * (width - len(ids)) for ids in positives]
-        positive_ids = torch.tensor(padded, dtype=torch.int64, device=candidate_ids.device)
-        return cls(anchor, candidates, anchor_ids, candidate_ids, positive_ids)
+
+@dataclass(frozen=True)
+class BatchNeeds:
+    """What a loss reads from the :class:`GlobalBatch` besides the local anchors and the global candidates.
+
+    Attributes:
+        scores: gold similarity scores (``EmbeddedBatch.scores``): only scored tasks can feed the loss.
+        anchors: every process's anchors and anchor ids (``GlobalBatch.anchors`` / ``anchor_ids``, gathered).
+        pairs: every anchor's partner row and score (``GlobalBatch.pair_index`` / ``scores``, gathered):
+            only aligned tasks can feed the loss.
+    """
+
+    scores: bool = False
+    anchors: bool = False
+    pairs: bool = False
+
+    def __or__(self, other: BatchNeeds) -> BatchNeeds:
+        """What two losses need together."""
+        return BatchNeeds(
+            self.scores or other.scores, self.anchors or other.anchors, self.pairs or other.pairs
+        )
 
 
 @dataclass
@@ -183,9 +185,9 @@ class GlobalBatch:
         )
 
     @classmethod
-    def gather(cls, batch: EmbeddedBatch, *, with_anchors: bool, with_pairs: bool) -> GlobalBatch:
+    def gather(cls, batch: EmbeddedBatch, needs: BatchNeeds) -> GlobalBatch:
         """Gather ``batch`` across processes, each tensor once: candidates and their ids always; anchors and
-        anchor ids when ``with_anchors``; partner indices and scores when ``with_pairs``. One extra small
+        anchor ids when ``needs.anchors``; partner indices and scores when ``needs.pairs``. One extra small
         collective exchanges the local sizes (shards may differ in length)."""
         sizes = gather_sizes(
             batch.anchor.shape[0], batch.candidates.shape[0], device=batch.candidate_ids.device
@@ -202,10 +204,10 @@ class GlobalBatch:
             world_size=world_size(),
             num_anchors=sum(anchor_sizes),
         )
-        if with_anchors:
+        if needs.anchors:
             view.anchors = gather_with_grad(batch.anchor, sizes=anchor_sizes)
             view.anchor_ids = gather_no_grad(batch.anchor_ids, sizes=anchor_sizes)
-        if with_pairs:
+        if needs.pairs:
             view.pair_index = gather_no_grad(batch.pair_index + candidate_offset, sizes=anchor_sizes)
             if batch.scores is not None:
                 view.scores = gather_no_grad(batch.scores, sizes=anchor_sizes)

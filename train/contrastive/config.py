@@ -26,28 +26,14 @@ from transformers.trainer_utils import IntervalStrategy
 
 from eval.pooling import POOLING_MODES
 from lorasmith.errors import ConfigError
+from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
 
-# lorasmith embed task -> the data_utils schema its training rows follow.
-TASK_DATA_SCHEMA = {
-    "simcse_unsup": "sentences",
-    "pairs": "pairs",
-    "triplets": "triplets",
-    "scored_pairs": "scored_pairs",
-    "tags": "tags",
-}
-# Evaluation tasks (data_utils schemas) and the default one per training task: SimCSE and STS are judged by
-# STS Spearman, pairs/triplets by retrieving each anchor's positive, tags by retrieving each text's tags.
-EVAL_TASKS = ("scored_pairs", "pairs", "tags")
-DEFAULT_EVAL_TASK = {
-    "simcse_unsup": "scored_pairs",
-    "pairs": "pairs",
-    "triplets": "pairs",
-    "scored_pairs": "scored_pairs",
-    "tags": "tags",
-}
-DEFAULT_BEST_METRIC = {"scored_pairs": "spearman", "pairs": "ndcg@10", "tags": "ndcg@10"}
-# Symmetric tasks embed both sides the same way: no query/document prefixes (as eval.sts does).
-SYMMETRIC_TASKS = ("simcse_unsup", "scored_pairs")
+SYMMETRIC = ", ".join(name for name, task in EMBED_TASKS.items() if task.symmetric)
+
+
+def per_task(attribute: str) -> str:
+    """``'task: value, ...'`` of one ``EmbedTask`` field, for the help texts."""
+    return ", ".join(f"{name}: {getattr(task, attribute)}" for name, task in EMBED_TASKS.items())
 
 
 @dataclass
@@ -61,7 +47,7 @@ class EmbedConfig(TrainingArguments):
             "help": "Loss name, list of names, or map name -> weight / options, e.g. infonce, [cosent, angle] or "
             "{cosent: {weight: 1, temperature: 0.05}, ibn: 0, angle: 1}. Losses: infonce (temperature, symmetric), "
             "ibn (temperature, threshold), cosent (temperature), angle (temperature), cosine_mse. "
-            "Default: cosent for scored_pairs, infonce otherwise. On the command line: a name or YAML text."
+            f"Default per task: {per_task('default_loss')}. On the command line: a name or YAML text."
         },
     )
     temperature: float | None = field(
@@ -87,17 +73,17 @@ class EmbedConfig(TrainingArguments):
     )
     query_prefix: str = field(
         default="",
-        metadata={"help": "Instruction prepended to anchors / queries / texts (pairs, triplets, tags)."},
+        metadata={"help": f"Instruction prepended to anchors / queries / texts (not for {SYMMETRIC})."},
     )
     document_prefix: str = field(
-        default="", metadata={"help": "Prepended to positives / negatives / tags (pairs, triplets, tags)."}
+        default="", metadata={"help": f"Prepended to positives / negatives / tags (not for {SYMMETRIC})."}
     )
     # ---- evaluation ----
     eval_task: str | None = field(
         default=None,
         metadata={
             "help": "Schema of eval_data: scored_pairs (STS Spearman), pairs or tags (recall/NDCG/MRR@k). "
-            "Default: scored_pairs for simcse_unsup and scored_pairs, pairs for pairs/triplets, tags for tags."
+            f"Default per task: {per_task('eval_task')}."
         },
     )
     eval_ks: list[int] = field(
@@ -149,8 +135,8 @@ class EmbedConfig(TrainingArguments):
             self.loss = yaml.safe_load(self.loss)  # --loss '{cosent: 1, angle: 1}' from the command line
         if self.pooling not in POOLING_MODES:
             raise ConfigError(f"pooling must be one of {', '.join(POOLING_MODES)}; got {self.pooling!r}")
-        if self.eval_task is not None and self.eval_task not in EVAL_TASKS:
-            raise ConfigError(f"eval_task must be one of {', '.join(EVAL_TASKS)}; got {self.eval_task!r}")
+        if self.eval_task is not None and self.eval_task not in EVAL_METRICS:
+            raise ConfigError(f"eval_task must be one of {', '.join(EVAL_METRICS)}; got {self.eval_task!r}")
         if self.remove_unused_columns:
             raise ConfigError(
                 "remove_unused_columns must be false for train.embed (the collator reads the texts)"
@@ -161,22 +147,20 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
 
 
-def resolve_task_defaults(config: EmbedConfig, task: str, has_eval_data: bool) -> None:
+def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> None:
     """Fill the settings that depend on the task and on whether there is eval data (in place).
 
-    - ``eval_task`` defaults per training task (``DEFAULT_EVAL_TASK``);
+    - ``eval_task`` defaults to the task's (``EmbedTask.eval_task``);
     - without eval data: no evaluation and no best-model reload;
     - ``metric_for_best_model`` left unset (TrainingArguments turns that into ``loss``, which an embedding
-      evaluation does not produce) becomes the eval task's main metric, higher is better.
+      evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better.
     """
-    if task not in TASK_DATA_SCHEMA:
-        raise ConfigError(f"train.embed task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {task!r}")
-    config.eval_task = config.eval_task or DEFAULT_EVAL_TASK[task]
+    config.eval_task = config.eval_task or task.eval_task
     if not has_eval_data:
         config.eval_strategy = IntervalStrategy.NO
         config.load_best_model_at_end = False
         config.eval_before_training = False
         return
     if config.metric_for_best_model in (None, "loss", "eval_loss"):
-        config.metric_for_best_model = DEFAULT_BEST_METRIC[config.eval_task]
+        config.metric_for_best_model = EVAL_METRICS[config.eval_task]
         config.greater_is_better = True

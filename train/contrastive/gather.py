@@ -1,7 +1,8 @@
 """Cross-process gathering for in-batch negatives, with the gradient of the big batch.
 
-Every function is the identity (world size 1) when ``torch.distributed`` is not initialised, so the same
-loss code runs on one process, under DDP, and in the single-process reference of the exactness test.
+Every function is the identity (world size 1) on a single process, so the same loss code runs on one
+process, under DDP / DeepSpeed, and in the single-process reference of the exactness test. Rank and world
+size are accelerate's ``PartialState`` (the state ``Trainer`` / ``Accelerator`` set up).
 
 Why the gradient is exact: :func:`gather_with_grad` uses the autograd all-gather of
 ``torch.distributed._functional_collectives``, whose backward *sums* the gradient of every rank's copy
@@ -25,23 +26,24 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from accelerate import PartialState
 from torch import Tensor
 from torch.distributed._functional_collectives import all_gather_single_autograd
 
 
-def is_distributed() -> bool:
-    """True when a process group with more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def world_size() -> int:
-    """Number of processes in the default group, 1 when not distributed."""
-    return dist.get_world_size() if is_distributed() else 1
+    """Number of processes, 1 when not distributed."""
+    return PartialState().num_processes
 
 
 def rank() -> int:
-    """This process's rank in the default group, 0 when not distributed."""
-    return dist.get_rank() if is_distributed() else 0
+    """This process's index among all processes, 0 when not distributed."""
+    return PartialState().process_index
+
+
+def is_distributed() -> bool:
+    """True when more than one process takes part (collectives are needed)."""
+    return world_size() > 1
 
 
 def gather_sizes(*n_local: int, device: torch.device | str = "cpu") -> list[tuple[int, ...]]:
@@ -55,13 +57,6 @@ def gather_sizes(*n_local: int, device: torch.device | str = "cpu") -> list[tupl
     shards = [torch.empty_like(local) for _ in range(world_size())]
     dist.all_gather(shards, local)
     return [tuple(int(n) for n in shard.tolist()) for shard in shards]
-
-
-def rank_offset(n_local: int, *, sizes: Sequence[int] | None = None) -> int:
-    """Index of this rank's first row in a gathered tensor whose shards have ``sizes`` (gathered if None)."""
-    if sizes is None:
-        sizes = [n for (n,) in gather_sizes(n_local)]
-    return sum(sizes[: rank()])
 
 
 def _gather(t: Tensor, sizes: Sequence[int] | None, with_grad: bool) -> Tensor:

@@ -1,9 +1,10 @@
 """Contrastive and similarity-ranking losses on a :class:`~train.contrastive.batch.GlobalBatch`.
 
-Every loss is an ``nn.Module`` whose ``forward(view)`` returns **this process's share** of the big-batch loss:
-the mean over processes of the shares is the loss of the whole global batch, and (with the autograd
-gather and DDP's gradient averaging, see ``gather.py``) so is the gradient. On one process the share *is*
-the loss. Two families:
+Every loss is a :class:`ContrastiveLoss`: it declares what it reads from the batch (``needs``, a
+:class:`BatchNeeds`) and its ``forward(view)`` returns a :class:`LossOutput`: **this process's share** of the
+big-batch loss, and local statistics. The mean over processes of the shares is the loss of the whole global
+batch, and (with the autograd gather and DDP's gradient averaging, see ``gather.py``) so is the gradient. On
+one process the share *is* the loss. Two families:
 
 * **In-batch softmax losses** (:class:`InfoNCELoss`, :class:`InBatchNegativesLoss`): each term belongs to
   one local anchor and is scored against *all* gathered candidates. A process holding ``T_r`` of the
@@ -21,13 +22,13 @@ the cosine before the softmax / ranking: ``t = 0.05`` is ``scale = 20`` in sente
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.contrastive.batch import PAD_ID, GlobalBatch
+from train.contrastive.batch import PAD_ID, BatchNeeds, GlobalBatch
 from train.contrastive.gather import sum_over_ranks
 
 
@@ -35,6 +36,37 @@ def _check_temperature(temperature: float) -> float:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return float(temperature)
+
+
+@dataclass
+class LossOutput:
+    """One loss on one step.
+
+    Attributes:
+        loss: scalar, this process's share of the big-batch loss (mean over processes = big-batch loss).
+        stats: local sums without gradient (float64 scalars) that add up over processes; the loss's
+            :meth:`ContrastiveLoss.summarize` turns their global sums into logged numbers. Empty for losses that
+            log nothing besides their value.
+    """
+
+    loss: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class ContrastiveLoss(nn.Module):
+    """The interface of every loss.
+
+    - ``needs``: a :class:`BatchNeeds`, what the objective must gather and what the task must provide (an
+      instance attribute when it depends on the options, e.g. InfoNCE's ``symmetric``);
+    - ``forward(view: GlobalBatch) -> LossOutput``: this process's share of the loss, and local statistics;
+    - ``summarize(sums) -> dict``: logged numbers from the statistics summed over processes.
+    """
+
+    needs: BatchNeeds = BatchNeeds()
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Logged numbers (global) from the sums over processes of :attr:`LossOutput.stats`; none by default."""
+        return {}
 
 
 def share_of_global_mean(term_losses: Tensor, world_size: int) -> Tensor:
@@ -119,7 +151,7 @@ def softmax_terms(
     return SoftmaxTerms(losses, {name: value.to(torch.float64) for name, value in stats.items()})
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(ContrastiveLoss):
     """Multi-positive InfoNCE (MultipleNegativesRankingLoss) with content-aware masking of false negatives.
 
     Inputs (from the :class:`GlobalBatch`): local ``anchor (B, D)`` and ``positive_ids (B, P)``, global
@@ -149,22 +181,12 @@ class InfoNCELoss(nn.Module):
     (in-batch negatives); sentence-transformers ``MultipleNegativesRankingLoss``.
     """
 
-    needs_scores = False
-
     def __init__(self, temperature: float = 0.05, symmetric: bool = False):
         super().__init__()
         self.temperature = _check_temperature(temperature)
         self.symmetric = symmetric
-
-    @property
-    def needs_anchors(self) -> bool:
-        """Whether the global anchors must be gathered (the reverse direction scores against them)."""
-        return self.symmetric
-
-    @property
-    def needs_pairs(self) -> bool:
-        """Whether the global partner indices must be gathered (the reverse direction masks by them)."""
-        return self.symmetric
+        # the reverse direction scores against the global anchors and masks by their partners
+        self.needs = BatchNeeds(anchors=symmetric, pairs=symmetric)
 
     def positive_ids(self, view: GlobalBatch) -> Tensor:
         """``(B, P)`` content ids of each local anchor's positives, -1 = none."""
@@ -216,16 +238,24 @@ class InfoNCELoss(nn.Module):
             self.temperature,
         )
 
-    def compute(self, view: GlobalBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """(this process's share of the loss, local statistics of the anchor -> candidate direction)."""
+    def forward(self, view: GlobalBatch) -> LossOutput:
+        """This process's share of the loss and the :class:`SoftmaxTerms` statistics of the anchor -> candidate
+        direction."""
         terms = self.forward_terms(view)
         share = share_of_global_mean(terms.losses, view.world_size)
         if self.symmetric:
             share = (share + share_of_global_mean(self.reverse_terms(view).losses, view.world_size)) / 2
-        return share, terms.stats
+        return LossOutput(share, terms.stats)
 
-    def forward(self, view: GlobalBatch) -> Tensor:
-        return self.compute(view)[0]
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """``top1_accuracy`` (share of anchors whose best-scoring candidate is a positive),
+        ``negatives_per_anchor`` (after masking) and ``masked_false_negatives`` (summed over the global batch)."""
+        queries = max(sums["queries"], 1.0)
+        return {
+            "top1_accuracy": sums["top1_correct"] / queries,
+            "negatives_per_anchor": sums["negatives"] / queries,
+            "masked_false_negatives": sums["masked_false_negatives"],
+        }
 
 
 class InBatchNegativesLoss(InfoNCELoss):
@@ -247,11 +277,10 @@ class InBatchNegativesLoss(InfoNCELoss):
     Reference: Li & Li 2023, "AnglE-optimized Text Embeddings" (``angle_emb`` ``in_batch_negative_loss``).
     """
 
-    needs_scores = True
-
     def __init__(self, temperature: float = 0.05, threshold: float = 0.5):
         super().__init__(temperature, symmetric=False)
         self.threshold = float(threshold)
+        self.needs = BatchNeeds(scores=True)
 
     def positive_ids(self, view: GlobalBatch) -> Tensor:
         local = view.local
@@ -289,7 +318,7 @@ def angle_similarity(a: Tensor, b: Tensor) -> Tensor:
     return (real + imaginary).abs()
 
 
-class CoSENTLoss(nn.Module):
+class CoSENTLoss(ContrastiveLoss):
     """CoSENT: rank the cosines of all aligned pairs of the global batch in the order of their gold scores.
 
     Inputs: global ``anchors (N, D)``, ``partners (N, D)`` (``candidates[pair_index]``), ``scores (N,)``.
@@ -300,21 +329,18 @@ class CoSENTLoss(nn.Module):
     Reference: Su 2022, "CoSENT" (Huang et al., TASLP 2024); sentence-transformers ``CoSENTLoss``.
     """
 
-    needs_scores = True
-    needs_anchors = True
-    needs_pairs = True
-
     def __init__(self, temperature: float = 0.05):
         super().__init__()
         self.temperature = _check_temperature(temperature)
+        self.needs = BatchNeeds(scores=True, anchors=True, pairs=True)
 
     def similarity(self, anchors: Tensor, partners: Tensor) -> Tensor:
         """``(N,)`` similarity of each aligned pair."""
         return F.cosine_similarity(anchors, partners, dim=-1)
 
-    def forward(self, view: GlobalBatch) -> Tensor:
+    def forward(self, view: GlobalBatch) -> LossOutput:
         anchors, partners, scores = aligned_pairs(view)
-        return cosent_ranking(self.similarity(anchors, partners), scores, self.temperature)
+        return LossOutput(cosent_ranking(self.similarity(anchors, partners), scores, self.temperature))
 
 
 class AnglELoss(CoSENTLoss):
@@ -332,7 +358,7 @@ class AnglELoss(CoSENTLoss):
         return angle_similarity(anchors, partners)
 
 
-class CosineMSELoss(nn.Module):
+class CosineMSELoss(ContrastiveLoss):
     """Regress the cosine of each aligned pair on its gold score: ``mean_i (cos(a_i, b_i) - y_i)^2``.
 
     Inputs: global ``anchors (N, D)``, ``partners (N, D)``, ``scores (N,)`` in ``[0, 1]``; mean over the global
@@ -341,10 +367,12 @@ class CosineMSELoss(nn.Module):
     Reference: sentence-transformers ``CosineSimilarityLoss`` (Reimers & Gurevych 2019).
     """
 
-    needs_scores = True
-    needs_anchors = True
-    needs_pairs = True
+    def __init__(self):
+        super().__init__()
+        self.needs = BatchNeeds(scores=True, anchors=True, pairs=True)
 
-    def forward(self, view: GlobalBatch) -> Tensor:
+    def forward(self, view: GlobalBatch) -> LossOutput:
         anchors, partners, scores = aligned_pairs(view)
-        return F.mse_loss(F.cosine_similarity(anchors, partners, dim=-1), scores.to(anchors.dtype))
+        return LossOutput(
+            F.mse_loss(F.cosine_similarity(anchors, partners, dim=-1), scores.to(anchors.dtype))
+        )

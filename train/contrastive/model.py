@@ -21,8 +21,6 @@ from eval.pooling import pool, validate_pooling_mode
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model
 
-ROLES = ("anchor", "candidate")
-
 
 class EmbeddingModel(nn.Module):
     """``texts (tokenized) -> (N, D)`` embeddings for the anchor and candidate roles of a batch.

@@ -18,6 +18,10 @@ resume, TensorBoard/W&B — is the ecosystem's):
   ``eval_spearman`` / ``eval_ndcg@10`` ... so ``metric_for_best_model`` picks the best checkpoint.
 - checkpoints: a LoRA-only run saves the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``,
   usable as ``adapter_path``) instead of the whole wrapper; resume and best-model reload read it back.
+  ``Trainer`` has no public hook for this (it sees the wrapper, not the ``PeftModel`` inside, and ``save_model``
+  hands the DeepSpeed-consolidated state dict only to ``_save``), so ``_save``, ``_load_from_checkpoint`` and
+  ``_load_best_model`` are overridden; ``tests/test_trainer_private_hooks.py`` fails if transformers renames
+  them, changes their parameters or stops calling them.
 """
 
 from __future__ import annotations
@@ -38,14 +42,18 @@ from train.contrastive.batch import EmbeddedBatch
 from train.contrastive.evaluation import embedding_metrics
 from train.contrastive.model import EmbeddingModel
 from train.contrastive.objective import ContrastiveObjective, ObjectiveOutput
+from train.contrastive.tasks import EmbedTask
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ENCODER_PREFIX = "encoder."
 
 
-def embedded_batch(task: str, anchor: torch.Tensor, candidates: torch.Tensor, inputs: dict) -> EmbeddedBatch:
-    """The :class:`EmbeddedBatch` of one collated batch (see ``batch.py`` for the layout per task)."""
-    if task == "tags":
+def embedded_batch(
+    task: EmbedTask, anchor: torch.Tensor, candidates: torch.Tensor, inputs: dict
+) -> EmbeddedBatch:
+    """The :class:`EmbeddedBatch` of one collated batch: ``anchor (B, D)``, ``candidates (M, D)`` and the
+    collator's ids / scores (``batch.py`` describes the two shapes)."""
+    if not task.aligned:
         return EmbeddedBatch(
             anchor, candidates, inputs["anchor_ids"], inputs["candidate_ids"], inputs["positive_ids"]
         )
@@ -55,7 +63,7 @@ def embedded_batch(task: str, anchor: torch.Tensor, candidates: torch.Tensor, in
         inputs["anchor_ids"],
         inputs["candidate_ids"],
         scores=inputs.get("scores"),
-        positive_is_anchor=task == "simcse_unsup",
+        positive_is_anchor=task.positive_is_anchor,
     )
 
 
@@ -70,12 +78,12 @@ class LockstepEmbedder(Embedder):
 class ContrastiveTrainer(Trainer):
     """``Trainer`` for :class:`EmbeddingModel` with a :class:`ContrastiveObjective`.
 
-    Args (besides Trainer's): ``objective``; ``task`` (train.embed task name); ``lora_only`` (checkpoints hold
+    Args (besides Trainer's): ``objective``; ``task`` (the recipe's task record); ``lora_only`` (checkpoints hold
     the adapter alone; False for full fine-tuning, with or without LoRA, whose checkpoints hold every weight).
     Embedding settings (pooling, prefixes, eval task, ks) come from ``args`` (an ``EmbedConfig``).
     """
 
-    def __init__(self, *args, objective: ContrastiveObjective, task: str, lora_only: bool, **kwargs):
+    def __init__(self, *args, objective: ContrastiveObjective, task: EmbedTask, lora_only: bool, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.task = task
