@@ -140,7 +140,7 @@ def test_bf16_on_this_cpu_is_refused_before_any_model_loads(entrypoint, capsys):
     from importlib import import_module
 
     from lorasmith.process import run_main
-    from train.common.runtime import cpu_supports_bf16
+    from train.common.launch import cpu_supports_bf16
 
     if cpu_supports_bf16():
         pytest.skip("this CPU has native bf16")

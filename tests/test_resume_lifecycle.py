@@ -15,7 +15,7 @@ import yaml
 from transformers import TrainerControl
 
 from lorasmith.errors import ConfigError
-from train.common import resume, runtime
+from train.common import launch, resume, run
 from train.common.signals import StopOnSignal
 
 RECIPE = {"task": "pairs", "model_name_or_path": "minilm", "learning_rate": 2e-5, "max_steps": 10, "lora_r": 8}
@@ -144,7 +144,7 @@ def test_sigterm_requests_a_checkpoint_and_a_stop_at_the_step_end():
     finally:
         callback.on_train_end(None, None, None)
     assert signal.getsignal(signal.SIGTERM) is previous
-    assert resume.stopped_by_signal(SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[callback])))
+    assert run.stopped_by_signal(SimpleNamespace(callback_handler=SimpleNamespace(callbacks=[callback])))
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_sigterm_requests_a_checkpoint_and_a_stop_at_the_step_end():
 )
 def test_global_batch_size_sets_gradient_accumulation(global_batch, per_device, world, accumulation):
     args = SimpleNamespace(per_device_train_batch_size=per_device, gradient_accumulation_steps=1)
-    runtime.apply_global_batch(args, run_args(global_batch_size=global_batch), world)
+    launch.apply_global_batch(args, run_args(global_batch_size=global_batch), world)
     assert args.gradient_accumulation_steps == accumulation
     assert per_device * args.gradient_accumulation_steps * world == global_batch
 
@@ -160,7 +160,7 @@ def test_global_batch_size_sets_gradient_accumulation(global_batch, per_device, 
 def test_indivisible_global_batch_is_refused_with_sizes_that_fit():
     args = SimpleNamespace(per_device_train_batch_size=6, gradient_accumulation_steps=1)
     with pytest.raises(ConfigError, match=r"not a multiple of .* 6 x world size 4.*\[1, 2, 4, 8, 16\]"):
-        runtime.apply_global_batch(args, run_args(global_batch_size=64), 4)
+        launch.apply_global_batch(args, run_args(global_batch_size=64), 4)
 
 
 def quantized_model_args(**overrides):
@@ -170,16 +170,16 @@ def quantized_model_args(**overrides):
 
 
 @pytest.mark.parametrize(
-    ("launch", "name"),
+    ("distributed_args", "name"),
     [
         (SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3), fsdp=False), "DeepSpeed ZeRO-3"),
         (SimpleNamespace(deepspeed_plugin=None, fsdp=True), "FSDP"),
     ],
 )
-def test_4bit_sharding_needs_matching_quant_storage(launch, name):
+def test_4bit_sharding_needs_matching_quant_storage(distributed_args, name):
     with pytest.raises(ConfigError, match=rf"4-bit \+ {name} needs bnb_4bit_quant_storage .* bfloat16"):
-        runtime.check_quantized_distribution(launch, quantized_model_args())
-    runtime.check_quantized_distribution(launch, quantized_model_args(bnb_4bit_quant_storage="bfloat16"))
+        launch.check_quantized_distribution(distributed_args, quantized_model_args())
+    launch.check_quantized_distribution(distributed_args, quantized_model_args(bnb_4bit_quant_storage="bfloat16"))
 
 
 def test_8bit_cannot_be_sharded_but_zero2_is_fine():
@@ -187,10 +187,10 @@ def test_8bit_cannot_be_sharded_but_zero2_is_fine():
 
     eight_bit = ModelArguments(model_name_or_path="x", load_in_8bit=True)
     with pytest.raises(ConfigError, match="8-bit bases cannot be sharded by DeepSpeed ZeRO-3"):
-        runtime.check_quantized_distribution(
+        launch.check_quantized_distribution(
             SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3), fsdp=False), eight_bit
         )
-    runtime.check_quantized_distribution(
+    launch.check_quantized_distribution(
         SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2), fsdp=False), quantized_model_args()
     )
 
@@ -206,19 +206,19 @@ def test_full_finetuning_under_zero3_is_refused_at_start_when_it_could_not_be_ex
 
     full = ModelArguments(model_name_or_path="x", full_finetune=True)
     with pytest.raises(ConfigError, match="set zero3_save_16bit_model: true"):
-        runtime.check_full_model_export(zero3_launch(save_16bit=False), full)
+        launch.check_full_model_export(zero3_launch(save_16bit=False), full)
     with pytest.raises(
         ConfigError, match="LoRA together with full fine-tuning cannot be exported under DeepSpeed ZeRO-3"
     ):
-        runtime.check_full_model_export(
+        launch.check_full_model_export(
             zero3_launch(save_16bit=True),
             ModelArguments(model_name_or_path="x", full_finetune=True, use_peft=True),
         )
-    runtime.check_full_model_export(zero3_launch(save_16bit=True), full)  # gathered and saved at the end
+    launch.check_full_model_export(zero3_launch(save_16bit=True), full)  # gathered and saved at the end
     lora_only = ModelArguments(model_name_or_path="x", use_peft=True)
-    runtime.check_full_model_export(zero3_launch(save_16bit=False), lora_only)  # Trainer.save_model gathers
+    launch.check_full_model_export(zero3_launch(save_16bit=False), lora_only)  # Trainer.save_model gathers
     zero2 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2), fsdp=False)
-    runtime.check_full_model_export(zero2, full)
+    launch.check_full_model_export(zero2, full)
 
 
 def lora_model(tiny_llama_dir):
@@ -233,16 +233,16 @@ def test_reentrant_checkpointing_on_lora_without_input_grads_is_refused(tiny_lla
     model = lora_model(tiny_llama_dir)
     reentrant = SimpleNamespace(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True})
     with pytest.raises(ConfigError, match="use_reentrant: true .* no gradient"):
-        runtime.check_checkpointing_inputs(model, reentrant)
-    runtime.check_checkpointing_inputs(
+        launch.check_checkpointing_inputs(model, reentrant)
+    launch.check_checkpointing_inputs(
         model, SimpleNamespace(activation_checkpointing=True, activation_checkpointing_kwargs=None)
     )
     model.enable_input_require_grads()
-    runtime.check_checkpointing_inputs(model, reentrant)
+    launch.check_checkpointing_inputs(model, reentrant)
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or runtime.cpu_supports_bf16(), reason="this CPU runs bf16 natively")
+@pytest.mark.skipif(torch.cuda.is_available() or launch.cpu_supports_bf16(), reason="this CPU runs bf16 natively")
 def test_bf16_on_a_cpu_without_bf16_is_refused():
     args = SimpleNamespace(bf16=True, fp16=False)
     with pytest.raises(ConfigError, match="bf16 requested on a CPU without bf16 support"):
-        runtime.check_precision(args)
+        launch.check_precision(args)

@@ -13,7 +13,7 @@
 
 Tasks (``task:``): ``simcse_unsup`` (sentences; two dropout views), ``pairs``, ``triplets`` (hard negatives),
 ``scored_pairs`` (STS: cosent / angle / cosine_mse / ibn), ``tags`` (text -> tags, multi-positive).
-Tasks: ``train/contrastive/tasks.py``; losses and their options: ``train/contrastive/loss_spec.py``. Every key: ``python -m train.embed --help``.
+Losses and their options: ``train/contrastive/objective.py``. Every key: ``python -m train.embed --help``.
 Output folder: ``adapter/``, ``merged/`` (transformers + sentence-transformers), ``metrics.json``,
 ``lorasmith.json``, ``README.md``, ``recipe.yaml``, ``checkpoint-*/``.
 """
@@ -28,16 +28,15 @@ from transformers import set_seed
 import data_utils
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.common import cli, outputs, resume, runtime
+from train.common import cli, launch, outputs, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
 from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.config import EmbedConfig, resolve_task_defaults
+from train.contrastive.config import TASK_DATA_SCHEMA, EmbedConfig, resolve_task_defaults
 from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
-from train.contrastive.loss_spec import build_objective
 from train.contrastive.model import build_embedding_model
-from train.contrastive.tasks import EMBED_TASKS, embed_task
+from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.trainer import ContrastiveTrainer
 
 
@@ -47,27 +46,43 @@ def make_parser():
 
 def load_datasets(data_args: DataArguments, config: EmbedConfig):
     """(train, eval or None) in the schemas of the training task and of ``config.eval_task``."""
-    if not data_args.train_data:
-        raise ConfigError("train_data is required: a file, folder, glob or hub id (see data_utils/samples/)")
+    run.require_train_data(data_args, "a file, folder, glob or hub id (see data_utils/samples/)")
 
     def load(source, schema, limit):
         options = dataclasses.replace(data_args, task=schema).load_options()
-        dataset = data_utils.load(source, task=schema, columns=data_args.columns, **options)
-        return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+        return run.first_rows(data_utils.load(source, task=schema, columns=data_args.columns, **options), limit)
 
-    train = load(data_args.train_data, EMBED_TASKS[data_args.task].schema, data_args.max_train_samples)
+    train = load(data_args.train_data, TASK_DATA_SCHEMA[data_args.task], data_args.max_train_samples)
     evaluation = None
     if data_args.eval_data:
         evaluation = load(data_args.eval_data, config.eval_task, data_args.max_eval_samples)
     return train, evaluation
 
 
+def negatives_per_anchor(task: str, train_ds, global_anchors: int) -> str:
+    """How many in-batch negatives each anchor sees per micro-step, with candidates gathered across processes.
+
+    Gradient accumulation does not add negatives: each micro-step's loss only sees its own global batch.
+    """
+    if task == "triplets":
+        hard = len(train_ds[0]["negatives"])
+        return f"{global_anchors * (1 + hard) - 1} ({global_anchors} anchors x (1 positive + {hard} hard negatives), minus its positive)"
+    if task == "tags":
+        distinct = len({tag for tags in train_ds["tags"] for tag in tags})
+        return f"the distinct tags of {global_anchors} texts minus the text's own (at most {distinct - 1}; duplicates masked)"
+    if task == "scored_pairs":
+        return f"{global_anchors - 1} for in-batch losses; CoSENT/AnglE rank all {global_anchors} pairs against each other"
+    return f"{global_anchors - 1} at most ({global_anchors} anchors per global batch; duplicates of the positive masked, a repeated text counts once)"
+
+
 def main(argv=None):
-    data_args, model_args, run_args, config = cli.parse_recipe(make_parser(), argv)
-    world_size = runtime.check_launch(config, run_args, model_args)
-    task = embed_task(data_args.task)
-    resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    objective = build_objective(task, config.loss, temperature=config.temperature)
+    args = cli.parse_recipe(make_parser(), argv)
+    data_args, model_args, run_args, config = args
+    world_size = launch.check_launch(config, run_args, model_args)
+    if data_args.task not in TASK_DATA_SCHEMA:
+        raise ConfigError(f"task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {data_args.task!r}")
+    resolve_task_defaults(config, data_args.task, has_eval_data=bool(data_args.eval_data))
+    objective = ContrastiveObjective.from_config(data_args.task, config.loss, temperature=config.temperature)
     train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
 
     tokenizer = load_tokenizer(model_args)
@@ -76,28 +91,13 @@ def main(argv=None):
         model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
     )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
-    plan.update(
-        {
-            "task": f"{data_args.task}, {len(train_ds)} training rows",
-            "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
-            "model": model_args.model_name_or_path,
-            "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
-            "negatives per anchor": task.describe_negatives(
-                train_ds, config.per_device_train_batch_size * world_size
-            ),
-            "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
-            "best model by": config.metric_for_best_model
-            if config.load_best_model_at_end
-            else "(last model)",
-            "output_dir": config.output_dir,
-        }
-    )
+    plan.update(_plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size))
     print_plan("train.embed", plan)
     if run_args.dry_run:
-        return
+        return None
 
     collator = ContrastiveCollator(
-        tokenizer, task, model_args.max_length, config.query_prefix, config.document_prefix
+        tokenizer, data_args.task, model_args.max_length, config.query_prefix, config.document_prefix
     )
     trainer = ContrastiveTrainer(
         model=model,
@@ -106,32 +106,41 @@ def main(argv=None):
         eval_dataset=eval_ds,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=resume.stop_callbacks(),
+        callbacks=run.lifecycle_callbacks(),
         objective=objective,
-        task=task,
+        task=data_args.task,
         lora_only=bool(model_args.use_peft or model_args.adapter_path) and not model_args.full_finetune,
     )
-    recipe = outputs.recipe_dict(data_args, model_args, run_args, config)
-    resume_from = resume.prepare_output_dir(config, run_args, recipe)
+    recipe, resume_from = run.prepare_output_dir(args)
 
     metrics = {}
     if config.eval_before_training and resume_from is None:
         metrics["before"] = _strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if resume.stopped_by_signal(trainer):
-        return
-    metrics["train"] = train_result.metrics
+    result = run.train(trainer, resume_from)
+    if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
+        return trainer
+    metrics["train"] = result.metrics
     if eval_ds is not None:
         metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
 
     saved = export_embedding_model(trainer, model_args, export_merged=run_args.export_merged)
-    if trainer.args.should_save:
-        all_metrics = outputs.write_metrics(config.output_dir, metrics)
-        write_embedding_manifest(trainer, model_args, saved)
-        write_embedding_card(config.output_dir, model_args, data_args.task, recipe, _quality(all_metrics))
-        if "after" in metrics:
-            print(outputs.metrics_table(_quality(metrics)), flush=True)
-        print(f"saved to {config.output_dir}: " + ", ".join(k for k, v in saved.items() if v), flush=True)
+    run.on_main_process(_write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved)
+    return trainer
+
+
+def _plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size: int) -> dict:
+    """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
+    global_anchors = config.per_device_train_batch_size * world_size
+    return {
+        "task": f"{data_args.task}, {len(train_ds)} training rows",
+        "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
+        "model": model_args.model_name_or_path,
+        "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
+        "negatives per anchor": negatives_per_anchor(data_args.task, train_ds, global_anchors),
+        "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
+        "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
+        "output_dir": config.output_dir,
+    }
 
 
 def _strip_prefix(metrics: dict, prefix: str) -> dict:
@@ -140,14 +149,25 @@ def _strip_prefix(metrics: dict, prefix: str) -> dict:
     }
 
 
+# The before / after columns of the console table and the model card (metrics.json holds every metric).
 HEADLINE_METRICS = ("spearman", "pearson", "recall@1", "recall@5", "ndcg@5", "ndcg@10", "mrr@10", "map@10")
 
 
-def _quality(metrics: dict) -> dict:
-    """The headline metrics of the before / after groups (the table of the console and of the model card;
-    metrics.json holds every metric)."""
+def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict, saved: dict) -> None:
+    """metrics.json, lorasmith.json and the model card; prints the before / after table. Main process only."""
+    output_dir = trainer.args.output_dir
+    all_metrics = outputs.write_metrics(output_dir, metrics)
+    write_embedding_manifest(trainer, model_args, saved)
+    write_embedding_card(output_dir, model_args, task, recipe, _headline(all_metrics))
+    if "after" in metrics:
+        print(outputs.metrics_table(_headline(metrics)), flush=True)
+    print(f"saved to {output_dir}: " + ", ".join(k for k, v in saved.items() if v), flush=True)
+
+
+def _headline(metrics: dict) -> dict:
+    """The ``HEADLINE_METRICS`` of the before / after groups."""
     return {
-        group: {name: values[name] for name in HEADLINE_METRICS if name in values}
+        group: outputs.scalar_metrics(values, HEADLINE_METRICS)
         for group, values in metrics.items()
         if group in ("before", "after")
     }

@@ -24,24 +24,22 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from accelerate import PartialState
-from transformers import DataCollatorWithPadding, IntervalStrategy, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
 from data_utils import label_names_from_dataset
 from lorasmith.process import run_main
 from train.classify.seqcls_config import SeqClassifyConfig
-from train.classify.seqcls_data import load_splits, text_columns_of, tokenize_split
+from train.classify.seqcls_data import data_summary, load_splits, text_columns_of, tokenize_split
 from train.classify.seqcls_export import classifier_manifest, export_classifier, write_classifier_files
 from train.classify.seqcls_model import build_classifier
 from train.classify.seqcls_trainer import (
     ClassificationLoss,
     SeqClassifyTrainer,
     class_weight_vector,
-    evaluation_report,
-    logged_metrics,
+    final_evaluation,
     metrics_function,
 )
-from train.common import cli, outputs, resume, runtime
+from train.common import cli, launch, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
@@ -52,23 +50,19 @@ def make_parser():
 
 
 def main(argv=None):
-    data_args, model_args, run_args, training_args = cli.parse_recipe(make_parser(), argv)
-    world_size = runtime.check_launch(training_args, run_args, model_args)
-    multi_label = training_args.multi_label
-
+    args = cli.parse_recipe(make_parser(), argv)
+    data_args, model_args, run_args, training_args = args
+    world_size = launch.check_launch(training_args, run_args, model_args)
+    multi_label, threshold = training_args.multi_label, training_args.threshold
     train_raw, eval_raw = load_splits(data_args, multi_label)  # data errors before any model is loaded
+
     label_names, text_columns = label_names_from_dataset(train_raw), text_columns_of(train_raw)
     tokenizer = load_tokenizer(model_args)
     train_split = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label)
     eval_split = tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label) if eval_raw else None
-    weights = class_weight_vector(
-        training_args.class_weights,
-        np.asarray(train_split.dataset["labels"]).astype(np.int64),
-        label_names,
-        multi_label,
-    )
-    if eval_split is None:  # nothing to evaluate or to pick a best checkpoint with
-        training_args.eval_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
+    train_labels = np.asarray(train_split.dataset["labels"]).astype(np.int64)
+    weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
+    run.disable_evaluation_without_data(training_args, eval_split is not None)
 
     set_seed(training_args.seed)  # the head's and LoRA's random init must not depend on what ran before
     built = build_classifier(
@@ -79,15 +73,13 @@ def main(argv=None):
         gradient_checkpointing=training_args.activation_checkpointing,
     )
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
-    plan.update(
-        _task_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split)
-    )
+    plan.update(_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split))
     plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
     plan["trained in full (head)"] = ", ".join(built.trained_modules)
     plan["kept out of quantization"] = ", ".join(built.head_modules)
     print_plan("train.seq_classify", plan)
     if run_args.dry_run:
-        return
+        return None
 
     trainer = SeqClassifyTrainer(
         model=built.model,
@@ -96,50 +88,29 @@ def main(argv=None):
         eval_dataset=eval_split.dataset if eval_split else None,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=metrics_function(label_names, multi_label, training_args.threshold),
-        callbacks=resume.stop_callbacks(),
+        compute_metrics=metrics_function(label_names, multi_label, threshold),
+        callbacks=run.lifecycle_callbacks(),
         loss=ClassificationLoss(multi_label, weights),
     )
-    recipe = outputs.recipe_dict(data_args, model_args, run_args, training_args)
-    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if resume.stopped_by_signal(trainer):
-        return
+    recipe, resume_from = run.prepare_output_dir(args)
 
-    metrics = {"train": {**train_result.metrics, "best_checkpoint": trainer.state.best_model_checkpoint}}
-    if eval_split is not None:
-        prediction = trainer.predict(eval_split.dataset, metric_key_prefix="eval")
-        report = evaluation_report(
-            prediction.predictions, prediction.label_ids, label_names, multi_label, training_args.threshold
-        )
-        metrics["eval"] = {**report, "loss": prediction.metrics["eval_loss"]}
-    metrics["data"] = {
-        "train_rows": train_split.rows,
-        "train_truncated": train_split.truncated,
-        "max_length": model_args.max_length,
-        **({"eval_rows": eval_split.rows, "eval_truncated": eval_split.truncated} if eval_split else {}),
-    }
+    result = run.train(trainer, resume_from)
+    if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
+        return trainer
+    metrics = {"train": {**result.metrics, "best_checkpoint": trainer.state.best_model_checkpoint}}
+    if eval_split is not None:  # the model that is saved: the best checkpoint with load_best_model_at_end
+        metrics["eval"] = final_evaluation(trainer, eval_split.dataset, label_names, multi_label, threshold)
+    metrics["data"] = data_summary(train_split, eval_split, model_args.max_length)
+
     saved = export_classifier(trainer, model_args, built.load_kwargs, export_merged=run_args.export_merged)
-    if trainer.args.should_save:
-        outputs.write_metrics(training_args.output_dir, metrics)
-        manifest = classifier_manifest(
-            model_args,
-            saved,
-            label_names,
-            text_columns,
-            multi_label=multi_label,
-            threshold=training_args.threshold,
-        )
-        card_metrics = {"eval": logged_metrics(metrics["eval"])} if "eval" in metrics else {}
-        write_classifier_files(training_args.output_dir, manifest, model_args, recipe, card_metrics)
-        if "eval" in metrics:
-            print_plan("evaluation", {k: round(v, 4) for k, v in card_metrics["eval"].items()})
-    PartialState().wait_for_everyone()
+    manifest = classifier_manifest(
+        model_args, saved, label_names, text_columns, multi_label=multi_label, threshold=threshold
+    )
+    run.on_main_process(write_classifier_files, training_args.output_dir, manifest, model_args, recipe, metrics)
+    return trainer
 
 
-def _task_plan(
-    data_args, model_args, training_args, label_names, text_columns, train_split, eval_split
-) -> dict:
+def _plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     truncated = f"{train_split.truncated} of {train_split.rows} train rows"
     if eval_split:

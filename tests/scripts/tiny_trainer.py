@@ -1,7 +1,7 @@
 """A minimal entrypoint with the real run lifecycle, for launch / resume / signal tests.
 
-It has the entrypoints' shape (recipe parsing, start-up checks, plan, ``stop_callbacks``, ``prepare_output_dir``,
-``stopped_by_signal``) around a transformers ``Trainer`` that fits a tiny causal LM (LoRA, dropout on, shuffled
+It takes the entrypoints' steps (``train.common.run``: recipe parsing, launch checks, plan, ``lifecycle_callbacks``,
+``prepare_output_dir``, ``train``, files written on the main process) around a transformers ``Trainer`` that fits a tiny causal LM (LoRA, dropout on, shuffled
 data) on synthetic token sequences, so data order and RNG state both matter for exact resume.
 
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml tests/scripts/tiny_trainer.py \
@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from lorasmith.process import run_main
-from train.common import cli, outputs, resume, runtime
+from train.common import cli, launch, outputs, run
 from train.common.args import ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
@@ -74,27 +74,25 @@ def logging_collator(features: list[dict]) -> dict:
 
 
 def main(argv=None):
-    tiny, model_args, run_args, training_args = cli.parse_recipe(
-        cli.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv
-    )
-    world_size = runtime.check_launch(training_args, run_args, model_args)
+    args = cli.parse_recipe(cli.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv)
+    tiny, model_args, run_args, training_args = args
+    world_size = launch.check_launch(training_args, run_args, model_args)
     set_seed(training_args.seed)  # the LoRA initialisation is random: same seed, same run
     model = apply_tuning(load_model(model_args, AutoModelForCausalLM), model_args, "CAUSAL_LM")
     print_plan("tiny trainer", run_plan(training_args, model_args, world_size, count_parameters(model)))
     if run_args.dry_run:
-        return
+        return None
     train_dataset = synthetic_dataset(tiny, model.config.vocab_size)
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=logging_collator,
-        callbacks=[*resume.stop_callbacks(), TestHooks()]
+        callbacks=[*run.lifecycle_callbacks(), TestHooks()]
     )
-    recipe = outputs.recipe_dict(tiny, model_args, run_args, training_args)
-    resume_from = resume.prepare_output_dir(training_args, run_args, recipe)
-    trainer.train(resume_from_checkpoint=resume_from)
-    if resume.stopped_by_signal(trainer):
-        return
-    if trainer.is_world_process_zero():
-        outputs.write_metrics(training_args.output_dir, {"world_size": world_size, "steps": trainer.state.global_step})
+    _, resume_from = run.prepare_output_dir(args)
+    if run.train(trainer, resume_from) is None:  # stopped by a signal
+        return trainer
+    metrics = {"world_size": world_size, "steps": trainer.state.global_step}
+    run.on_main_process(outputs.write_metrics, training_args.output_dir, metrics)
+    return trainer
 
 
 if __name__ == "__main__":

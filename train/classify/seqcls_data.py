@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from data_utils import label_names_from_dataset, load
-from eval.seqcls_predictor import text_inputs
+from data_utils.tokenizer_inputs import text_inputs
 from lorasmith.errors import ConfigError
 from train.common.args import DataArguments
+from train.common.run import first_rows, require_train_data
 
 
 @dataclass
@@ -37,10 +38,7 @@ def load_splits(data_args: DataArguments, multi_label: bool) -> tuple[Dataset, D
         raise ConfigError(
             f"seq_classify trains on task 'labeled' data; the recipe says task: {data_args.task}"
         )
-    if not data_args.train_data:
-        raise ConfigError(
-            "train_data is required: a labeled file (csv, jsonl, ...) with text column(s) and a label"
-        )
+    require_train_data(data_args, "a labeled file (csv, jsonl, ...) with text column(s) and a label")
     options = {**dataclasses.replace(data_args, task="labeled").load_options(), "multi_label": multi_label}
     if multi_label:
         options["label_delimiter"] = data_args.tag_delimiter
@@ -52,8 +50,7 @@ def load_splits(data_args: DataArguments, multi_label: bool) -> tuple[Dataset, D
 
 
 def _load(source: str, data_args: DataArguments, options: dict, limit: int | None) -> Dataset:
-    dataset = load(source, task="labeled", columns=data_args.columns, **options)
-    return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+    return first_rows(load(source, task="labeled", columns=data_args.columns, **options), limit)
 
 
 def text_columns_of(dataset: Dataset) -> list[str]:
@@ -83,6 +80,14 @@ def tokenize_split(dataset: Dataset, tokenizer, max_length: int, multi_label: bo
     tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
     truncated = sum(tokenized["truncated"])
     return TokenizedSplit(tokenized.remove_columns("truncated"), truncated)
+
+
+def data_summary(train: TokenizedSplit, evaluation: TokenizedSplit | None, max_length: int) -> dict:
+    """The ``data`` entry of metrics.json: rows per split and how many were truncated to ``max_length``."""
+    summary = {"train_rows": train.rows, "train_truncated": train.truncated, "max_length": max_length}
+    if evaluation is not None:
+        summary.update({"eval_rows": evaluation.rows, "eval_truncated": evaluation.truncated})
+    return summary
 
 
 def _multi_hot(ids: list[int], num_labels: int) -> list[float]:

@@ -5,8 +5,8 @@
 - ``merged/``: the adapter merged into an unquantized base with the same head shape and label map — a plain
   ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
   fully fine-tuned runs save only this (gathered from the shards under ZeRO-3);
-- ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length) and the
-  ``README.md`` model card. ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
+- ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length),
+  ``metrics.json`` and the ``README.md`` model card; ``recipe.yaml`` comes from ``train.common.run.prepare_output_dir``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification
 
 from eval.artifacts import write_manifest
-from eval.seqcls_predictor import KIND
+from eval.classifiers.sequence import KIND
 from train.common.args import ModelArguments
 from train.common.export import MERGED_DIR, export_trained_model
-from train.common.modeling import resolve_model_source
-from train.common.outputs import lorasmith_version, write_model_card
+from train.common.outputs import scalar_metrics, write_metrics, write_model_card
+from train.common.plan import print_plan
+from train.common.run import manifest_fields
 
 
 def export_classifier(trainer, model_args: ModelArguments, load_kwargs: dict, *, export_merged: bool) -> dict:
@@ -40,14 +41,9 @@ def classifier_manifest(
     multi_label: bool,
     threshold: float,
 ) -> dict:
-    """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.seqcls_predictor.SequenceClassifier`` reloads it)."""
-    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.classifiers.sequence.SequenceClassifier`` reloads it)."""
     return {
-        "lorasmith_version": lorasmith_version(),
-        "kind": KIND,
-        "base_model": source.path,
-        "gguf_file": source.gguf_file,
-        **saved,
+        **manifest_fields(KIND, model_args, saved),
         "labels": list(label_names),
         "text_columns": list(text_columns),
         "multi_label": multi_label,
@@ -58,9 +54,12 @@ def classifier_manifest(
 
 def write_classifier_files(
     output_dir: str | Path, manifest: dict, model_args: ModelArguments, recipe: dict, metrics: dict
-):
-    """Write the manifest and the model card (main process only)."""
+) -> None:
+    """Write metrics.json, the manifest and the model card (with the ``eval`` scalars and per-class F1), and
+    print the evaluation. Main process only."""
+    write_metrics(output_dir, metrics)
     write_manifest(output_dir, manifest)
+    card_metrics = {"eval": scalar_metrics(metrics["eval"], per_class_f1=True)} if "eval" in metrics else {}
     example = ", ".join(f'"{name}": "..."' for name in manifest["text_columns"])
     usage = f"""Predict from the command line (label names, head and adapter are read from this folder):
 
@@ -72,7 +71,7 @@ python -m eval.classify --model {output_dir} --data new_rows.csv     # columns: 
 In Python:
 
 ```python
-from eval.seqcls_predictor import SequenceClassifier
+from eval.classifiers.sequence import SequenceClassifier
 classifier = SequenceClassifier.load("{output_dir}")
 rows = [{{{example}}}]
 classifier.predict(rows)        # label names, e.g. {manifest["labels"][0]!r}
@@ -97,6 +96,8 @@ classify = pipeline("text-classification", model="{Path(output_dir) / MERGED_DIR
         base_model=str(model_args.model_name_or_path),
         task="text-classification",
         recipe=recipe,
-        metrics=metrics,
+        metrics=card_metrics,
         usage=usage,
     )
+    if card_metrics:
+        print_plan("evaluation", {k: round(v, 4) for k, v in card_metrics["eval"].items()})

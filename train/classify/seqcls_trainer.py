@@ -22,9 +22,10 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from transformers import EvalPrediction, Trainer
 
+from eval.classifiers.sequence import decide, probabilities_from_logits
 from eval.metrics.classification import classification_metrics
-from eval.seqcls_predictor import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError
+from train.common.outputs import scalar_metrics
 
 
 def class_weight_vector(
@@ -118,24 +119,25 @@ def evaluation_report(
     return classification_metrics(gold, predicted, list(label_names), probabilities=probabilities)
 
 
-def logged_metrics(report: dict) -> dict[str, float]:
-    """The scalars of ``report`` plus per-class F1 as ``class_f1/<label>`` (what Trainer logs at each evaluation)."""
-    scalars = {key: value for key, value in report.items() if isinstance(value, (int, float))}
-    scalars.update({f"class_f1/{name}": row["f1"] for name, row in report["per_class"].items()})
-    return scalars
+def final_evaluation(trainer: SeqClassifyTrainer, dataset, label_names, multi_label: bool, threshold: float) -> dict:
+    """The ``eval`` entry of metrics.json: ``evaluation_report`` of the trained (or best) model on ``dataset``
+    plus its loss (every process takes part in the prediction)."""
+    prediction = trainer.predict(dataset, metric_key_prefix="eval")
+    report = evaluation_report(prediction.predictions, prediction.label_ids, label_names, multi_label, threshold)
+    return {**report, "loss": prediction.metrics["eval_loss"]}
 
 
 def metrics_function(
     label_names: Sequence[str], multi_label: bool, threshold: float
 ) -> Callable[[EvalPrediction], dict[str, float]]:
-    """``compute_metrics`` for the Trainer: accuracy, P/R/F1 (binary, macro, micro, weighted), per-class F1, ECE."""
+    """``compute_metrics`` for the Trainer: accuracy, P/R/F1 (binary, macro, micro, weighted), ECE, and per-class
+    F1 as ``class_f1/<label>``."""
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
         logits = (
             prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         )
-        return logged_metrics(
-            evaluation_report(logits, prediction.label_ids, label_names, multi_label, threshold)
-        )
+        report = evaluation_report(logits, prediction.label_ids, label_names, multi_label, threshold)
+        return scalar_metrics(report, per_class_f1=True)
 
     return compute

@@ -30,6 +30,9 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import SFTConfig
 
 from data_utils.prompts import FORMATS
+from lorasmith.errors import ConfigError
+from train.common.args import DataArguments, ModelArguments
+from train.common.run import disable_evaluation_without_data, require_train_data
 
 
 @dataclass
@@ -94,3 +97,23 @@ class SFTClassifyConfig(SFTConfig):
     # Set from ModelArguments by the entrypoint (one recipe key each), so not parsed here
     max_length: int | None = field(default=1024, init=False)
     trust_remote_code: bool = field(default=False, init=False)
+
+
+def resolve_sft_config(
+    data_args: DataArguments, model_args: ModelArguments, training_args: SFTClassifyConfig
+) -> None:
+    """Validate the recipe's combination and settle the fields that depend on it, in place, before any data is
+    read: the task is ``labeled``; ``max_length`` and ``trust_remote_code`` are copied from ``model_args``;
+    without ``eval_data`` there is no evaluation."""
+    if data_args.task not in (None, "labeled"):
+        raise ConfigError(
+            f"sft_classify trains on labeled data: task must be 'labeled' (or unset), got {data_args.task!r}"
+        )
+    data_args.task = "labeled"
+    require_train_data(data_args, "a labeled table with the template's columns and a label column")
+    if model_args.max_length is None or model_args.max_length < 8:
+        raise ConfigError(f"max_length must be a number of tokens >= 8, got {model_args.max_length}")
+    # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
+    training_args.max_length = model_args.max_length
+    training_args.trust_remote_code = model_args.trust_remote_code
+    disable_evaluation_without_data(training_args, bool(data_args.eval_data))

@@ -18,8 +18,22 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from data_utils.prompts import PromptSpec, answer_tokens, check_choices, encode_choices, fit_row
-from lorasmith.errors import DataError
+import data_utils
+from data_utils.prompts import (
+    PromptSpec,
+    answer_tokens,
+    build_verbalizers,
+    check_choices,
+    default_template,
+    encode_choices,
+    fit_row,
+    resolve_format,
+    template_columns,
+)
+from lorasmith.errors import ConfigError, DataError
+from train.classify.sft_config import SFTClassifyConfig
+from train.common.args import DataArguments, ModelArguments, label_answers
+from train.common.run import first_rows
 
 
 @dataclass
@@ -29,6 +43,61 @@ class SFTRows:
     dataset: Dataset  # columns input_ids, completion_mask
     shortened: int  # rows whose input columns were shortened to fit max_length
     longest: int  # tokens in the longest encoded row
+
+
+def prompt_columns(data_args: DataArguments, training_args: SFTClassifyConfig) -> tuple[list[str], str]:
+    """(text columns to load, template): from the template's placeholders, else ``text_columns``, else ``text``."""
+    if training_args.template:
+        columns = template_columns(training_args.template)
+        if data_args.text_columns and set(data_args.text_columns) != set(columns):
+            raise ConfigError(
+                f"text_columns {list(data_args.text_columns)} differ from the template's placeholders {columns}: "
+                "drop text_columns (the template names the columns) or make them agree"
+            )
+        return columns, training_args.template
+    columns = list(data_args.text_columns or ["text"])
+    return columns, default_template(columns)
+
+
+def load_labeled_splits(data_args: DataArguments, text_columns: list[str]) -> tuple[Dataset, Dataset | None]:
+    """(train, eval or None) with columns ``text_columns`` + ``label``; eval uses the training label names.
+
+    The label names come from the recipe's ``labels`` (in id order) when it gives them, else from the data.
+    """
+    options = data_args.load_options() if data_args.labels else {}
+    names = {"label_names": options["label_names"]} if "label_names" in options else {}
+    train = data_utils.load(
+        data_args.train_data, task="labeled", columns=data_args.columns, text_columns=text_columns, **names
+    )
+    evaluation = None
+    if data_args.eval_data:
+        evaluation = data_utils.load(
+            data_args.eval_data,
+            task="labeled",
+            columns=data_args.columns,
+            text_columns=text_columns,
+            label_names=train.features["label"].names,
+        )
+    return first_rows(train, data_args.max_train_samples), first_rows(evaluation, data_args.max_eval_samples)
+
+
+def prompt_spec(
+    template: str,
+    label_names: list[str],
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    training_args: SFTClassifyConfig,
+    tokenizer,
+) -> PromptSpec:
+    """How every row is rendered: the system message, ``template``, each label's answer (``labels`` as a
+    label -> answer map, else the label name) and the chat or plain format, capped at ``max_length`` tokens."""
+    return PromptSpec(
+        template=template,
+        verbalizers=build_verbalizers(label_names, label_answers(data_args.labels)),
+        system_message=training_args.system_message,
+        format=resolve_format(training_args.prompt_format, tokenizer),
+        max_length=model_args.max_length,
+    )
 
 
 def check_verbalizers(tokenizer, spec: PromptSpec, row: Mapping[str, str]) -> dict[str, list[int]]:

@@ -3,7 +3,7 @@
 Differences from ``SFTTrainer`` (everything else — collation, completion-only labels, loss, PEFT, checkpoints —
 is TRL's):
 
-- every evaluation also classifies the evaluation rows by label scoring (``eval.label_scoring``) and adds
+- every evaluation also classifies the evaluation rows by label scoring (``eval.classifiers.prompt``) and adds
   ``eval_accuracy``, ``eval_f1_macro``, ... to the metrics, so ``metric_for_best_model: f1_macro`` picks the best
   checkpoint. Rows are sharded across processes and gathered: N processes report what one process reports.
   The full report (per class, confusion matrix) of the last evaluation is kept in ``last_report``;
@@ -20,9 +20,10 @@ import torch
 from trl import SFTTrainer
 
 from data_utils.prompts import PromptSpec
-from eval.label_scoring import PromptClassifier
+from eval.classifiers.prompt import PromptClassifier
 from eval.metrics.classification import classification_metrics
 from lorasmith.errors import DataError
+from train.common.outputs import scalar_metrics
 
 
 class PromptClassificationTrainer(SFTTrainer):
@@ -94,6 +95,9 @@ class PromptClassificationTrainer(SFTTrainer):
         )
 
 
-def scalar_metrics(report: Mapping) -> dict[str, float]:
-    """The numbers of a ``classification_metrics`` report that fit a log line (no per-class table or matrix)."""
-    return {key: value for key, value in report.items() if isinstance(value, (int, float))}
+def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], gold: list[int]) -> dict:
+    """Free-generation comparison: accuracy counting unmapped answers as wrong, and their share."""
+    answers = trainer.classifier().generate_labels(rows, trainer.args.per_device_eval_batch_size)
+    names = trainer.prompt_spec.label_names
+    correct = sum(answer == names[label] for answer, label in zip(answers, gold, strict=True))
+    return {"accuracy": correct / len(rows), "unmapped_rate": sum(a is None for a in answers) / len(rows)}

@@ -83,6 +83,12 @@ def label_names(labels: dict | list | str) -> list[str]:
     return [str(name) for name in labels]
 
 
+def label_answers(labels: dict | list | str | None) -> dict | None:
+    """The prompt classifier's label -> answer text map when the recipe's ``labels`` is one, else None (a list
+    or string of label names leaves every answer equal to its label name)."""
+    return labels if isinstance(labels, dict) else None
+
+
 @dataclass
 class ModelArguments(ModelConfig):
     """TRL's ``ModelConfig`` plus lorasmith's model options.

@@ -68,7 +68,7 @@ def gathered_state_dict(trainer, prefix: str = "") -> dict[str, torch.Tensor] | 
 
     Call on EVERY process: the shards are gathered layer by layer onto the main process (accelerate's
     ``get_state_dict``; ``zero3_save_16bit_model: true`` is checked at start-up by
-    ``runtime.check_full_model_export``). Keys starting with ``prefix`` are kept, without it (e.g. ``"encoder."``
+    ``launch.check_full_model_export``). Keys starting with ``prefix`` are kept, without it (e.g. ``"encoder."``
     for the transformer inside an embedding model); other processes get an empty dict.
     """
     if not is_deepspeed_zero3_enabled():

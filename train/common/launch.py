@@ -1,6 +1,8 @@
-"""Start-up checks shared by every entrypoint: the world size we were launched with and the precision.
+"""Launch checks shared by every entrypoint: world size, precision, the global batch, and what the
+distribution (DDP / FSDP / ZeRO) can shard and export.
 
-Both are checked before any model is loaded so that a bad launch or a bad combination costs seconds.
+All run before any model is loaded (``check_launch``) so that a bad launch or a bad combination costs seconds;
+the one check that needs the model runs as a Trainer callback (``CheckTrainableInputs``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def check_checkpointing_inputs(model, training_args) -> None:
 
 
 class CheckTrainableInputs(TrainerCallback):
-    """Run ``check_checkpointing_inputs`` on the model the Trainer is about to train (``resume.stop_callbacks``)."""
+    """Run ``check_checkpointing_inputs`` on the model the Trainer is about to train (one of ``run.lifecycle_callbacks``)."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:

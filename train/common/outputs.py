@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -108,6 +109,20 @@ def write_model_card(
         "",
     ]
     write_atomic(Path(output_dir) / MODEL_CARD_NAME, "\n".join(lines))
+
+
+def scalar_metrics(report: dict, names: Sequence[str] | None = None, *, per_class_f1: bool = False) -> dict:
+    """The numbers of an evaluation report that fit a log line or a metrics-table column.
+
+    ``report``'s int/float entries (only ``names``, in that order, when given; nested tables such as
+    ``per_class`` or ``confusion_matrix`` are left out), plus with ``per_class_f1`` each class's F1 from
+    ``report["per_class"]`` as ``class_f1/<label>``.
+    """
+    keys = report if names is None else [name for name in names if name in report]
+    scalars = {key: report[key] for key in keys if isinstance(report[key], (int, float))}
+    if per_class_f1:
+        scalars.update({f"class_f1/{name}": row["f1"] for name, row in report["per_class"].items()})
+    return scalars
 
 
 def metrics_table(metrics: dict) -> str:

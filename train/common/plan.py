@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from accelerate import PartialState
 
-from train.common import runtime
+from train.common import launch
 
 
 def print_plan(title: str, plan: dict) -> None:
@@ -29,7 +29,7 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
     per_device = training_args.per_device_train_batch_size
     accumulation = training_args.gradient_accumulation_steps
     plan = {
-        "world size": f"{world_size} ({runtime.distribution(training_args)}, {training_args.device.type})",
+        "world size": f"{world_size} ({launch.distribution(training_args)}, {training_args.device.type})",
         "per-device batch": per_device,
         "gradient accumulation": accumulation,
         "global batch": per_device * accumulation * world_size,

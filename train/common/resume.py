@@ -1,13 +1,8 @@
 """Auto-resume: re-running the same command continues the run in ``output_dir`` from its last complete checkpoint.
 
-Entrypoints use exactly this sequence (every rank calls every function)::
-
-    trainer = Trainer(..., callbacks=stop_callbacks())
-    recipe = outputs.recipe_dict(data_args, model_args, run_args, training_args)
-    resume_from = prepare_output_dir(training_args, run_args, recipe)   # checks, then writes recipe.yaml
-    trainer.train(resume_from_checkpoint=resume_from)
-    if stopped_by_signal(trainer):
-        return  # a checkpoint was saved; the same command resumes from it
+Entrypoints reach it through ``train.common.run`` (every rank calls every function): the Trainer gets
+``run.lifecycle_callbacks()`` (which include ``MarkCompleteCheckpoints``), then ``run.prepare_output_dir``
+calls :func:`prepare_output_dir` here (checks, then writes recipe.yaml) and ``run.train`` resumes from its answer.
 
 Invariants:
 - A checkpoint counts only once ``lorasmith_checkpoint.json`` is in it. ``MarkCompleteCheckpoints`` writes that
@@ -38,8 +33,6 @@ from transformers import TrainerCallback
 
 from lorasmith.errors import ConfigError
 from train.common import outputs
-from train.common.runtime import CheckTrainableInputs
-from train.common.signals import StopOnSignal
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +54,6 @@ RESTART_KEYS = frozenset(
 BATCH_SPLIT_KEYS = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps"})
 # What a lorasmith run writes at the top of output_dir (besides checkpoint-*), moved away by overwrite_output_dir.
 RUN_ARTIFACTS = ("recipe.yaml", "metrics.json", "lorasmith.json", "README.md", "adapter", "merged", "runs")
-
-
-def stop_callbacks() -> list[TrainerCallback]:
-    """The run-lifecycle callbacks every entrypoint passes to its Trainer.
-
-    Graceful stop on SIGTERM/SIGUSR1, completion markers on checkpoints, and the model-level start-up check
-    (reentrant activation checkpointing on a LoRA model without input grads is refused).
-    """
-    return [StopOnSignal(), MarkCompleteCheckpoints(), CheckTrainableInputs()]
-
-
-def stopped_by_signal(trainer) -> bool:
-    """True when training ended early because of SIGTERM / SIGUSR1 (a complete checkpoint was saved)."""
-    return any(isinstance(cb, StopOnSignal) and cb.stopped for cb in trainer.callback_handler.callbacks)
 
 
 def comparable_recipe(recipe: dict) -> dict:
@@ -139,13 +118,6 @@ def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
     return sorted(found)
-
-
-def last_complete_checkpoint(output_dir: str | Path, recipe: dict) -> str | None:
-    """The newest checkpoint of this recipe that was completely written, or None."""
-    fingerprint = recipe_fingerprint(recipe)
-    complete = [p for _, p in checkpoints(output_dir) if (read_marker(p) or {}).get("fingerprint") == fingerprint]
-    return str(complete[-1]) if complete else None
 
 
 def prepare_output_dir(training_args, run_args, recipe: dict) -> str | None:
