@@ -8,6 +8,11 @@ batch 16, max length 128, seed 42, fp32 on CPU, loss temperature 0.05 (= scale 2
 STS-B release read by ``eval.sts`` (Spearman x 100 of cosines; zero-shot must be 82.03). pairs/s = training
 pairs x epochs / the trainer's ``train_runtime`` (optimizer steps included, evaluation excluded).
 sentence-transformers is a benchmark-only dependency. Exits 0 with a note when the data folder is absent.
+
+Dependencies are checked FIRST (``lorasmith.integrations``: LoRA through peft for ours, sentence-transformers'
+``add_adapter`` on the packaged MiniLM and its trainer for theirs): a trainer that cannot run is reported with the
+reason (e.g. the incompatible transformers + peft pair) before anything trains, the other one still runs, and the
+exit code is 1. ``--check-deps`` runs only these checks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from eval.encoder import Embedder  # noqa: E402
 from eval.report import format_table  # noqa: E402
 from eval.sts import evaluate_sts, load_sts_data  # noqa: E402
+from lorasmith import integrations  # noqa: E402
 from lorasmith.embedded_models import embedded_model_files  # noqa: E402
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["query", "key", "value", "dense"]}
@@ -88,6 +94,27 @@ def train_sentence_transformers(loss: str, train_dataset, output_dir: Path, epoc
     return model, trainer.train().metrics
 
 
+def sentence_transformers_trainer_ready() -> None:
+    """What ``train_sentence_transformers`` needs: the packaged MiniLM loads in sentence-transformers and takes
+    this LoRA through ``add_adapter``; the trainer and both losses import."""
+    integrations.check_sentence_transformers(embedded_model_files("minilm")[0], lora=LORA["target_modules"])
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: F401
+    from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss  # noqa: F401
+
+
+OURS, THEIRS = "train.embed", "sentence-transformers"
+
+
+def check_dependencies() -> dict[str, str | None]:
+    """Per trainer of the table: None when it can run, else why not (printed)."""
+    return integrations.check_comparisons(
+        {
+            OURS: [integrations.check_peft_model, integrations.check_trainer],
+            THEIRS: [sentence_transformers_trainer_ready],
+        }
+    )
+
+
 def spearman_of(model_or_folder, test_file: str) -> float:
     """STS-B test Spearman x 100 through eval.sts (an output folder, or an in-memory SentenceTransformer)."""
     if isinstance(model_or_folder, (str, Path)):
@@ -117,12 +144,23 @@ def main() -> int:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="where runs are written (default: a temp dir)"
     )
+    parser.add_argument(
+        "--check-deps",
+        action="store_true",
+        help="only check that both trainers can run (seconds); exit 1 if not",
+    )
     args = parser.parse_args()
+    if args.check_deps:
+        return 0 if not any(check_dependencies().values()) else 1
     stsb = args.data_root / "stsb" / "raw"
     if not (stsb / "sts-train.csv").is_file():
         print(f"note: {stsb} not found; nothing to benchmark")
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # before anything trains: a trainer that cannot run is named now, with why
+    problems = check_dependencies()
+    if all(problems.values()):
+        return 1
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="embed-stsb-"))
     work.mkdir(parents=True, exist_ok=True)
     train = load_sts_data(str(stsb / "sts-train.csv"))
@@ -135,18 +173,23 @@ def main() -> int:
     zero_shot = spearman_of("minilm", test_file)
     rows = []
     for loss in args.losses:
-        ours = train_ours(loss, train_file, work / f"ours-{loss}", args.epochs)
-        rows.append(["train.embed", loss, zero_shot, spearman_of(work / f"ours-{loss}", test_file),
-                     pairs / ours["train_runtime"]])  # fmt: skip
-        st_model, st_metrics = train_sentence_transformers(loss, train, work / f"st-{loss}", args.epochs)
-        rows.append(["sentence-transformers", loss, zero_shot, spearman_of(st_model, test_file),
-                     pairs / st_metrics["train_runtime"]])  # fmt: skip
+        if not problems[OURS]:
+            ours = train_ours(loss, train_file, work / f"ours-{loss}", args.epochs)
+            rows.append([OURS, loss, zero_shot, spearman_of(work / f"ours-{loss}", test_file),
+                         pairs / ours["train_runtime"]])  # fmt: skip
+        if not problems[THEIRS]:
+            st_model, st_metrics = train_sentence_transformers(loss, train, work / f"st-{loss}", args.epochs)
+            rows.append([THEIRS, loss, zero_shot, spearman_of(st_model, test_file),
+                         pairs / st_metrics["train_runtime"]])  # fmt: skip
         print(
             format_table(["trainer", "loss", "spearman before", "spearman after", "train pairs/s"], rows),
             flush=True,
         )
     print(f"\nSTS-B: {len(train)} train pairs x {args.epochs:g} epoch(s), test 1,379 pairs; runs in {work}")
-    return 0
+    for trainer, problem in problems.items():
+        if problem:
+            print(f"NOT RUN: {trainer}: {problem}")
+    return 1 if any(problems.values()) else 0
 
 
 if __name__ == "__main__":

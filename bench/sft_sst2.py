@@ -13,6 +13,10 @@ token sequences (the encoding is identical, see tests/test_prompts.py) and seed.
 two; steps are timed in CPU time of the process (robust to other jobs on a shared machine); the table reports
 median step times and their ratio.
 
+Dependencies are checked FIRST (``lorasmith.integrations``: TRL's SFTTrainer and SFTConfig, peft, the GGUF
+loader): a part that cannot run is reported with the reason (the incompatible pair) before anything trains,
+the rest still runs, and the exit code is 1. ``--check-deps`` runs only these checks.
+
 Data: ``../shared/data/sst2`` (train.tsv ``label<TAB>sentence``, dev.tsv ``label<TAB>content``); the sampled rows
 are written to a temporary folder, never into the repository.
 """
@@ -34,6 +38,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import TrainerCallback  # noqa: E402
+
+from lorasmith import integrations  # noqa: E402
 
 SYSTEM = "You are a sentiment classifier for movie reviews. Answer with one word: positive or negative."
 TEMPLATE = "Review: {text}\nIs this review positive or negative?"
@@ -212,6 +218,16 @@ def overhead(train: Path, args) -> dict:
     }
 
 
+OURS, THEIRS = "sft_classify (part 1, and part 2's first row)", "plain trl.SFTTrainer (part 2's second row)"
+
+
+def check_dependencies() -> dict[str, str | None]:
+    """Per trainer: None when it can run, else why not (printed). Both load SmolLM2 from its GGUF file and add
+    LoRA with peft; ours subclasses TRL's SFTTrainer, theirs is it."""
+    needs = [integrations.check_trl_sft, integrations.check_peft_model, integrations.check_gguf]
+    return integrations.check_comparisons({OURS: needs, THEIRS: needs})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,7 +240,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (overhead)")
     parser.add_argument("--skip-sft", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--check-deps",
+        action="store_true",
+        help="only check that both trainers can run (seconds); exit 1 if not",
+    )
     args = parser.parse_args()
+    if args.check_deps:
+        sys.exit(1 if any(check_dependencies().values()) else 0)
 
     data_dir = Path(args.data_dir)
     if not (data_dir / "train.tsv").is_file():
@@ -232,6 +255,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="sft_sst2_"))
     train = write_split(data_dir / "train.tsv", "sentence", args.train_rows, 0, folder / "train.csv")
     dev = write_split(data_dir / "dev.tsv", "content", args.eval_rows, None, folder / "dev.csv")
+    # before anything trains: a part that cannot run is named now, with why
+    problems = check_dependencies()
+    skipped = [f"{name}: {problem}" for name, problem in problems.items() if problem]
+    if problems[OURS]:
+        args.skip_sft = True
+    if any(problems.values()):
+        args.skip_overhead = True  # the overhead ratio needs both trainers
 
     if not args.skip_sft:
         metrics = run_sft(folder, train, dev, args)
@@ -260,6 +290,10 @@ def main() -> None:
         print(
             f"overhead ratio sft_classify / plain TRL: {ours['median_s'] / plain['median_s']:.3f} (target <= 1.02)"
         )
+    for line in skipped:
+        print(f"NOT RUN: {line}")
+    if skipped:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
