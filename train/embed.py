@@ -13,7 +13,8 @@
 
 Tasks (``task:``): ``simcse_unsup`` (sentences; two dropout views), ``pairs``, ``triplets`` (hard negatives),
 ``scored_pairs`` (STS: cosent / angle / cosine_mse / ibn), ``tags`` (text -> tags, multi-positive).
-Losses and their options: ``train/contrastive/objective.py``. Every key: ``python -m train.embed --help``.
+Task records: ``train/contrastive/tasks.py``; losses and their options: ``train/contrastive/loss_spec.py``.
+Every key: ``python -m train.embed --help``.
 Output folder: ``adapter/``, ``merged/`` (transformers + sentence-transformers), ``metrics.json``,
 ``lorasmith.json``, ``README.md``, ``recipe.yaml``, ``checkpoint-*/``.
 """
@@ -26,17 +27,17 @@ import sys
 from transformers import set_seed
 
 import data_utils
-from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common import cli, launch, outputs, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
 from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.config import TASK_DATA_SCHEMA, EmbedConfig, resolve_task_defaults
+from train.contrastive.config import EmbedConfig, resolve_task_defaults
 from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
+from train.contrastive.loss_spec import build_objective
 from train.contrastive.model import build_embedding_model
-from train.contrastive.objective import ContrastiveObjective
+from train.contrastive.tasks import EMBED_TASKS, embed_task
 from train.contrastive.trainer import ContrastiveTrainer
 
 
@@ -52,37 +53,20 @@ def load_datasets(data_args: DataArguments, config: EmbedConfig):
         options = dataclasses.replace(data_args, task=schema).load_options()
         return run.first_rows(data_utils.load(source, task=schema, columns=data_args.columns, **options), limit)
 
-    train = load(data_args.train_data, TASK_DATA_SCHEMA[data_args.task], data_args.max_train_samples)
+    train = load(data_args.train_data, EMBED_TASKS[data_args.task].schema, data_args.max_train_samples)
     evaluation = None
     if data_args.eval_data:
         evaluation = load(data_args.eval_data, config.eval_task, data_args.max_eval_samples)
     return train, evaluation
 
 
-def negatives_per_anchor(task: str, train_ds, global_anchors: int) -> str:
-    """How many in-batch negatives each anchor sees per micro-step, with candidates gathered across processes.
-
-    Gradient accumulation does not add negatives: each micro-step's loss only sees its own global batch.
-    """
-    if task == "triplets":
-        hard = len(train_ds[0]["negatives"])
-        return f"{global_anchors * (1 + hard) - 1} ({global_anchors} anchors x (1 positive + {hard} hard negatives), minus its positive)"
-    if task == "tags":
-        distinct = len({tag for tags in train_ds["tags"] for tag in tags})
-        return f"the distinct tags of {global_anchors} texts minus the text's own (at most {distinct - 1}; duplicates masked)"
-    if task == "scored_pairs":
-        return f"{global_anchors - 1} for in-batch losses; CoSENT/AnglE rank all {global_anchors} pairs against each other"
-    return f"{global_anchors - 1} at most ({global_anchors} anchors per global batch; duplicates of the positive masked, a repeated text counts once)"
-
-
 def main(argv=None):
     args = cli.parse_recipe(make_parser(), argv)
     data_args, model_args, run_args, config = args
     world_size = launch.check_launch(config, run_args, model_args)
-    if data_args.task not in TASK_DATA_SCHEMA:
-        raise ConfigError(f"task must be one of {', '.join(TASK_DATA_SCHEMA)}; got {data_args.task!r}")
-    resolve_task_defaults(config, data_args.task, has_eval_data=bool(data_args.eval_data))
-    objective = ContrastiveObjective.from_config(data_args.task, config.loss, temperature=config.temperature)
+    task = embed_task(data_args.task)
+    resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
+    objective = build_objective(task, config.loss, temperature=config.temperature)
     train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
 
     tokenizer = load_tokenizer(model_args)
@@ -97,7 +81,7 @@ def main(argv=None):
         return None
 
     collator = ContrastiveCollator(
-        tokenizer, data_args.task, model_args.max_length, config.query_prefix, config.document_prefix
+        tokenizer, task, model_args.max_length, config.query_prefix, config.document_prefix
     )
     trainer = ContrastiveTrainer(
         model=model,
@@ -108,7 +92,7 @@ def main(argv=None):
         processing_class=tokenizer,
         callbacks=run.lifecycle_callbacks(),
         objective=objective,
-        task=data_args.task,
+        task=task,
         lora_only=bool(model_args.use_peft or model_args.adapter_path) and not model_args.full_finetune,
     )
     recipe, resume_from = run.prepare_output_dir(args)
@@ -136,7 +120,7 @@ def _plan(data_args, model_args, config, objective, train_ds, eval_ds, world_siz
         "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
         "model": model_args.model_name_or_path,
         "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
-        "negatives per anchor": negatives_per_anchor(data_args.task, train_ds, global_anchors),
+        "negatives per anchor": EMBED_TASKS[data_args.task].describe_negatives(train_ds, global_anchors),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,
