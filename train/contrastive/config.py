@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import yaml
 from transformers import TrainingArguments
-from transformers.trainer_utils import IntervalStrategy
 
 from eval.pooling import POOLING_MODES
 from lorasmith.errors import ConfigError
+from train.common.run import disable_evaluation_without_data
 from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
 
 SYMMETRIC = ", ".join(name for name, task in EMBED_TASKS.items() if task.symmetric)
@@ -156,9 +156,8 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
       evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better.
     """
     config.eval_task = config.eval_task or task.eval_task
+    disable_evaluation_without_data(config, has_eval_data)
     if not has_eval_data:
-        config.eval_strategy = IntervalStrategy.NO
-        config.load_best_model_at_end = False
         config.eval_before_training = False
         return
     if config.metric_for_best_model in (None, "loss", "eval_loss"):

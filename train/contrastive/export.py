@@ -18,8 +18,8 @@ from transformers import AutoModel
 from eval.artifacts import write_manifest, write_sentence_transformers_files
 from train.common.args import ModelArguments
 from train.common.export import MERGED_DIR, export_trained_model
-from train.common.modeling import resolve_model_source
-from train.common.outputs import lorasmith_version, write_model_card
+from train.common.outputs import write_model_card
+from train.common.run import manifest_fields
 from train.contrastive.model import EmbeddingModel
 from train.contrastive.trainer import ENCODER_PREFIX
 
@@ -76,15 +76,7 @@ def embedding_settings(trainer) -> dict:
 
 def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
     """``lorasmith.json`` of kind ``embedding`` (how ``eval.encoder.Embedder.load`` rebuilds the model)."""
-    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
-    manifest = {
-        "lorasmith_version": lorasmith_version(),
-        "kind": "embedding",
-        "base_model": source.path,
-        "gguf_file": source.gguf_file,
-        **saved,
-        "embedding": embedding_settings(trainer),
-    }
+    manifest = {**manifest_fields("embedding", model_args, saved), "embedding": embedding_settings(trainer)}
     return write_manifest(trainer.args.output_dir, manifest)
 
 
