@@ -5,8 +5,9 @@
         --tokenizer sentence-transformers/all-MiniLM-L6-v2 --max-length 128
     python -m data_utils.check --task labeled --data nli.csv --text_columns premise,hypothesis
 
-Any other ``--key value`` is passed to ``data_utils.load`` as an option (``--header false``,
-``--quoting none``, ``--label_names neg,pos``, ``--multi_label`` ...). Prints rows, columns, duplicate
+The reader flags (``--sep tab``, ``--header false``, ``--quoting none``, ``--encoding utf-16``, ``--format tsv``
+...) are ``data_utils.options.ReadOptions``; any other ``--key value`` is passed to ``data_utils.load`` as a
+task option (``--label_names neg,pos``, ``--multi_label`` ...). Prints rows, columns, duplicate
 counts and a task summary (label distribution, tags per row, score histogram); with ``--tokenizer``,
 token lengths per text column and how many rows exceed ``--max-length``. Exit status: 0 when the
 data is valid, 2 on a data or configuration error (message on stderr, no traceback).
@@ -23,6 +24,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset
 
 from data_utils.loader import load
+from data_utils.options import add_read_arguments, read_options_from
 from data_utils.readers import column_values
 from data_utils.schemas import SCHEMAS
 from data_utils.tokenizer_inputs import model_max_length
@@ -39,8 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m data_utils.check",
         allow_abbrev=False,
         description="Validate a data file for a lorasmith task and print a summary.",
-        epilog="Any other --key value is passed to data_utils.load as an option "
-        "(e.g. --score_range 0,5 --text_columns a,b --header false --quoting none).",
+        epilog="Any other --key value is passed to data_utils.load as a task option "
+        "(e.g. --score_range 0,5 --text_columns a,b --multi_label).",
     )
     parser.add_argument(
         "--task", choices=SCHEMAS, default=None, help="task schema to validate (default: only read)"
@@ -54,6 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="count rows longer than this (default: the tokenizer's limit)",
     )
+    add_read_arguments(parser)
     return parser
 
 
@@ -238,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace, extra: list[str]) -> None:
-    dataset = load(args.data, task=args.task, columns=args.columns, **parse_load_options(extra))
+    options = {**read_options_from(args), **parse_load_options(extra)}
+    dataset = load(args.data, task=args.task, columns=args.columns, **options)
     lines = [
         f"data: {args.data}",
         f"task: {args.task or '(none: read only)'}",

@@ -1,4 +1,10 @@
-"""Coerce ``load`` options given as Python values, YAML values or command-line strings.
+"""The reader options (one definition for ``load``, recipes and every CLI) and their coercion.
+
+``ReadOptions`` declares how a file is read: ``sep``, ``quoting``, ``header``, ``encoding``, ``format``,
+``sheet``, ``split``, ``field``. ``load(**options)`` accepts exactly these names (``READ_OPTIONS``),
+recipes get them as fields (``train.common.args.DataArguments`` extends ``ReadOptions``) and CLIs as
+flags (``add_read_arguments``: ``--sep``, ``--header`` ...), so every option an error message advises
+(``sep='\\t'``, ``encoding='utf-16'``, ``format=...``) exists under that name everywhere.
 
 ``load(..., score_range="0,5", text_columns="a,b", multi_label="true")`` must mean the same as the
 typed form, so that recipes, ``python -m data_utils.check --score_range 0,5`` and Python callers
@@ -7,10 +13,99 @@ share one spelling. Every coercion raises ``ConfigError`` naming the option.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
 
 from lorasmith.errors import ConfigError
+
+# What a ``sep`` may be written as where a literal tab is awkward (YAML single quotes, a shell).
+SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+
+
+@dataclasses.dataclass
+class ReadOptions:
+    """How a data file is read; ``None`` means the format's default. Field helps are the documentation."""
+
+    format: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "File format, overriding the extension: csv, tsv, json, jsonl, parquet, xlsx, txt, pkl, or stsb "
+            "(the STS Benchmark release layout; detected by itself for scored pairs)."
+        },
+    )
+    sep: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "csv/tsv field delimiter (default ',' for .csv, tab for .tsv); also written tab, '\\t', comma, "
+            "semicolon, pipe. Given for a .txt file, the file is read as delimited with a header row."
+        },
+    )
+    quoting: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "csv/tsv quotes: 'minimal' (default) or 'none' (quote characters are text)."},
+    )
+    header: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "csv/tsv/xlsx: the first row names the columns (default true); false/none: columns are named by "
+            "position '0', '1', ... (map them with columns: {anchor: 0, positive: 1}). txt: true skips line 1 "
+            "(default false: every line is a sentence)."
+        },
+    )
+    encoding: str | None = dataclasses.field(
+        default=None, metadata={"help": "Text encoding, e.g. utf-16, latin-1 (default utf-8; a byte-order mark is ignored)."}
+    )
+    sheet: str | None = dataclasses.field(
+        default=None, metadata={"help": "xlsx sheet name or 0-based index (default the first sheet)."}
+    )
+    split: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Split of a saved DatasetDict or hub dataset (default: the only split, else 'train')."},
+    )
+    field: str | None = dataclasses.field(
+        default=None, metadata={"help": "Key of a .json object that holds the list of records."}
+    )
+
+    def read_options(self) -> dict[str, str]:
+        """The options that were given (not ``None``), as ``load`` keyword arguments."""
+        return {
+            option.name: getattr(self, option.name)
+            for option in dataclasses.fields(ReadOptions)
+            if getattr(self, option.name) is not None
+        }
+
+
+READ_OPTIONS: dict[str, str] = {option.name: option.metadata["help"] for option in dataclasses.fields(ReadOptions)}
+
+
+def add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sep``, ``--quoting``, ``--header`` ... (one flag per ``ReadOptions`` field, same help)."""
+    group = parser.add_argument_group("reading the data file")
+    for name, help_ in READ_OPTIONS.items():
+        group.add_argument(f"--{name}", dest=name, default=None, help=help_)
+
+
+def read_options_from(args: argparse.Namespace) -> dict[str, str]:
+    """The reader options given on a command line built with ``add_read_arguments``."""
+    return {name: getattr(args, name) for name in READ_OPTIONS if getattr(args, name, None) is not None}
+
+
+def as_separator(value) -> str:
+    """One delimiter character: a literal, or one of ``SEPARATOR_NAMES`` (``tab``, ``'\\t'`` as typed ...)."""
+    text = str(value)
+    text = SEPARATOR_NAMES.get(text.strip().lower(), text)
+    if len(text) != 1:
+        raise ConfigError(
+            f"option 'sep' must be one character (or one of {', '.join(SEPARATOR_NAMES)}), got {value!r}"
+        )
+    return text
+
+
+def as_header(value) -> bool:
+    """``header``: true/false as ``as_bool``, and ``none`` meaning false (no header row)."""
+    return False if str(value).strip().lower() == "none" else as_bool("header", value)
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}

@@ -6,30 +6,42 @@ a hub dataset id (only when ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` is unse
 in-memory ``Dataset`` / ``DatasetDict``.
 
 Invariants of what comes back:
-- csv, tsv, txt and xlsx columns are strings: nothing is turned into NaN or a number ("NA",
+- csv, tsv, txt, stsb and xlsx columns are strings: nothing is turned into NaN or a number ("NA",
   "null", "1.0" stay text). Types are the task schema's business (``data_utils.schemas``).
 - json/jsonl/parquet/pkl columns keep their own types; a column mixing scalar types is read as
   strings, one mixing scalars with lists or objects is an error.
 - The user's files are only read (never written, no cache files beside them).
 - ``ReadResult.locate(i)`` turns a 0-based record index into the file and 1-based row a person
   finds in an editor: the data row for csv/tsv/xlsx (header not counted), the line for txt/jsonl.
+- txt is one sentence per line in column ``text``; ``header=true`` skips line 1, and a ``sep`` reads
+  the .txt as delimited (with a header row unless ``header=false``). A line 1 that looks like a column
+  name is logged as a warning.
+- ``format='stsb'`` (the STS Benchmark release: tab-separated, no header, quotes are text) names the
+  columns genre, filename, year, id, score, sentence1, sentence2 (further fields keep their position
+  names '7', '8', ...); ``is_stsb_release_file`` detects that layout.
 
 csv/tsv use the standard library ``csv`` module rather than ``pandas.read_csv``: with
 ``keep_default_na=False`` pandas pads a short row with "" and the row would pass unnoticed.
+csv, tsv, txt and stsb files are streamed (decompressed and decoded incrementally, turned into
+Arrow every ``_BATCH_ROWS`` records), so memory holds the Arrow table plus one batch, never the
+file's text or a Python object per cell. A decoding error re-reads the file whole to name its byte
+offset and line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import glob
 import gzip
 import io
 import json
+import logging
 import os
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,19 +49,10 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.table import InMemoryTable
 
-from data_utils.options import as_bool, reject_unknown
+from data_utils.options import READ_OPTIONS, as_header, as_separator, reject_unknown
 from lorasmith.errors import DataError
 
-READ_OPTIONS = {
-    "format": "override the extension: csv, tsv, json, jsonl, parquet, xlsx, txt or pkl",
-    "header": "csv/tsv/xlsx first row is the header (default true); false names columns '0', '1', ...",
-    "quoting": "csv/tsv quotes: 'minimal' (default) or 'none' (quote characters are text)",
-    "sep": "csv/tsv field delimiter (default ',' for .csv, tab for .tsv)",
-    "encoding": "text encoding (default utf-8; a byte-order mark is ignored)",
-    "sheet": "xlsx sheet name or 0-based index (default the first sheet)",
-    "split": "split of a saved DatasetDict or hub dataset (default: the only split, else 'train')",
-    "field": "key of a .json object that holds the list of records",
-}
+logger = logging.getLogger(__name__)
 
 EXTENSIONS = {
     ".csv": "csv",
@@ -63,8 +66,13 @@ EXTENSIONS = {
     ".pkl": "pkl",
     ".pickle": "pkl",
 }
-FORMATS = tuple(dict.fromkeys(EXTENSIONS.values()))
-_TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "txt")
+FORMATS = (*dict.fromkeys(EXTENSIONS.values()), "stsb")
+STSB_COLUMNS = ("genre", "filename", "year", "id", "score", "sentence1", "sentence2")
+_TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "txt", "stsb")
+_STREAMED_FORMATS = ("csv", "tsv", "txt", "stsb")
+_BATCH_ROWS = 65_536
+_HEAD_BYTES = 65_536
+_HEADER_WORDS = {"text", "texts", "sentence", "sentences", "query", "anchor", "positive", "document", "passage"}
 _BINARY_MAGICS = (b"PAR1", b"PK\x03\x04", b"\xd0\xcf\x11\xe0", b"\x80", b"\x1f\x8b")
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -272,28 +280,114 @@ def _read_glob(pattern: str, options: dict) -> ReadResult:
 
 def _read_file(path: Path, name: str, options: dict) -> ReadResult:
     fmt = file_format(path, options.get("format"))
-    raw = path.read_bytes()
-    if path.name.lower().endswith(".gz"):
-        if raw[:2] != b"\x1f\x8b":
-            raise DataError(
-                f"is named .gz but is not gzip-compressed (it looks like {_sniff(raw)})", source=name
-            )
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise DataError(f"is a damaged gzip file: {error}", source=name) from error
-    if not raw.strip():
-        raise DataError("the file is empty", source=name)
+    if fmt == "txt" and "sep" in options:
+        fmt = "csv"  # a delimited .txt, as several dataset releases ship
+    if fmt in _STREAMED_FORMATS:
+        head = _head(path, name)
+        if not head.strip() and _is_blank(path, name):
+            raise DataError("the file is empty", source=name)
+        content = head
+    else:
+        content = _raw(path, name)
+        if not content.strip():
+            raise DataError("the file is empty", source=name)
     default_encoding = str(options.get("encoding", "utf-8")).lower().replace("_", "-") in ("utf-8", "utf8")
     if fmt in _TEXT_FORMATS and (
-        raw.startswith(_BINARY_MAGICS) or (default_encoding and b"\x00" in raw[:4096])
+        content.startswith(_BINARY_MAGICS) or (default_encoding and b"\x00" in content[:4096])
     ):
-        raise _content_mismatch(raw, name, fmt)
-    table, row_numbers = _READERS[fmt](raw, name, options)
+        raise _content_mismatch(content, name, fmt)
+    if fmt in _STREAMED_FORMATS:
+        if fmt != "txt" and _sniff(head) == "JSON":
+            raise _content_mismatch(head, name, fmt)
+        table, row_numbers = _read_streamed(fmt, path, head, name, options)
+    else:
+        table, row_numbers = _READERS[fmt](content, name, options)
     if table.num_rows == 0:
         raise DataError("has no data rows", source=name)
     dataset = Dataset(InMemoryTable(table))
     return ReadResult(dataset, name, (FileRows(name, table.num_rows, row_numbers),))
+
+
+def _is_gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _raw(path: Path, name: str) -> bytes:
+    """The whole (decompressed) content of ``path``."""
+    raw = path.read_bytes()
+    if _is_gz(path):
+        _check_gzip_magic(raw, name)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+    return raw
+
+
+def _check_gzip_magic(raw: bytes, name: str) -> None:
+    if raw[:2] != b"\x1f\x8b":
+        raise DataError(f"is named .gz but is not gzip-compressed (it looks like {_sniff(raw)})", source=name)
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if _is_gz(path) else path.open("rb")
+
+
+def _head(path: Path, name: str) -> bytes:
+    """The first ``_HEAD_BYTES`` of the (decompressed) content, for sniffing and the first line."""
+    if _is_gz(path):
+        with path.open("rb") as stream:
+            _check_gzip_magic(stream.read(_HEAD_BYTES), name)
+    try:
+        with _open_binary(path) as stream:
+            return stream.read(_HEAD_BYTES)
+    except (OSError, EOFError) as error:
+        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+
+
+def _is_blank(path: Path, name: str) -> bool:
+    """The whole content is whitespace (read in chunks)."""
+    try:
+        with _open_binary(path) as stream:
+            return all(not chunk.strip() for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except (OSError, EOFError) as error:
+        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+
+
+def _text_encoding(options: dict) -> str:
+    encoding = str(options.get("encoding", "utf-8"))
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+def _decode_head(head: bytes, path: Path, name: str, options: dict) -> str:
+    """``head`` decoded (a character cut at its end is left out); a decoding error is reported as ``_decode``
+    reports it for the whole file."""
+    try:
+        decoder = codecs.getincrementaldecoder(_text_encoding(options))()
+    except LookupError as error:
+        raise DataError(f"unknown encoding '{options.get('encoding')}'", source=name) from error
+    try:
+        return decoder.decode(head, final=False)
+    except UnicodeDecodeError:
+        _decode(_raw(path, name), name, options)
+        raise
+
+
+def _read_streamed(fmt: str, path: Path, head: bytes, name: str, options: dict):
+    """Run the reader of ``fmt`` over the decoded lines of ``path``; a decoding or gzip error becomes the
+    ``DataError`` that names where it is."""
+    reader, newline = _STREAM_READERS[fmt]
+    first_line = _decode_head(head, path, name, options).lstrip("\r\n").split("\n", 1)[0]
+    try:
+        with io.TextIOWrapper(_open_binary(path), encoding=_text_encoding(options), newline=newline) as lines:
+            return reader(lines, first_line, name, options)
+    except UnicodeDecodeError:
+        _decode(_raw(path, name), name, options)
+        raise
+    except (OSError, EOFError) as error:
+        if not _is_gz(path):
+            raise
+        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
 
 
 def _sniff(raw: bytes) -> str:
@@ -351,14 +445,18 @@ def _decode(raw: bytes, name: str, options: dict) -> str:
     return text
 
 
+def _string_columns(width: int, records: Sequence[Sequence[str]]) -> list[pa.Array]:
+    """``width`` string arrays from row-major records; short records are padded with null."""
+    if all(len(record) == width for record in records):
+        columns = zip(*records, strict=True)
+    else:
+        columns = ([record[j] if j < len(record) else None for record in records] for j in range(width))
+    return [pa.array(column, type=pa.string()) for column in columns]
+
+
 def _string_table(columns: Sequence[str], records: Sequence[Sequence[str]]) -> pa.Table:
     """Column-major string table from row-major records; short records are padded with null."""
-    return pa.table(
-        {
-            column: pa.array([record[j] if j < len(record) else None for record in records], type=pa.string())
-            for j, column in enumerate(columns)
-        }
-    )
+    return pa.table(dict(zip(columns, _string_columns(len(columns), records), strict=True)))
 
 
 def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int] | None) -> pa.Table:
@@ -391,52 +489,78 @@ def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int]
     return pa.table(arrays)
 
 
-def _read_delimited(raw: bytes, name: str, options: dict, default_sep: str) -> tuple[pa.Table, None]:
-    if _sniff(raw) == "JSON":
-        raise _content_mismatch(raw, name, "tsv" if default_sep == "\t" else "csv")
-    text = _decode(raw, name, options)
-    sep = options.get("sep", default_sep)
-    _reject_wrong_delimiter(text, name, sep)
-    header = as_bool("header", options.get("header", True))
+def _read_delimited(
+    lines: Iterable[str], first_line: str, name: str, options: dict, default_sep: str
+) -> tuple[pa.Table, None]:
+    """Stream ``lines`` through ``csv.reader`` into Arrow batches. Records of the wrong width are only
+    counted (first one kept) so that one error lists them all."""
+    sep = as_separator(options["sep"]) if "sep" in options else default_sep
+    _reject_wrong_delimiter(first_line, name, sep)
+    header = as_header(options.get("header", True))
     quoting_name = str(options.get("quoting", "minimal")).lower()
     if quoting_name not in _QUOTING:
         raise DataError(f"unknown quoting '{quoting_name}'", source=name, expected="'minimal' or 'none'")
-    reader = csv.reader(
-        io.StringIO(text, newline=""), delimiter=sep, quoting=_QUOTING[quoting_name], strict=True
-    )
-    records: list[list[str]] = []
+    reader = csv.reader(lines, delimiter=sep, quoting=_QUOTING[quoting_name], strict=True)
+    columns: list[str] | None = None
+    width = 0  # widest record so far (header false)
+    batches: list[list[pa.Array]] = []
+    pending: list[list[str]] = []
+    ragged: list[int] = []  # 0-based data records whose width differs from the header's
+    first_ragged: list[str] = []
+    sample: list[list[str]] = []  # the first data records, for hints
+    count = 0
     last_line = 0
     try:
         for record in reader:
-            if record:  # a blank line is no record
-                records.append(record)
             last_line = reader.line_num
+            if not record:  # a blank line is no record
+                continue
+            if header and columns is None:
+                columns = record
+                continue
+            if len(sample) < 50:
+                sample.append(record)
+            if header and len(record) != len(columns):
+                first_ragged = first_ragged or record
+                ragged.append(count)
+            elif not ragged:
+                pending.append(record)
+                width = max(width, len(record))
+            count += 1
+            if len(pending) == _BATCH_ROWS:
+                batches.append(_string_columns(len(columns) if header else max(map(len, pending)), pending))
+                pending = []
     except csv.Error as error:
         raise DataError(
             f"cannot split line {last_line + 1} into fields: {error}",
             source=name,
             expected="balanced quotes around fields; if quote characters are part of the text, pass quoting='none'",
         ) from error
-    if not records:
+    if count == 0 and columns is None:
         raise DataError("the file is empty", source=name)
     if header:
-        columns, data = records[0], records[1:]
-        if not data:
+        if count == 0:
             raise DataError(f"has a header ({', '.join(columns)}) but no data rows", source=name)
         columns = [column if column else f"Unnamed: {j}" for j, column in enumerate(columns)]
         duplicated = sorted({column for column in columns if columns.count(column) > 1})
         if duplicated:
             raise DataError(f"the header names column(s) {', '.join(duplicated)} more than once", source=name)
-        _reject_ragged(data, columns, name, sep, quoting_name)
+        _reject_ragged(ragged, first_ragged, sample, columns, name, sep, quoting_name)
     else:
-        columns, data = [str(j) for j in range(max(len(record) for record in records))], records
-    return _string_table(columns, data), None
+        columns = [str(j) for j in range(width)]
+    if pending:
+        batches.append(_string_columns(len(columns) if header else max(map(len, pending)), pending))
+    nulls = [pa.nulls(len(batch[0]), pa.string()) for batch in batches]
+    padded = [batch + [nulls[i]] * (len(columns) - len(batch)) for i, batch in enumerate(batches)]
+    return pa.Table.from_batches(
+        [pa.RecordBatch.from_arrays(batch, names=columns) for batch in padded],
+        schema=pa.schema([(column, pa.string()) for column in columns]),
+    ), None
 
 
-def _reject_wrong_delimiter(text: str, name: str, sep: str) -> None:
+def _reject_wrong_delimiter(first_line: str, name: str, sep: str) -> None:
     """The first line splits on the other usual delimiter and not on ``sep``: the wrong one was chosen."""
     other = {",": "\t", "\t": ","}.get(sep)
-    first_line = text.lstrip("\r\n").split("\n", 1)[0]
     if other is None or sep in first_line or other not in first_line:
         return
     looks, use = (
@@ -449,16 +573,23 @@ def _reject_wrong_delimiter(text: str, name: str, sep: str) -> None:
     )
 
 
-def _reject_ragged(data: list[list[str]], columns: list[str], name: str, sep: str, quoting: str) -> None:
-    bad = [i for i, record in enumerate(data) if len(record) != len(columns)]
+def _reject_ragged(
+    bad: list[int],
+    first: list[str],
+    sample: list[list[str]],
+    columns: list[str],
+    name: str,
+    sep: str,
+    quoting: str,
+) -> None:
+    """``bad``: 0-based data records whose field count is not the header's; ``first``: the first of them."""
     if not bad:
         return
-    first = data[bad[0]]
     if len(first) > len(columns):
         hint = f"a field that contains {sep!r} must be quoted"
         if quoting == "minimal" and any('"' in field for field in first):
             hint += "; if quote characters are part of the text, pass quoting='none'"
-        if sep == "," and any("\t" in field for record in data[:50] for field in record):
+        if sep == "," and any("\t" in field for record in sample for field in record):
             hint += "; the file contains tabs: if it is tab-separated, use .tsv or sep='\\t'"
     else:
         hint = "every row to have a value for every column (an empty value is written as an empty field)"
@@ -474,20 +605,78 @@ def _reject_ragged(data: list[list[str]], columns: list[str], name: str, sep: st
     )
 
 
-def _read_csv(raw: bytes, name: str, options: dict):
-    return _read_delimited(raw, name, options, ",")
+def _read_csv(lines: Iterable[str], first_line: str, name: str, options: dict):
+    return _read_delimited(lines, first_line, name, options, ",")
 
 
-def _read_tsv(raw: bytes, name: str, options: dict):
-    return _read_delimited(raw, name, options, "\t")
+def _read_tsv(lines: Iterable[str], first_line: str, name: str, options: dict):
+    return _read_delimited(lines, first_line, name, options, "\t")
 
 
-def _read_txt(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
-    text = _decode(raw, name, options)
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return pa.table({"text": pa.array(lines, type=pa.string())}), None
+def _read_stsb(lines: Iterable[str], first_line: str, name: str, options: dict):
+    layout = {**options, "sep": "\t", "header": False, "quoting": "none"}
+    table, _ = _read_delimited(lines, first_line, name, layout, "\t")
+    if table.num_columns < len(STSB_COLUMNS):
+        raise DataError(
+            f"has {table.num_columns} tab-separated fields, fewer than the STS Benchmark layout's {len(STSB_COLUMNS)}",
+            source=name,
+            expected=f"fields {', '.join(STSB_COLUMNS)}",
+        )
+    return table.rename_columns([*STSB_COLUMNS, *table.column_names[len(STSB_COLUMNS) :]]), None
+
+
+def is_stsb_release_file(path: str | os.PathLike) -> bool:
+    """True for a file laid out like the STS-B release: a .csv/.tsv/.txt, tab-separated, no header, >= 7 fields,
+    a number (the score) in field 5 of the first line."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        return False
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().rstrip("\r\n").split("\t")
+    if len(first) < len(STSB_COLUMNS):
+        return False
+    try:
+        float(first[4])
+    except ValueError:
+        return False
+    return True
+
+
+def _read_txt(lines: Iterable[str], first_line: str, name: str, options: dict) -> tuple[pa.Table, Sequence[int] | None]:
+    """One sentence per line; ``header=true`` skips line 1 (then rows are lines 2, 3, ...)."""
+    header = as_header(options.get("header", False))
+    if not header:
+        _warn_if_header_like(first_line, name)
+    batches: list[pa.Array] = []
+    pending: list[str] = []
+    for line in lines:
+        pending.append(line.removesuffix("\n").removesuffix("\r"))
+        if len(pending) == _BATCH_ROWS:
+            batches.append(pa.array(pending, type=pa.string()))
+            pending = []
+    batches.append(pa.array(pending, type=pa.string()))
+    text = pa.chunked_array(batches, type=pa.string())
+    if header:
+        return pa.table({"text": text.slice(1)}), range(2, len(text) + 1)
+    return pa.table({"text": text}), None
+
+
+def _warn_if_header_like(first_line: str, name: str) -> None:
+    """Log when line 1 of a .txt read as sentences looks like a column name or a delimited header."""
+    word = first_line.strip().lower()
+    if word in _HEADER_WORDS:
+        logger.warning(
+            "%s: line 1 is %r, which looks like a column name; it is read as a sentence. If it is a header, "
+            "pass header=true (recipe header: true, CLI --header true) to skip it",
+            name,
+            first_line.strip(),
+        )
+    elif "\t" in first_line:
+        logger.warning(
+            "%s: line 1 has tab-separated fields but a .txt is read as one sentence per line; if the file is "
+            "tab-separated, pass sep='\\t' (recipe sep: tab, CLI --sep tab) or format='tsv'",
+            name,
+        )
 
 
 def _read_jsonl(raw: bytes, name: str, options: dict) -> tuple[pa.Table, list[int]]:
@@ -597,7 +786,7 @@ def _read_xlsx(raw: bytes, name: str, options: dict) -> tuple[pa.Table, None]:
         isinstance(sheet, str) and sheet not in sheets
     ):
         raise DataError(f"has no sheet {sheet!r}", source=name, expected=f"sheet= one of {', '.join(sheets)}")
-    header = as_bool("header", options.get("header", True))
+    header = as_header(options.get("header", True))
     frame = workbook.parse(sheet, dtype=str, keep_default_na=False, header=0 if header else None)
     columns = [str(column) for column in frame.columns]
     if frame.empty:
@@ -655,13 +844,16 @@ def _describe_object(data) -> str:
     return f"a {kind}"
 
 
-_READERS = {
-    "csv": _read_csv,
-    "tsv": _read_tsv,
+_READERS = {  # whole-content readers: (bytes, name, options) -> (table, row numbers or None)
     "json": _read_json,
     "jsonl": _read_jsonl,
     "parquet": _read_parquet,
     "xlsx": _read_xlsx,
-    "txt": _read_txt,
     "pkl": _read_pkl,
+}
+_STREAM_READERS = {  # line readers: (lines, first line, name, options) -> (table, row numbers or None), newline mode
+    "csv": (_read_csv, ""),
+    "tsv": (_read_tsv, ""),
+    "stsb": (_read_stsb, ""),
+    "txt": (_read_txt, "\n"),
 }

@@ -13,15 +13,24 @@
 themselves. Every required text is a non-empty, non-whitespace string. The first bad row is
 reported with the count and the list of rows like it, so one run shows the whole problem.
 Source columns the task does not use are dropped.
+
+String columns are validated and assembled as Arrow arrays (a regular expression finds empty and
+whitespace-only texts, with Python's ``str.isspace`` set), so a million-row file never becomes a
+million Python objects; only the rows named in an error are read into Python.
+Labels inferred from the data that differ only by letter case ("Positive" and "positive") are logged
+as a warning naming both spellings: they become two classes.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetInfo, Features, Value
 from datasets import Sequence as SequenceFeature
 from datasets.table import InMemoryTable
@@ -65,11 +74,15 @@ _CANONICAL = {
 }
 _TEXT = Value("string")
 ColumnMap = dict[str, "str | list[str]"]
+# Empty or only characters Python's ``str.isspace`` accepts (all of them lie below U+3001).
+_BLANK = "^[" + "".join(f"\\x{{{code:x}}}" for code in range(0x3001) if chr(code).isspace()) + "]*$"
+logger = logging.getLogger(__name__)
 
 
 def parse_columns(columns) -> ColumnMap:
     """``{canonical: source}`` from a dict or the CLI string ``"anchor=question,negative=n1+n2"``
-    (``+`` joins several source columns, used for ``negative``)."""
+    (``+`` joins several source columns, used for ``negative``). A source given as an integer is a column
+    position of a file read with ``header=false`` (named ``'0'``, ``'1'``, ...): ``{anchor: 0}``."""
     if columns is None:
         return {}
     if isinstance(columns, Mapping):
@@ -83,6 +96,12 @@ def parse_columns(columns) -> ColumnMap:
                     f"columns entry {item.strip()!r} is not canonical=source (e.g. 'anchor=question,positive=answer')"
                 )
             mapping[canonical] = source.split("+") if "+" in source else source
+    mapping = {
+        canonical: [_position_name(item) for item in source]
+        if isinstance(source, (list, tuple))
+        else _position_name(source)
+        for canonical, source in mapping.items()
+    }
     for canonical, source in mapping.items():
         if not isinstance(source, str) and not (
             isinstance(source, (list, tuple)) and source and all(isinstance(s, str) for s in source)
@@ -91,6 +110,11 @@ def parse_columns(columns) -> ColumnMap:
                 f"columns['{canonical}'] must be a column name or a list of names, got {source!r}"
             )
     return {key: list(value) if isinstance(value, tuple) else value for key, value in mapping.items()}
+
+
+def _position_name(source):
+    """Column ``2`` (a position) -> ``'2'``, the name ``header=false`` gives it; anything else unchanged."""
+    return str(source) if isinstance(source, int) and not isinstance(source, bool) else source
 
 
 def apply_schema(raw: ReadResult, task: str | None, columns: ColumnMap, **options) -> Dataset:
@@ -163,15 +187,24 @@ class _Source:
             text += f" ({len(bad)} rows like this: {self.raw.describe_rows(bad)})"
         raise DataError(text, source=name, row=row, column=column, expected=expected)
 
-    def texts(self, canonical: str) -> list[str]:
+    def texts(self, canonical: str) -> pa.ChunkedArray:
         """Column ``canonical`` as non-empty strings (numbers are written as text)."""
         return self.texts_of(self.name(canonical))
 
-    def texts_of(self, column: str) -> list[str]:
-        values = self.raw.values(column)
-        texts = [_as_text(value) for value in values]
-        bad = [i for i, text in enumerate(texts) if text is None or not text.strip()]
-        self.reject(bad, column, lambda i: f"text {_describe_bad_text(values[i])}", "non-empty text")
+    def texts_of(self, column: str) -> pa.ChunkedArray:
+        """Column ``column`` as an Arrow string array of non-empty, non-whitespace texts."""
+        array = self.raw.dataset.data.column(column)
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            blank = pc.or_(pc.is_null(array), pc.fill_null(pc.match_substring_regex(array, _BLANK), True))
+            bad = np.flatnonzero(blank.to_numpy(zero_copy_only=False)).tolist()
+            texts = array.cast(pa.string())
+        else:
+            values = self.raw.values(column)
+            as_texts = [_as_text(value) for value in values]
+            bad = [i for i, text in enumerate(as_texts) if text is None or not text.strip()]
+            texts = pa.chunked_array([pa.array(as_texts, type=pa.string())])
+        # array[i] reads one row: only the reported one becomes a Python value
+        self.reject(bad, column, lambda i: f"text {_describe_bad_text(array[i].as_py())}", "non-empty text")
         return texts
 
 
@@ -191,8 +224,9 @@ def _describe_bad_text(value) -> str:
     return "is empty" if value == "" else "is only whitespace"
 
 
-def _build(columns: dict[str, list], features: dict) -> Dataset:
-    """In-memory dataset of already validated columns, typed by ``features`` (no per-row encoding)."""
+def _build(columns: dict[str, list | pa.ChunkedArray], features: dict) -> Dataset:
+    """In-memory dataset of already validated columns (lists or Arrow arrays), typed by ``features``
+    (no per-row encoding)."""
     typed = Features(features)
     return Dataset(
         InMemoryTable(pa.table(columns, schema=typed.arrow_schema)), info=DatasetInfo(features=typed)
@@ -219,16 +253,28 @@ def _triplets(source: _Source) -> Dataset:
     return _build(columns, {"anchor": _TEXT, "positive": _TEXT, "negatives": SequenceFeature(_TEXT)})
 
 
-def _negatives(source: _Source) -> list[list[str]]:
+def _rows_of(columns: list[pa.ChunkedArray]) -> pa.ChunkedArray:
+    """(rows, N) list array whose row i holds ``columns[0][i], ..., columns[N-1][i]`` (Arrow, no Python rows)."""
+    width = len(columns)
+    if width == 1:
+        return pa.chunked_array(
+            [pa.ListArray.from_arrays(pa.array(np.arange(len(chunk) + 1, dtype=np.int32)), chunk) for chunk in columns[0].chunks],
+            type=pa.list_(pa.string()),
+        )
+    rows = len(columns[0])
+    values = pa.concat_arrays([chunk for column in columns for chunk in column.chunks])
+    order = (np.arange(width)[None, :] * rows + np.arange(rows)[:, None]).ravel()  # row-major: (rows, N)
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.chunked_array([pa.ListArray.from_arrays(offsets, values.take(pa.array(order)))])
+
+
+def _negatives(source: _Source) -> pa.ChunkedArray | list[list[str]]:
     """(rows, N) negatives from one or several ``negative`` columns, or a ``negatives`` list column."""
     single = source.columns.get("negative")
     if isinstance(single, list):
-        return [
-            list(row)
-            for row in zip(
-                *(source.texts_of(source.require(name, "negative")) for name in single), strict=True
-            )
-        ]
+        return _rows_of(
+            [source.texts_of(source.require(name, "negative")) for name in single]
+        )
     if single is not None or ("negatives" not in source.columns and not source.has("negatives")):
         if not source.has("negative"):
             available = source.raw.dataset.column_names
@@ -238,7 +284,7 @@ def _negatives(source: _Source) -> list[list[str]]:
                 source=source.raw.source,
                 available=available,
             )
-        return [[text] for text in source.texts("negative")]
+        return _rows_of([source.texts("negative")])
     column = source.name("negatives")
     values = source.raw.values(column)
     width = len(values[0]) if isinstance(values[0], list) else 0
@@ -358,7 +404,11 @@ def _labeled(
         missing = [i for i, key in enumerate(keys) if key is None]
         all_keys = (key for key in keys if key is not None)
     source.reject(missing, column, lambda i: f"label is missing: {values[i]!r}", "a label")
-    names = normalize_label_names(label_names) if label_names is not None else infer_label_names(all_keys)
+    if label_names is not None:
+        names = normalize_label_names(label_names)
+    else:
+        names = infer_label_names(all_keys)
+        _warn_case_variants(names, source.raw.source, column)
     encoder = LabelEncoder(names)
     rows = keys if multi_label else [[key] for key in keys]
     ids = [[encoder.encode(key) for key in row] for row in rows]
@@ -378,6 +428,23 @@ def _labeled(
     return _build(
         {**texts, "label": labels}, {**{name: _TEXT for name in text_columns}, "label": label_feature}
     )
+
+
+def _warn_case_variants(names: Sequence[str], source: str, column: str) -> None:
+    """Log label names that are equal but for letter case: each spelling is a class of its own."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(name.casefold(), []).append(name)
+    variants = [group for group in spellings.values() if len(group) > 1]
+    if variants:
+        listed = "; ".join(" / ".join(repr(name) for name in group) for group in variants)
+        logger.warning(
+            "%s, column '%s': labels that differ only by letter case are separate classes: %s. If they are one "
+            "class, write them alike in the data (or give label_names and fix the rows it then reports)",
+            source,
+            column,
+            listed,
+        )
 
 
 _BUILDERS: dict[str, Callable[..., Dataset]] = {

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_utils.options import add_read_arguments, read_options_from
 from eval.classifiers import Classifier, load_classifier
 from eval.cli import add_output_argument, run_cli
 from eval.metrics.classification import classification_metrics
@@ -37,9 +38,15 @@ def predict(
 
 
 def evaluate_classifier(
-    classifier: Classifier, data: str, *, columns: dict[str, str] | str | None = None, batch_size: int = 16
+    classifier: Classifier,
+    data: str,
+    *,
+    columns: dict[str, str] | str | None = None,
+    batch_size: int = 16,
+    **read_options,
 ) -> dict:
-    """Metrics of ``classifier`` on the labelled file ``data`` (see ``classification_metrics``), x 100."""
+    """Metrics of ``classifier`` on the labelled file ``data`` (see ``classification_metrics``), x 100;
+    ``read_options``: how the file is read (``data_utils.options.READ_OPTIONS``)."""
     from data_utils import load
 
     dataset = load(
@@ -49,6 +56,7 @@ def evaluate_classifier(
         text_columns=classifier.text_columns,
         label_names=classifier.label_names,
         multi_label=classifier.multi_label,
+        **read_options,
     )
     rows = [{name: row[name] for name in classifier.text_columns} for row in dataset]
     probabilities, predictions = predict(classifier, rows, batch_size)
@@ -148,6 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", help="role=column pairs mapping the model's text columns and 'label'")
     parser.add_argument("--text", action="append", help="a text to label (repeatable); instead of --data")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
+    add_read_arguments(parser)
     add_output_argument(parser)
     return parser
 
@@ -167,7 +176,9 @@ def _run(args: argparse.Namespace) -> dict:
             digits=3,
         )
     else:
-        result = evaluate_classifier(classifier, args.data, columns=args.columns, batch_size=args.batch_size)
+        result = evaluate_classifier(
+            classifier, args.data, columns=args.columns, batch_size=args.batch_size, **read_options_from(args)
+        )
         text = metrics_text(result, classifier.label_names)
     result["model"] = args.model
     emit(result, text, args.output)

@@ -18,6 +18,7 @@ from accelerate import PartialState
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from data_utils.options import add_read_arguments, read_options_from
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
@@ -86,11 +87,13 @@ def evaluate_probe(
     select_c: bool = False,
     seed: int = 0,
     batch_size: int = 64,
+    **read_options,
 ) -> dict:
-    """Embed ``text_column`` of the labelled file ``data`` and cross-validate a linear probe on it."""
+    """Embed ``text_column`` of the labelled file ``data`` and cross-validate a linear probe on it;
+    ``read_options``: how the file is read (``data_utils.options.READ_OPTIONS``)."""
     from data_utils import load
 
-    dataset = load(data, task="labeled", columns=columns, text_columns=[text_column])
+    dataset = load(data, task="labeled", columns=columns, text_columns=[text_column], **read_options)
     features = embedder.encode(list(dataset[text_column]), batch_size=batch_size).numpy()
     labels = np.asarray(list(dataset["label"]))
     result = cross_validated_accuracy(features, labels, folds=folds, select_c=select_c, seed=seed)
@@ -117,6 +120,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--select-c", action="store_true", help="choose C per fold by inner CV (SentEval grid)"
     )
     parser.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default 0)")
+    add_read_arguments(parser)
     add_output_argument(parser)
     return parser
 
@@ -132,6 +136,7 @@ def _run(args: argparse.Namespace) -> dict:
         select_c=args.select_c,
         seed=args.seed,
         batch_size=args.batch_size,
+        **read_options_from(args),
     )
     result["model"] = args.model
     if PartialState().is_main_process:

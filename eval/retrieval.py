@@ -25,6 +25,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from accelerate import PartialState
 
+from data_utils.options import add_read_arguments, read_options_from
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
@@ -72,13 +73,18 @@ def _field(record: dict, key: str, path: str, line: int) -> str:
 
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
-    """BEIR qrels TSV (``query-id corpus-id score`` with a header; CRLF accepted) -> {query: {doc: grade}}."""
+    """BEIR qrels TSV (``query-id corpus-id score``; CRLF accepted) -> {query: {doc: grade}}.
+
+    The first line is a header unless its score field is a number: then it is the first judgement (qrels
+    files written without a header lose nothing). Rows are counted after the header, if any."""
     if not Path(path).is_file():
         raise DataError("file not found", source=path)
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle, delimiter="\t"))
-    for row_number, row in enumerate(rows[1:], start=1):
+    if rows and not (len(rows[0]) >= 3 and _is_number(rows[0][2])):
+        rows = rows[1:]  # the header
+    for row_number, row in enumerate(rows, start=1):
         if not row:
             continue
         if len(row) < 3:
@@ -96,6 +102,14 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
             ) from None
         qrels.setdefault(row[0].strip(), {})[row[1].strip()] = grade
     return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_beir_task(corpus: str, queries: str, qrels: str) -> RetrievalTask:
@@ -148,15 +162,18 @@ def task_from_positives(texts: Sequence[str], positives: Sequence[Sequence[str]]
     )
 
 
-def load_file_task(data: str, task: str, columns: dict[str, str] | str | None = None) -> RetrievalTask:
-    """``task="pairs"``: anchor -> positive; ``task="tags"``: text -> its tags (data_utils schemas)."""
+def load_file_task(
+    data: str, task: str, columns: dict[str, str] | str | None = None, **read_options
+) -> RetrievalTask:
+    """``task="pairs"``: anchor -> positive; ``task="tags"``: text -> its tags (data_utils schemas);
+    ``read_options``: how the file is read (``data_utils.options.READ_OPTIONS``)."""
     from data_utils import load
 
     if task == "pairs":
-        dataset = load(data, task="pairs", columns=columns)
+        dataset = load(data, task="pairs", columns=columns, **read_options)
         return task_from_positives(list(dataset["anchor"]), [[p] for p in dataset["positive"]])
     if task == "tags":
-        dataset = load(data, task="tags", columns=columns)
+        dataset = load(data, task="tags", columns=columns, **read_options)
         return task_from_positives(list(dataset["text"]), list(dataset["tags"]))
     raise ConfigError(f"--task must be pairs or tags, got {task!r}")
 
@@ -200,13 +217,15 @@ def evaluate_retrieval(
     batch_size: int = 64,
     query_prefix: str | None = None,
     document_prefix: str | None = None,
+    read_options: dict | None = None,
 ) -> dict:
-    """Either BEIR files (corpus, queries, qrels) or a pairs/tags file (data, task)."""
+    """Either BEIR files (corpus, queries, qrels) or a pairs/tags file (data, task, read with
+    ``read_options``)."""
     beir = (corpus, queries, qrels)
     if data is not None and any(beir):
         raise ConfigError("give either --data (with --task) or --corpus/--queries/--qrels, not both")
     if data is not None:
-        retrieval_task = load_file_task(data, task or "pairs", columns)
+        retrieval_task = load_file_task(data, task or "pairs", columns, **(read_options or {}))
     elif all(beir):
         retrieval_task = load_beir_task(corpus, queries, qrels)
     else:
@@ -240,7 +259,7 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--columns", help="role=column pairs (pairs: anchor, positive; tags: text, tags)")
     source.add_argument("--corpus", help="BEIR corpus.jsonl (_id, title, text)")
     source.add_argument("--queries", help="BEIR queries.jsonl (_id, text)")
-    source.add_argument("--qrels", help="BEIR qrels TSV (query-id, corpus-id, score; header)")
+    source.add_argument("--qrels", help="BEIR qrels TSV (query-id, corpus-id, score; header optional)")
     parser.add_argument("--k", default="1,5,10", help="cut-offs, comma-separated (default 1,5,10)")
     parser.add_argument(
         "--query-prefix", help="prepended to queries (default: from lorasmith.json, else none)"
@@ -248,6 +267,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--document-prefix", help="prepended to documents (default: from lorasmith.json, else none)"
     )
+    add_read_arguments(parser)
     add_output_argument(parser)
     return parser
 
@@ -267,6 +287,7 @@ def _run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         query_prefix=args.query_prefix,
         document_prefix=args.document_prefix,
+        read_options=read_options_from(args),
     )
     result["model"] = args.model
     if PartialState().is_main_process:

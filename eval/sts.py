@@ -3,20 +3,22 @@
     python -m eval.sts --model minilm --data ../shared/data/stsb/raw/sts-test.csv
     python -m eval.sts --model out/embed-run --data pairs.csv --columns sentence1=q,sentence2=a,score=label
 
-The STS Benchmark release files (tab-separated, no header: genre, file, year, id, score, sentence1,
-sentence2, sometimes extra columns; quotes are text) are recognised automatically, or forced with
-``--format stsb``. Any other file goes through ``data_utils.load(task="scored_pairs")``.
+Every file goes through ``data_utils.load(task="scored_pairs")``, which recognises the STS Benchmark
+release files (tab-separated, no header: genre, file, year, id, score, sentence1, sentence2, sometimes
+extra columns; quotes are text) by itself, as ``train.embed`` does; ``--format stsb`` forces that layout.
+The reader flags (``--sep``, ``--header``, ``--encoding`` ...) are ``data_utils.options.ReadOptions``.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch.nn.functional as F
 from accelerate import PartialState
 
+from data_utils.options import add_read_arguments, read_options_from
+from data_utils.readers import is_stsb_release_file  # noqa: F401 - eval.sts's name for the shared detection
 from eval.cli import (
     add_model_arguments,
     add_output_argument,
@@ -26,37 +28,14 @@ from eval.cli import (
 from eval.metrics.correlation import pearson, spearman
 from eval.report import emit, format_table
 
-STSB_COLUMNS = {"score": "4", "sentence1": "5", "sentence2": "6"}
-STSB_OPTIONS = {"header": False, "quoting": "none", "sep": "\t", "score_range": (0, 5)}
 
-
-def is_stsb_release_file(path: str | Path) -> bool:
-    """True for a file laid out like the STS-B release: tab-separated, no header, >= 7 fields, a number
-    (the score) in field 5."""
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() not in (".csv", ".tsv", ".txt"):
-        return False
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().rstrip("\r\n").split("\t")
-    if len(first) < 7:
-        return False
-    try:
-        float(first[4])
-    except ValueError:
-        return False
-    return True
-
-
-def load_sts_data(
-    data: str, *, columns: dict[str, str] | str | None = None, format: str | None = None, score_range=None
-):
-    """Dataset with columns sentence1, sentence2, score (score scaled to [0, 1] by data_utils)."""
+def load_sts_data(data: str, *, columns: dict[str, str] | str | None = None, score_range=None, **read_options):
+    """Dataset with columns sentence1, sentence2, score (score scaled to [0, 1] by data_utils);
+    ``read_options``: ``data_utils.options.READ_OPTIONS`` (``format="stsb"`` forces the release layout)."""
     from data_utils import load
 
-    if format == "stsb" or (format is None and columns is None and is_stsb_release_file(data)):
-        return load(data, task="scored_pairs", columns=STSB_COLUMNS, **STSB_OPTIONS)
     options = {"score_range": score_range} if score_range is not None else {}
-    return load(data, task="scored_pairs", columns=columns, **options)
+    return load(data, task="scored_pairs", columns=columns, **read_options, **options)
 
 
 def evaluate_sts(
@@ -64,13 +43,13 @@ def evaluate_sts(
     data: str,
     *,
     columns: dict[str, str] | str | None = None,
-    format: str | None = None,
     score_range=None,
     batch_size: int = 64,
+    **read_options,
 ) -> dict:
     """``{"spearman", "pearson" (x 100), "num_pairs"}`` of cosine(sentence1, sentence2) against the score
-    (:func:`sts_correlations`)."""
-    dataset = load_sts_data(data, columns=columns, format=format, score_range=score_range)
+    (:func:`sts_correlations`); ``read_options`` as in :func:`load_sts_data`."""
+    dataset = load_sts_data(data, columns=columns, score_range=score_range, **read_options)
     gold = list(dataset["score"])
     correlations = sts_correlations(
         embedder, list(dataset["sentence1"]), list(dataset["sentence2"]), gold, batch_size
@@ -103,8 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)"
     )
     parser.add_argument("--columns", help="role=column pairs for sentence1, sentence2, score")
-    parser.add_argument("--format", choices=["stsb"], help="force the STS-B release layout")
     parser.add_argument("--score-range", help="'lo,hi' of the gold scores (default: data_utils detects it)")
+    add_read_arguments(parser)
     add_output_argument(parser)
     return parser
 
@@ -115,9 +94,9 @@ def _run(args: argparse.Namespace) -> dict:
         embedder,
         args.data,
         columns=args.columns,
-        format=args.format,
         score_range=args.score_range,
         batch_size=args.batch_size,
+        **read_options_from(args),
     )
     result["model"] = args.model
     if PartialState().is_main_process:
