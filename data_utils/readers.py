@@ -33,6 +33,7 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import gc
 import glob
 import gzip
 import io
@@ -45,8 +46,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, concatenate_datasets
+from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
 from data_utils.options import READ_OPTIONS, as_header, as_separator, reject_unknown
@@ -299,12 +302,13 @@ def _read_file(path: Path, name: str, options: dict) -> ReadResult:
     if fmt in _STREAMED_FORMATS:
         if fmt != "txt" and _sniff(head) == "JSON":
             raise _content_mismatch(head, name, fmt)
-        table, row_numbers = _read_streamed(fmt, path, head, name, options)
+        table = _read_delimited_arrow(path, name, options, fmt) if fmt in ("csv", "tsv") else None
+        table, row_numbers = (table, None) if table is not None else _read_streamed(fmt, path, head, name, options)
     else:
         table, row_numbers = _READERS[fmt](content, name, options)
     if table.num_rows == 0:
         raise DataError("has no data rows", source=name)
-    dataset = Dataset(InMemoryTable(table))
+    dataset = Dataset(InMemoryTable(table), fingerprint=generate_random_fingerprint())  # no hash of the data
     return ReadResult(dataset, name, (FileRows(name, table.num_rows, row_numbers),))
 
 
@@ -448,7 +452,7 @@ def _decode(raw: bytes, name: str, options: dict) -> str:
 def _string_columns(width: int, records: Sequence[Sequence[str]]) -> list[pa.Array]:
     """``width`` string arrays from row-major records; short records are padded with null."""
     if all(len(record) == width for record in records):
-        columns = zip(*records, strict=True)
+        columns = ([record[j] for record in records] for j in range(width))
     else:
         columns = ([record[j] if j < len(record) else None for record in records] for j in range(width))
     return [pa.array(column, type=pa.string()) for column in columns]
@@ -489,11 +493,98 @@ def _typed_table(columns: dict[str, list], name: str, row_numbers: Sequence[int]
     return pa.table(arrays)
 
 
+def _read_delimited_arrow(path: Path, name: str, options: dict, fmt: str) -> pa.Table | None:
+    """The table ``_read_delimited`` would return, parsed by ``pyarrow.csv`` (C++, several threads), or
+    ``None`` where the two could differ or the file needs a message: a quote character in any field
+    under minimal quoting (Python's strict quote rules), rows of unequal width, a header with empty or
+    repeated names or no data rows, bytes that are not valid in the encoding. Then the Python reader
+    runs and says exactly what it always said."""
+    import pyarrow.csv as pcsv
+
+    sep = as_separator(options["sep"]) if "sep" in options else {"csv": ",", "tsv": "\t"}[fmt]
+    header = as_header(options.get("header", True))
+    quoting = str(options.get("quoting", "minimal")).lower()
+    if quoting not in _QUOTING:
+        return None
+    first = _decode_head(_head(path, name), path, name, options).lstrip("\r\n").split("\n", 1)[0]
+    _reject_wrong_delimiter(first, name, sep)
+    width = first.count(sep) + 1
+    generated = [f"f{j}" for j in range(width)]
+    try:
+        with pa.input_stream(str(path), compression="gzip" if _is_gz(path) else None) as stream:
+            table = pcsv.read_csv(
+                stream,
+                read_options=pcsv.ReadOptions(column_names=generated, encoding=_arrow_encoding(options)),
+                parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False, newlines_in_values=False),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=dict.fromkeys(generated, pa.string()), strings_can_be_null=False
+                ),
+            )
+    except (pa.ArrowInvalid, UnicodeError, OSError, EOFError):
+        return None
+    if quoting == "minimal" and _holds_byte(table, ord('"')):
+        return None
+    if not header:
+        return table.rename_columns([str(j) for j in range(width)])
+    names = [table.column(j)[0].as_py() if table.num_rows else "" for j in range(width)]
+    if table.num_rows < 2 or not all(names) or len(set(names)) < width:
+        return None
+    return table.slice(1).rename_columns(names)
+
+
+def _holds_byte(table: pa.Table, byte: int) -> bool:
+    """Some string of ``table`` may hold ``byte``: its columns' character buffers are scanned whole (a
+    buffer can hold bytes beyond its array's slice, so True can be a false alarm, never False one)."""
+    return any(
+        np.any(np.frombuffer(chunk.buffers()[2], dtype=np.uint8) == byte)
+        for column in table.columns
+        for chunk in column.chunks
+        if chunk.buffers()[2] is not None
+    )
+
+
+def _arrow_encoding(options: dict) -> str:
+    """``pyarrow.csv``'s spelling: "utf8" reads natively (a byte-order mark is skipped), others transcode."""
+    encoding = _text_encoding(options)
+    return "utf8" if encoding == "utf-8-sig" else encoding
+
+
+class _DelimitedBatches:
+    """Records of a delimited file, taken in batches: header, widths, a sample for hints, Arrow columns.
+
+    Records of the wrong width are only counted (the first one kept) so that one error lists them all."""
+
+    def __init__(self, header: bool):
+        self.header = header
+        self.columns: list[str] | None = None
+        self.batches: list[list[pa.Array]] = []
+        self.ragged: list[int] = []  # 0-based data records whose width differs from the header's
+        self.first_ragged: list[str] = []
+        self.sample: list[list[str]] = []  # the first data records, for hints
+        self.count = 0  # data records so far
+        self.width = 0  # widest record (header false)
+
+    def add(self, chunk: list[list[str]]) -> None:
+        records = [record for record in chunk if record]  # a blank line is no record
+        if self.header and self.columns is None and records:
+            self.columns = records.pop(0)
+        self.sample += records[: 50 - len(self.sample)]
+        width = len(self.columns) if self.header and self.columns is not None else max(map(len, records), default=0)
+        if self.header:
+            bad = [i for i, record in enumerate(records) if len(record) != width]
+            if bad and not self.ragged:
+                self.first_ragged = records[bad[0]]
+            self.ragged += [self.count + i for i in bad]
+        if records and not self.ragged:
+            self.batches.append(_string_columns(width, records))
+        self.width = max(self.width, width)
+        self.count += len(records)
+
+
 def _read_delimited(
     lines: Iterable[str], first_line: str, name: str, options: dict, default_sep: str
 ) -> tuple[pa.Table, None]:
-    """Stream ``lines`` through ``csv.reader`` into Arrow batches. Records of the wrong width are only
-    counted (first one kept) so that one error lists them all."""
+    """Stream ``lines`` through ``csv.reader`` into Arrow batches of ``_BATCH_ROWS`` records."""
     sep = as_separator(options["sep"]) if "sep" in options else default_sep
     _reject_wrong_delimiter(first_line, name, sep)
     header = as_header(options.get("header", True))
@@ -501,57 +592,44 @@ def _read_delimited(
     if quoting_name not in _QUOTING:
         raise DataError(f"unknown quoting '{quoting_name}'", source=name, expected="'minimal' or 'none'")
     reader = csv.reader(lines, delimiter=sep, quoting=_QUOTING[quoting_name], strict=True)
-    columns: list[str] | None = None
-    width = 0  # widest record so far (header false)
-    batches: list[list[pa.Array]] = []
-    pending: list[list[str]] = []
-    ragged: list[int] = []  # 0-based data records whose width differs from the header's
-    first_ragged: list[str] = []
-    sample: list[list[str]] = []  # the first data records, for hints
-    count = 0
+    batches = _DelimitedBatches(header)
+    chunk: list[list[str]] = []
     last_line = 0
+    collecting = gc.isenabled()
+    gc.disable()  # millions of small lists would trigger a full collection every few thousand records
     try:
         for record in reader:
             last_line = reader.line_num
-            if not record:  # a blank line is no record
-                continue
-            if header and columns is None:
-                columns = record
-                continue
-            if len(sample) < 50:
-                sample.append(record)
-            if header and len(record) != len(columns):
-                first_ragged = first_ragged or record
-                ragged.append(count)
-            elif not ragged:
-                pending.append(record)
-                width = max(width, len(record))
-            count += 1
-            if len(pending) == _BATCH_ROWS:
-                batches.append(_string_columns(len(columns) if header else max(map(len, pending)), pending))
-                pending = []
+            chunk.append(record)
+            if len(chunk) == _BATCH_ROWS:
+                batches.add(chunk)
+                chunk = []
+        batches.add(chunk)
     except csv.Error as error:
         raise DataError(
             f"cannot split line {last_line + 1} into fields: {error}",
             source=name,
             expected="balanced quotes around fields; if quote characters are part of the text, pass quoting='none'",
         ) from error
-    if count == 0 and columns is None:
+    finally:
+        if collecting:
+            gc.enable()
+    columns = batches.columns
+    if batches.count == 0 and columns is None:
         raise DataError("the file is empty", source=name)
     if header:
-        if count == 0:
+        if batches.count == 0:
             raise DataError(f"has a header ({', '.join(columns)}) but no data rows", source=name)
         columns = [column if column else f"Unnamed: {j}" for j, column in enumerate(columns)]
         duplicated = sorted({column for column in columns if columns.count(column) > 1})
         if duplicated:
             raise DataError(f"the header names column(s) {', '.join(duplicated)} more than once", source=name)
-        _reject_ragged(ragged, first_ragged, sample, columns, name, sep, quoting_name)
+        _reject_ragged(batches.ragged, batches.first_ragged, batches.sample, columns, name, sep, quoting_name)
     else:
-        columns = [str(j) for j in range(width)]
-    if pending:
-        batches.append(_string_columns(len(columns) if header else max(map(len, pending)), pending))
-    nulls = [pa.nulls(len(batch[0]), pa.string()) for batch in batches]
-    padded = [batch + [nulls[i]] * (len(columns) - len(batch)) for i, batch in enumerate(batches)]
+        columns = [str(j) for j in range(batches.width)]
+    padded = [
+        batch + [pa.nulls(len(batch[0]), pa.string())] * (len(columns) - len(batch)) for batch in batches.batches
+    ]
     return pa.Table.from_batches(
         [pa.RecordBatch.from_arrays(batch, names=columns) for batch in padded],
         schema=pa.schema([(column, pa.string()) for column in columns]),
