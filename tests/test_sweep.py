@@ -183,15 +183,26 @@ def test_a_three_cell_grid_writes_three_rows_the_matrix_and_plots(tmp_path, base
         )  # the entrypoint's own recipe
 
 
-def test_a_failing_cell_is_recorded_and_the_next_one_still_runs_with_exit_code_1(tmp_path, base_recipe):
-    sweep = write_sweep(tmp_path, base_recipe, grid={"lora_target_modules": [["no_such_layer"], ["query"]]})
-    result = run_sweep(sweep)
+def test_a_failing_cell_is_recorded_and_the_next_one_is_trained_and_scored_by_the_suite(
+    tmp_path, base_recipe, sts_file
+):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"tasks": [{"name": "sts", "kind": "sts", "data": sts_file}]}))
+    grid = {"lora_target_modules": [["no_such_layer"], ["query"]]}
+    result = run_sweep(write_sweep(tmp_path, base_recipe, grid=grid, suite=str(suite)))
     assert result.returncode == 1, result.stdout + result.stderr
     rows = read_rows(tmp_path / "sweep")
     assert [r["status"] for r in rows] == ["failed", "done"]  # the sweep went on after the failure
     assert "no_such_layer" in rows[0]["error"] and rows[0]["train.train_loss"] == ""
-    matrix = np.load(tmp_path / "sweep" / "matrix.npy")
-    assert np.isnan(matrix[0]).all() and not np.isnan(matrix[1]).any()
+    assert -100 <= float(rows[1]["suite.sts.spearman"]) <= 100  # eval.sts reports Spearman x 100
+    matrix, labels = (
+        np.load(tmp_path / "sweep" / "matrix.npy"),
+        json.loads((tmp_path / "sweep" / "matrix_labels.json").read_text()),
+    )
+    assert labels["columns"] == ["sts (spearman)"] and matrix.shape == (2, 1)
+    assert np.isnan(matrix[0, 0]) and matrix[1, 0] == pytest.approx(
+        float(rows[1]["suite.sts.spearman"]), abs=1e-5
+    )
     assert "1 of 2 cells not done" in result.stdout
 
 
