@@ -35,9 +35,26 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, single_model: bool =
     group.add_argument(
         "--max-length", type=int, help="truncate texts to this many tokens (default: from the folder)"
     )
+    group.add_argument(
+        "--truncate-dim",
+        type=positive_int,
+        help="keep the first D dimensions of every embedding, re-normalized (Matryoshka-trained models; "
+        "default: all)",
+    )
     group.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +72,7 @@ def load_embedder(args: argparse.Namespace, model: str | None = None):
         max_length=args.max_length,
         device=args.device,
         show_progress=not args.no_progress,
+        truncate_dim=args.truncate_dim,
     )
 
 

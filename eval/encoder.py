@@ -13,6 +13,8 @@
    (``data_utils.tokenizer_inputs.model_max_length``; 512 when it states none).
 
 Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
+``truncate_dim`` keeps the first ``d`` dimensions of every embedding (re-normalised when the embedder
+normalises), as a Matryoshka-trained model is meant to be used at reduced width.
 ``Embedder.from_model`` wraps an in-memory model (trainers evaluating during training).
 """
 
@@ -35,12 +37,23 @@ from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 
 
+def truncate(embeddings: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:
+    """``(N, D) -> (N, dim)``: the first ``dim`` columns, rows L2-normalised again when ``normalize``
+    (``dim`` None: unchanged)."""
+    if dim is None:
+        return embeddings
+    embeddings = embeddings[:, :dim]
+    return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
+
+
 class Embedder:
     """Batched, no-grad text encoder: ``encode(texts) -> (N, D)`` fp32 CPU tensor, rows L2-normalized
-    when ``normalize``.
+    when ``normalize``; ``D`` is ``truncate_dim`` when set (the first ``truncate_dim`` pooled dimensions,
+    normalized after truncation).
 
     Attributes: ``model`` (HF model returning ``last_hidden_state``), ``tokenizer``, ``pooling`` (one of
-    ``eval.pooling.POOLING_MODES``), ``normalize``, ``max_length``, ``query_prefix``, ``document_prefix``.
+    ``eval.pooling.POOLING_MODES``), ``normalize``, ``max_length``, ``query_prefix``, ``document_prefix``,
+    ``truncate_dim`` (None = the model's full width).
     """
 
     def __init__(
@@ -54,6 +67,7 @@ class Embedder:
         query_prefix: str = "",
         document_prefix: str = "",
         show_progress: bool = True,
+        truncate_dim: int | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -63,6 +77,12 @@ class Embedder:
         self.query_prefix = query_prefix
         self.document_prefix = document_prefix
         self.show_progress = show_progress
+        width = model.get_input_embeddings().embedding_dim
+        if truncate_dim is not None and not 1 <= truncate_dim <= width:
+            raise ConfigError(
+                f"truncate_dim must be between 1 and the model's embedding width {width}; got {truncate_dim}"
+            )
+        self.truncate_dim = truncate_dim
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS; pooling reads the attention mask
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -73,7 +93,7 @@ class Embedder:
         cls, model, tokenizer, pooling: str, normalize: bool, max_length: int, **options
     ) -> Embedder:
         """Wrap an in-memory model (left on its device and dtype; its train/eval mode is restored after
-        each ``encode``). ``options``: query_prefix, document_prefix, show_progress."""
+        each ``encode``). ``options``: query_prefix, document_prefix, show_progress, truncate_dim."""
         return cls(model, tokenizer, pooling=pooling, normalize=normalize, max_length=max_length, **options)
 
     @classmethod
@@ -86,9 +106,11 @@ class Embedder:
         device: str | torch.device | None = None,
         *,
         show_progress: bool = True,
+        truncate_dim: int | None = None,
     ) -> Embedder:
         """Load ``model`` (see the module docstring for what it may be) in eval mode on ``device``
-        (default: this process's, ``PartialState().device``), fp32 on CPU and bf16 on GPU."""
+        (default: this process's, ``PartialState().device``), fp32 on CPU and bf16 on GPU; ``truncate_dim``
+        keeps the first dimensions (ConfigError when wider than the model's embeddings)."""
         settings = _resolve_settings(str(model))
         overrides = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -106,6 +128,7 @@ class Embedder:
             query_prefix=settings.get("query_prefix") or "",
             document_prefix=settings.get("document_prefix") or "",
             show_progress=show_progress,
+            truncate_dim=truncate_dim,
         )
 
     # ---- encoding ----
@@ -116,7 +139,8 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return self.model.get_input_embeddings().embedding_dim
+        """Width of the returned embeddings: ``truncate_dim``, else the model's hidden size."""
+        return self.truncate_dim or self.model.get_input_embeddings().embedding_dim
 
     def tokenize(self, texts: Sequence[str]):
         """Tokenize exactly as ``encode`` does (truncation to ``max_length``, padding to the longest)."""
@@ -126,7 +150,7 @@ class Embedder:
 
     @torch.no_grad()
     def embed_batch(self, texts: Sequence[str]) -> torch.Tensor:
-        """(B, D) fp32 CPU embeddings of one batch, no sorting or sharding."""
+        """(B, D) fp32 CPU embeddings of one batch (``D`` = ``dimension``), no sorting or sharding."""
         batch = self.tokenize(texts)
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
@@ -134,7 +158,7 @@ class Embedder:
         embeddings = pool(hidden, attention_mask, self.pooling).float()
         if self.normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
-        return embeddings.cpu()
+        return truncate(embeddings, self.truncate_dim, self.normalize).cpu()
 
     def encode(
         self,

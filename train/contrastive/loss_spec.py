@@ -29,6 +29,7 @@ from train.contrastive.losses import (
     InBatchNegativesLoss,
     InfoNCELoss,
 )
+from train.contrastive.matryoshka import MatryoshkaDims
 from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.tasks import EmbedTask, closest_hint
 
@@ -110,7 +111,11 @@ def build_loss(
 
 
 def build_objective(
-    task: EmbedTask, loss: LossRecipe | None = None, *, temperature: float | None = None
+    task: EmbedTask,
+    loss: LossRecipe | None = None,
+    *,
+    temperature: float | None = None,
+    matryoshka: MatryoshkaDims | None = None,
 ) -> ContrastiveObjective:
     """The objective of a recipe: its ``loss`` entry (see the module docstring) for ``task``.
 
@@ -119,6 +124,7 @@ def build_objective(
         loss: ``None`` = the task's ``default_loss``.
         temperature: default temperature of every loss that has one and does not set its own
             (``None`` = each loss's own default, 0.05).
+        matryoshka: widths every loss is also trained at (``matryoshka.matryoshka_dims``), or ``None``.
 
     Raises:
         ConfigError: unknown loss or option (with the closest known name), a loss the task cannot feed
@@ -131,4 +137,4 @@ def build_objective(
     enabled = {name: entry for name, entry in losses.items() if entry[0] != 0}
     if not enabled:
         raise ConfigError(f"every loss has weight 0 ({', '.join(losses)}); enable at least one")
-    return ContrastiveObjective(enabled)
+    return ContrastiveObjective(enabled, matryoshka)
