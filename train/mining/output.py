@@ -11,14 +11,14 @@ Formats (both read by ``data_utils.load(task="triplets")`` and ``train.embed`` a
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
+
+from lorasmith.files import open_atomic
 
 FORMATS = ("n-tuple", "triplet")
 
@@ -57,19 +57,9 @@ def write_jsonl_atomic(rows: Sequence[dict], path: Path, *, overwrite: bool = Fa
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(path)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @dataclass
