@@ -2,6 +2,7 @@
 
 - ``run_main``: a user error (``LorasmithError``) prints one paragraph and exits 2, never a traceback.
 - ``check_world_size``: the launch came up with the number of processes it was asked for.
+- Library console noise is silenced (``lorasmith.console``): its log filters on import, the rest in ``run_main``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from collections.abc import Callable
 import torch
 from accelerate import PartialState
 
+from lorasmith.console import filter_library_logs, quiet_libraries
 from lorasmith.errors import ConfigError, LorasmithError
+
+filter_library_logs()  # before an entrypoint imports peft, whose import logs bitsandbytes' kernels warning
 
 EXPECT_WORLD_SIZE_ENV = "LORASMITH_EXPECT_WORLD_SIZE"
 
@@ -41,6 +45,7 @@ def run_main(main: Callable[..., object], *args) -> int:
     The process group is torn down before returning: gloo threads still alive at interpreter exit can
     abort a rank ("terminate called without an active exception") after a run that succeeded.
     """
+    quiet_libraries()
     try:
         main(*args)
     except LorasmithError as error:

@@ -66,8 +66,9 @@ def load_labeled_splits(data_args: DataArguments, text_columns: list[str]) -> tu
     """
     options = data_args.load_options() if data_args.labels else {}
     names = {"label_names": options["label_names"]} if "label_names" in options else {}
+    read = data_args.read_options()
     train = data_utils.load(
-        data_args.train_data, task="labeled", columns=data_args.columns, text_columns=text_columns, **names
+        data_args.train_data, task="labeled", columns=data_args.columns, text_columns=text_columns, **names, **read
     )
     evaluation = None
     if data_args.eval_data:
@@ -77,6 +78,7 @@ def load_labeled_splits(data_args: DataArguments, text_columns: list[str]) -> tu
             columns=data_args.columns,
             text_columns=text_columns,
             label_names=train.features["label"].names,
+            **read,
         )
     return first_rows(train, data_args.max_train_samples), first_rows(evaluation, data_args.max_eval_samples)
 

@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
+from data_utils.options import ReadOptions
+
 
 @dataclass
-class DataArguments:
-    """What to train and evaluate on. Sources are anything ``data_utils.load`` reads."""
+class DataArguments(ReadOptions):
+    """What to train and evaluate on. Sources are anything ``data_utils.load`` reads; the reader options
+    (format, sep, quoting, header, encoding, sheet, split, field: ``data_utils.options.ReadOptions``) apply
+    to train_data and eval_data alike."""
 
     task: str | None = field(
         default=None, metadata={"help": "Data schema / training task, e.g. pairs, tags, labeled."}
@@ -56,8 +60,8 @@ class DataArguments:
     )
 
     def load_options(self) -> dict:
-        """Keyword options for ``data_utils.load`` that apply to ``self.task``."""
-        options: dict = {}
+        """Keyword options for ``data_utils.load`` that apply to ``self.task`` (the reader options given, too)."""
+        options: dict = self.read_options()
         if self.task == "scored_pairs" and self.score_range is not None:
             options["score_range"] = self.score_range  # data_utils validates "lo,hi" / [lo, hi]
         if self.task == "tags":
