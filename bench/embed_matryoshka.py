@@ -1,0 +1,87 @@
+"""Matryoshka: STS-B test Spearman and SciFact test NDCG@10 at 384 / 256 / 128 / 64 dimensions, each trained with
+and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model loses < 2 points vs its full width).
+
+    python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact]
+
+STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
+during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
+negatives, train queries minus its held-out share). Every truncated score is the first d dimensions re-normalised
+(``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
+width, plus the loss of 64-d vs full. Exits 0 with a note when a data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import embed_scifact  # noqa: E402
+
+from eval.encoder import Embedder  # noqa: E402
+from eval.report import format_table  # noqa: E402
+from eval.sts import evaluate_sts  # noqa: E402
+
+DIMS = (384, 256, 128, 64)
+MATRYOSHKA = ["--matryoshka_dims", *map(str, DIMS)]
+
+
+def stsb_rows(data: Path, out: Path, epochs: float) -> list[list]:
+    rows = []
+    for label, extra in (("without", []), ("with", MATRYOSHKA)):
+        run = out / f"stsb_{label}"
+        command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
+                   "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
+                   "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",
+                   "--disable_tqdm", "true", "--seed", "42", *extra]  # fmt: skip
+        subprocess.run(command, cwd=REPO, env=embed_scifact.ENV, check=True)
+        scores = [
+            evaluate_sts(
+                Embedder.load(str(run), show_progress=False, truncate_dim=d), str(data / "sts-test.csv")
+            )["spearman"]
+            for d in DIMS
+        ]
+        rows.append([f"STS-B Spearman, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
+    return rows
+
+
+def scifact_rows(data: Path, out: Path, epochs: float) -> list[list]:
+    files = embed_scifact.prepare(data, out / "scifact_data")
+    rows = []
+    for label, extra in (("without", []), ("with", MATRYOSHKA)):
+        run = embed_scifact.train(out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra)
+        scores = [embed_scifact.evaluate(str(run), files["test"], d)["ndcg@10"] for d in DIMS]
+        rows.append([f"SciFact NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--only", choices=("stsb", "scifact"), help="run one of the two datasets")
+    args = parser.parse_args()
+    rows = []
+    stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
+    for name, folder, build in (("stsb", stsb, stsb_rows), ("scifact", scifact, scifact_rows)):
+        if args.only not in (None, name):
+            continue
+        if not folder.is_dir():
+            print(f"note: {folder} not found; {name} skipped")
+            continue
+        rows += build(folder, args.output_dir, args.epochs)
+    if rows:
+        print(format_table(["training / metric", *(f"{d}-d" for d in DIMS), "64-d minus 384-d"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""SciFact (BEIR): the packaged MiniLM as-is, + LoRA on the train pairs (in-batch negatives), + LoRA on pairs with
+hard negatives mined by ``train.mine``; NDCG@10 of the 300 test queries over the 5,183-document corpus.
+
+    python bench/embed_scifact.py --output-dir DIR [--data-root ../shared/data] [--epochs 3] [--matryoshka]
+
+Data: train queries + ``qrels/train.tsv`` -> (query, document) pairs, documents ``title + " " + text`` as BEIR
+evaluates them. A seeded 15 % of the train queries is held out (``dev``): never trained on, it picks the best run
+(NDCG@10 over the full corpus). The test queries and qrels are used for the reported test column only, never for
+training, mining or selection. Mining runs ``python -m train.mine`` with the as-is model on the training pairs
+against the whole corpus (known positives are never negatives; ranks 10-100, relative margin 0.05, 3 negatives).
+Every run is an ordinary ``train.embed`` output folder in ``DIR/<run>``; the best by dev NDCG@10 is copied to
+``DIR/final``. Prints one table (dev and test NDCG@10 / recall@10 / recall@100). Exits 0 with a note when the data
+folder is absent. ``bench/embed_matryoshka.py`` reuses the data preparation and evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from eval.encoder import Embedder  # noqa: E402
+from eval.report import format_table  # noqa: E402
+from eval.retrieval import RetrievalTask, load_beir_task, read_qrels, run_retrieval  # noqa: E402
+
+METRICS = ("ndcg@10", "recall@10", "recall@100")
+DEV_SHARE, SPLIT_SEED = 0.15, 13
+# LoRA recipe shared by both trained runs (configs/embed/quickstart-like, longer texts)
+TRAIN_FLAGS = [
+    "--model_name_or_path", "minilm", "--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32",
+    "--lora_dropout", "0.05", "--lora_target_modules", "query", "key", "value", "dense", "--max_length", "256",
+    "--learning_rate", "2e-4", "--warmup_steps", "0.1", "--per_device_train_batch_size", "32",
+    "--loss", "{infonce: {temperature: 0.05}}", "--eval_strategy", "no", "--save_strategy", "no",
+    "--load_best_model_at_end", "false", "--eval_before_training", "false", "--report_to", "none",
+    "--logging_steps", "10", "--disable_tqdm", "true", "--seed", "42", "--overwrite_output_dir", "true",
+]  # fmt: skip
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def prepare(data: Path, work: Path) -> dict:
+    """Files and tasks of the benchmark in ``work``: ``train_pairs.jsonl`` (train queries minus dev), ``corpus.jsonl``
+    (``text`` = title + text), the dev task (held-out train queries over the corpus) and the test task."""
+    work.mkdir(parents=True, exist_ok=True)
+    train_task = load_beir_task(
+        str(data / "corpus.jsonl"), str(data / "queries.jsonl"), str(data / "qrels/train.tsv")
+    )
+    test_task = load_beir_task(
+        str(data / "corpus.jsonl"), str(data / "queries.jsonl"), str(data / "qrels/test.tsv")
+    )
+    assert not set(train_task.query_ids) & set(test_task.query_ids), "train and test queries overlap"
+    ids = sorted(train_task.query_ids)
+    random.Random(SPLIT_SEED).shuffle(ids)
+    dev_ids = set(ids[: round(len(ids) * DEV_SHARE)])
+    documents = dict(zip(train_task.corpus_ids, train_task.corpus_texts, strict=True))
+    qrels = read_qrels(str(data / "qrels/train.tsv"))
+    pairs = [
+        {"anchor": text, "positive": documents[doc]}
+        for query, text in zip(train_task.query_ids, train_task.query_texts, strict=True)
+        if query not in dev_ids
+        for doc, grade in qrels[query].items()
+        if grade > 0
+    ]
+    write_jsonl(work / "train_pairs.jsonl", pairs)
+    write_jsonl(work / "corpus.jsonl", [{"text": text} for text in train_task.corpus_texts])
+    keep = [i for i, query in enumerate(train_task.query_ids) if query in dev_ids]
+    dev_task = RetrievalTask(
+        [train_task.query_ids[i] for i in keep],
+        [train_task.query_texts[i] for i in keep],
+        train_task.corpus_ids,
+        train_task.corpus_texts,
+        {train_task.query_ids[i]: qrels[train_task.query_ids[i]] for i in keep},
+    )
+    return {"pairs": work / "train_pairs.jsonl", "corpus": work / "corpus.jsonl", "dev": dev_task, "test": test_task,
+            "num_pairs": len(pairs)}  # fmt: skip
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def evaluate(model: str, task: RetrievalTask, truncate_dim: int | None = None) -> dict:
+    """NDCG@10 / recall@10 / recall@100 (x 100) of ``model`` on ``task`` (optionally at a Matryoshka width)."""
+    embedder = Embedder.load(model, show_progress=False, truncate_dim=truncate_dim)
+    result = run_retrieval(embedder, task, ks=(10, 100), batch_size=64)
+    return {metric: float(result[metric]) for metric in METRICS}
+
+
+def train(output_dir: Path, task: str, train_file: Path, epochs: float, *extra: str) -> Path:
+    """``python -m train.embed`` with the shared LoRA flags; returns the run folder."""
+    command = [sys.executable, "-m", "train.embed", "--task", task, "--train_data", str(train_file),
+               "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), *TRAIN_FLAGS, *extra]  # fmt: skip
+    subprocess.run(command, cwd=REPO, env=ENV, check=True)
+    return output_dir
+
+
+def mine(files: dict, output: Path, model: str = "minilm") -> Path:
+    """Hard negatives for the training pairs from the whole corpus (never the dev or test queries)."""
+    command = [sys.executable, "-m", "train.mine", "--model", model, "--pairs", str(files["pairs"]),
+               "--corpus", str(files["corpus"]), "--range-min", "10", "--range-max", "100",
+               "--relative-margin", "0.05", "--num-negatives", "3", "--output", str(output), "--overwrite",
+               "--no-progress"]  # fmt: skip
+    subprocess.run(command, cwd=REPO, env=ENV, check=True)
+    return output
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="runs, mined file and final/ go here")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs of each trained run (default 3)")
+    parser.add_argument(
+        "--matryoshka", action="store_true", help="train both runs with matryoshka_dims 384..64"
+    )
+    args = parser.parse_args()
+    data = args.data_root / "scifact"
+    if not (data / "corpus.jsonl").is_file():
+        print(f"note: {data} not found; nothing to benchmark")
+        return 0
+    out = args.output_dir
+    files = prepare(data, out / "data")
+    extra = ["--matryoshka_dims", "384", "256", "128", "64"] if args.matryoshka else []
+
+    runs = {"MiniLM as-is": "minilm"}
+    runs["+ LoRA, pairs (in-batch negatives)"] = str(
+        train(out / "lora_pairs", "pairs", files["pairs"], args.epochs, *extra)
+    )
+    mined = mine(files, out / "data" / "mined.jsonl")
+    runs["+ LoRA, pairs + mined hard negatives"] = str(
+        train(out / "lora_mined", "triplets", mined, args.epochs, *extra)
+    )
+
+    results = {
+        name: (evaluate(model, files["dev"]), evaluate(model, files["test"])) for name, model in runs.items()
+    }
+    trained = [name for name in runs if runs[name] != "minilm"]
+    best = max(trained, key=lambda name: results[name][0]["ndcg@10"])  # chosen on the held-out TRAIN queries
+    if (out / "final").exists():
+        shutil.rmtree(out / "final")
+    shutil.copytree(runs[best], out / "final")
+
+    headers = ["model", *(f"dev {m}" for m in METRICS), *(f"test {m}" for m in METRICS)]
+    rows = [
+        [name + (" (final)" if name == best else ""), *dev.values(), *test.values()]
+        for name, (dev, test) in results.items()
+    ]
+    print(format_table(headers, rows))
+    print(
+        f"\n{files['num_pairs']} training pairs, {len(files['dev'].query_ids)} held-out train queries (dev, selection), "
+        f"{len(files['test'].query_ids)} test queries, {len(files['test'].corpus_ids)} documents; "
+        f"{args.epochs:g} epoch(s); final = {best} -> {out / 'final'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
