@@ -24,8 +24,13 @@ class DataArguments(ReadOptions):
     task: str | None = field(
         default=None, metadata={"help": "Data schema / training task, e.g. pairs, tags, labeled."}
     )
-    train_data: str | None = field(
-        default=None, metadata={"help": "Training data: file, folder, glob or hub id."}
+    train_data: dict | str | list | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: file, folder, glob or hub id. train.embed also takes several: a list of sources, "
+            "or a map name -> source or name -> {data: SOURCE, task: ..., columns: ...}, each batch from one of them "
+            "(see dataset_sampling)."
+        },
     )
     eval_data: str | None = field(
         default=None, metadata={"help": "Evaluation data (same formats); optional."}
@@ -45,7 +50,7 @@ class DataArguments(ReadOptions):
         default=None,
         metadata={"help": "Labeled data: the input text column(s), e.g. [sentence1, sentence2]."},
     )
-    labels: dict | str | None = field(
+    labels: dict | str | list | None = field(
         default=None,
         metadata={
             "help": "Labeled data: label names in id order ([neg, pos] or 'neg,pos'), or for prompt classification a "
