@@ -225,3 +225,39 @@ def test_arrow_csv_path_equals_python_csv_path(tmp_path, content, fast_path):
         return
     assert (fast is not None) == fast_path
     assert fast is None or fast.to_pylist() == slow.to_pylist()
+
+
+# ---------------------------------------------------------------- parsed once per machine
+
+_RANK_SCRIPT = """
+import sys
+from accelerate import PartialState
+import data_utils.loader as loader
+from lorasmith.errors import DataError
+
+state = PartialState(cpu=True)
+calls = []
+read = loader.read
+loader.read = lambda *args, **kwargs: calls.append(1) or read(*args, **kwargs)
+try:
+    rows = loader.load(sys.argv[1], task="pairs").num_rows
+except DataError as error:
+    rows = f"error: {error}"
+with open(f"{sys.argv[2]}/rank{state.process_index}", "w") as out:
+    out.write(f"{len(calls)} {rows}")
+"""
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_local_main_process_parses_and_the_others_read_its_cache(tmp_path, valid):
+    from multiproc import run_multiprocess
+
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANK_SCRIPT)
+    data = write(tmp_path / "pairs.csv", "anchor,positive\nq,p\nr,s\n" if valid else "anchor,positive\nq,\n")
+    run_multiprocess([str(script), data, str(tmp_path)], env={"LORASMITH_DATA_CACHE": str(tmp_path / "cache")})
+    results = [(tmp_path / f"rank{rank}").read_text() for rank in range(2)]
+    if valid:
+        assert results == ["1 2", "0 2"]  # rank 1 read the Arrow file rank 0 wrote
+    else:  # nothing cached: each process parses and reports the same error, nobody waits forever
+        assert results[0] == results[1] and results[0].startswith("1 error: ") and "row 1, column 'positive'" in results[0]
