@@ -18,7 +18,11 @@ Encoding follows ``trl.SFTTrainer``: prompt alone and prompt + completion are to
 completion starts where the two token sequences diverge (usually right after the prompt).
 
 Length guard (``fit_row``): when ``prompt + the longest answer`` exceeds ``max_length`` tokens, the input
-columns are shortened (tokens are removed from the longest column first); the answer is never cut.
+columns are shortened (tokens are removed from the longest column first); the system message, the template and
+the answer are never cut. ``truncation`` says which tokens of a shortened column stay: ``end`` its first ones,
+``head_tail`` its first and last ones (``data_utils.tokenizer_inputs.head_tail_counts`` splits the kept tokens,
+by default 128 : 382 as in Sun et al. 2019). The spec is saved in ``lorasmith.json``, so label scoring at
+prediction shortens rows exactly as training did.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+from data_utils.tokenizer_inputs import TRUNCATIONS, head_and_tail, head_tail_counts
 from lorasmith.errors import ConfigError
 
 FORMATS = ("auto", "chat", "plain")
@@ -42,6 +47,8 @@ class PromptSpec:
         system_message: optional system turn (role, task, condition); in the plain format it heads the prompt.
         format: ``"chat"`` or ``"plain"`` (see the module docstring); ``resolve_format`` picks one for a tokenizer.
         max_length: token budget of prompt + answer; None disables the length guard.
+        truncation: ``"end"`` or ``"head_tail"``: which tokens of a shortened text column stay (module docstring).
+        head_tokens, tail_tokens: head_tail's split of a column's kept tokens (``head_tail_counts``).
     """
 
     template: str
@@ -49,6 +56,9 @@ class PromptSpec:
     system_message: str | None = None
     format: str = "chat"
     max_length: int | None = None
+    truncation: str = "end"
+    head_tokens: int | None = None
+    tail_tokens: int | None = None
     text_columns: list[str] = field(init=False)
 
     def __post_init__(self):
@@ -56,6 +66,8 @@ class PromptSpec:
         check_verbalizer_texts(self.verbalizers)
         if self.format not in ("chat", "plain"):
             raise ConfigError(f"prompt format must be 'chat' or 'plain' here, got {self.format!r}")
+        if self.truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}; got {self.truncation!r}")
 
     @property
     def label_names(self) -> list[str]:
@@ -69,7 +81,16 @@ class PromptSpec:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> PromptSpec:
-        known = {"template", "verbalizers", "system_message", "format", "max_length"}
+        known = {
+            "template",
+            "verbalizers",
+            "system_message",
+            "format",
+            "max_length",
+            "truncation",
+            "head_tokens",
+            "tail_tokens",
+        }
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -277,7 +298,8 @@ def fit_row(tokenizer, spec: PromptSpec, row: Mapping[str, str], answer_tokens: 
     """The row with its text columns shortened so that ``prompt + answer_tokens <= spec.max_length``.
 
     Tokens are removed from the longest column first (so a short requirement survives next to a long data
-    column). Returns the row unchanged when it fits, None when even empty columns do not fit.
+    column); a shortened column keeps its first tokens (``truncation: end``) or its first and last ones
+    (``head_tail``). Returns the row unchanged when it fits, None when even empty columns do not fit.
     """
     row = dict(row)
     if spec.max_length is None:
@@ -293,8 +315,23 @@ def fit_row(tokenizer, spec: PromptSpec, row: Mapping[str, str], answer_tokens: 
         if not any(pieces.values()):
             return None
         kept = shortened_lengths({name: len(ids) for name, ids in pieces.items()}, excess)
-        row.update({name: tokenizer.decode(pieces[name][: kept[name]]) for name in spec.text_columns})
+        row.update(
+            {
+                name: tokenizer.decode(kept_tokens(spec, pieces[name], kept[name]))
+                for name in spec.text_columns
+            }
+        )
     return None
+
+
+def kept_tokens(spec: PromptSpec, ids: list[int], count: int) -> list[int]:
+    """The ``count`` tokens of a text column's ``ids`` that a shortened row keeps: the first ones (``end``) or the
+    first and last ones (``head_tail``). ``ids`` unchanged when ``count >= len(ids)``."""
+    if count >= len(ids):
+        return ids
+    if spec.truncation == "head_tail":
+        return head_and_tail(ids, *head_tail_counts(count, spec.head_tokens, spec.tail_tokens))
+    return ids[:count]
 
 
 def shortened_lengths(lengths: Mapping[str, int], excess: int) -> dict[str, int]:

@@ -1,14 +1,28 @@
-"""Rows -> what an encoder tokenizer takes: ``(texts, text_pairs)`` and the tokenizer's own length limit.
+"""Rows -> what a tokenizer takes: ``(texts, text_pairs)``, the tokenizer's own length limit, and long texts.
 
 Training (``train.seq_classify``) and prediction (``eval.classifiers.sequence``) build their inputs through
 ``text_inputs``, so a model is evaluated on exactly the texts it was trained on: one text column is encoded
 alone, two as a pair (``[CLS] a [SEP] b [SEP]`` for BERT), more: the first column, then the others joined with
 the tokenizer's separator token as the second segment.
+
+Texts longer than the token budget (``LongTextOptions``, recorded in ``lorasmith.json`` so that prediction
+handles them as training did):
+
+- ``truncation: end`` (default): keep the first tokens (the tokenizer's own truncation);
+- ``truncation: head_tail``: keep the first H and the last T tokens (Sun et al. 2019, "How to Fine-Tune BERT for
+  Text Classification": 128 + 382 of BERT's 510 was the best single strategy on IMDb). Unset, H and T split
+  the budget B in that ratio: H = round(B x 128 / 510), T = B - H (B = 510 gives exactly 128 + 382; B = 254,
+  i.e. max_length 256 with [CLS]/[SEP], gives 64 + 190);
+- ``long_documents: chunks`` (sequence classification): the whole text as overlapping windows of B tokens,
+  each window encoded with the tokenizer's special tokens; a document's window logits are pooled (mean or max).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from lorasmith.errors import ConfigError
 
 DEFAULT_MAX_LENGTH = 512
 # transformers sets model_max_length to int(1e30) (VERY_LARGE_INTEGER) when a tokenizer states no limit; real
@@ -39,3 +53,264 @@ def model_max_length(tokenizer, default: int | None = DEFAULT_MAX_LENGTH) -> int
     """
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and 0 < limit < _NO_STATED_LIMIT else default
+
+
+TRUNCATIONS = ("end", "head_tail")
+LONG_DOCUMENTS = ("truncate", "chunks")
+CHUNK_POOLINGS = ("mean", "max")
+SUN_HEAD, SUN_TAIL = 128, 382  # Sun et al. 2019's head + tail of BERT's 510 text tokens
+
+
+@dataclass
+class LongTextOptions:
+    """What happens to a text longer than its token budget (see the module docstring).
+
+    The recipe keys of ``train.seq_classify`` and ``train.sft_classify`` (their configs inherit these fields);
+    ``as_manifest()`` is what ``lorasmith.json`` records and ``LongTextOptions(**recorded)`` rebuilds at prediction.
+    """
+
+    truncation: str = field(
+        default="end",
+        metadata={
+            "help": "Texts longer than max_length: 'end' cuts the end; 'head_tail' keeps the first head_tokens and the "
+            "last tail_tokens (Sun et al. 2019; prompts: only the text columns are cut, template and answer stay).",
+            "choices": list(TRUNCATIONS),
+        },
+    )
+    head_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "head_tail: tokens kept from the start. Unset: round(B x 128 / 510) of the text budget B (128 of "
+            "BERT's 510); with only tail_tokens set, B - tail_tokens. Prompts: head/tail split the kept tokens in "
+            "this ratio."
+        },
+    )
+    tail_tokens: int | None = field(
+        default=None,
+        metadata={"help": "head_tail: tokens kept from the end. Unset: B - head_tokens (382 of BERT's 510)."},
+    )
+    long_documents: str = field(
+        default="truncate",
+        metadata={
+            "help": "seq_classify only: 'truncate' (per truncation) or 'chunks': every text as overlapping windows of "
+            "max_length tokens, window logits pooled per text (chunk_pooling) for the loss and for prediction.",
+            "choices": list(LONG_DOCUMENTS),
+        },
+    )
+    chunk_overlap: int = field(
+        default=64,
+        metadata={"help": "chunks: tokens two consecutive windows share (< the window's text tokens)."},
+    )
+    max_chunks: int = field(
+        default=8,
+        metadata={
+            "help": "chunks: most windows per text; a longer text keeps its first max_chunks - 1 windows and the "
+            "window ending on its last token. Training memory: per_device_train_batch_size x max_chunks windows."
+        },
+    )
+    chunk_pooling: str = field(
+        default="mean",
+        metadata={
+            "help": "chunks: pool a text's window logits by their 'mean' or 'max'.",
+            "choices": list(CHUNK_POOLINGS),
+        },
+    )
+
+    def __post_init__(self):
+        self.check_long_text()
+
+    def check_long_text(self) -> None:
+        """ConfigError for an unknown strategy, a negative count, or head_tail together with chunks."""
+        for key, value, allowed in (
+            ("truncation", self.truncation, TRUNCATIONS),
+            ("long_documents", self.long_documents, LONG_DOCUMENTS),
+            ("chunk_pooling", self.chunk_pooling, CHUNK_POOLINGS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        for key in ("head_tokens", "tail_tokens"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{key} must be a number of tokens >= 0; got {value!r}")
+        if self.head_tokens == 0 and self.tail_tokens == 0:
+            raise ConfigError("head_tokens and tail_tokens are both 0: no text would be kept")
+        if self.chunk_overlap < 0 or self.max_chunks < 1:
+            raise ConfigError(
+                f"chunk_overlap must be >= 0 and max_chunks >= 1; got {self.chunk_overlap} and {self.max_chunks}"
+            )
+        if self.chunks and self.truncation != "end":
+            raise ConfigError(
+                "long_documents: chunks reads the whole text; truncation: head_tail cannot apply too (drop one)"
+            )
+
+    @property
+    def chunks(self) -> bool:
+        return self.long_documents == "chunks"
+
+    @property
+    def cuts_end(self) -> bool:
+        """True for the default handling (the tokenizer's own truncation at the end)."""
+        return self.truncation == "end" and not self.chunks
+
+    def long_text_options(self) -> LongTextOptions:
+        """A plain ``LongTextOptions`` copy (from a config class that inherits these fields)."""
+        return LongTextOptions(**self.as_manifest())
+
+    def as_manifest(self) -> dict:
+        """The JSON-ready fields (``lorasmith.json``'s ``long_text``)."""
+        return {name: getattr(self, name) for name in LongTextOptions.__dataclass_fields__}
+
+    def describe(self) -> str:
+        """One line for the model card / plan."""
+        if self.chunks:
+            return f"chunks (overlap {self.chunk_overlap}, at most {self.max_chunks}, {self.chunk_pooling} pooling)"
+        if self.truncation == "head_tail":
+            head = "auto" if self.head_tokens is None else self.head_tokens
+            tail = "auto" if self.tail_tokens is None else self.tail_tokens
+            return f"head_tail (head {head}, tail {tail})"
+        return "end"
+
+
+def head_tail_counts(budget: int, head_tokens: int | None, tail_tokens: int | None) -> tuple[int, int]:
+    """``(head, tail)`` token counts to keep of a text that may take ``budget`` tokens.
+
+    Neither set: ``head = round(budget x 128 / 510)``, ``tail = budget - head``. One set: it (at most ``budget``) and
+    the rest of the budget to the other end. Both set: exactly them when ``head + tail <= budget``, else the budget
+    split in their ratio. Invariant: ``head + tail <= budget``.
+    """
+    budget = max(budget, 0)
+    if head_tokens is None and tail_tokens is None:
+        head = round(budget * SUN_HEAD / (SUN_HEAD + SUN_TAIL))
+        return head, budget - head
+    if tail_tokens is None:
+        head = min(head_tokens, budget)
+        return head, budget - head
+    if head_tokens is None:
+        tail = min(tail_tokens, budget)
+        return budget - tail, tail
+    if head_tokens + tail_tokens <= budget:
+        return head_tokens, tail_tokens
+    head = round(budget * head_tokens / (head_tokens + tail_tokens))
+    return head, budget - head
+
+
+def head_and_tail(ids: Sequence[int], head: int, tail: int) -> list[int]:
+    """``ids`` unchanged when ``len(ids) <= head + tail``, else its first ``head`` and last ``tail`` items."""
+    ids = list(ids)
+    if len(ids) <= head + tail:
+        return ids
+    return ids[:head] + ids[len(ids) - tail :]
+
+
+def document_windows(ids: Sequence[int], width: int, overlap: int, max_chunks: int) -> list[list[int]]:
+    """Overlapping windows over ``ids``: starts 0, s, 2s, ... with stride ``s = width - overlap``, until a window
+    reaches the last token (the last window may be shorter). An empty text gives one empty window.
+
+    Longer than ``max_chunks`` windows: the first ``max_chunks - 1`` and the ``width``-token window ending on the
+    last token. Invariants: every window holds <= ``width`` ids; without the cap, the windows cover ``ids`` and
+    consecutive windows share exactly ``overlap`` ids.
+    """
+    if not 0 <= overlap < width:
+        raise ConfigError(
+            f"chunk_overlap must lie in [0, {width}) for windows of {width} text tokens; got {overlap}"
+        )
+    ids = list(ids)
+    stride = width - overlap
+    windows = [ids[0:width]]
+    start = 0
+    while start + width < len(ids):
+        start += stride
+        windows.append(ids[start : start + width])
+    if len(windows) > max_chunks:
+        windows = windows[: max_chunks - 1] + [ids[len(ids) - width :]]
+    return windows
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """``(prefix, suffix)``: the special token ids the tokenizer puts before and after one text
+    (``[CLS]`` / ``[SEP]`` for BERT, ``<s>`` / nothing for Llama, nothing for SmolLM2)."""
+    probe = "hello"
+    content = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(content) + 1):
+        if full[start : start + len(content)] == content:
+            return full[:start], full[start + len(content) :]
+    raise ConfigError(f"cannot tell the tokenizer's special tokens apart from the text: {full} vs {content}")
+
+
+@dataclass(frozen=True)
+class LongTextEncoding:
+    """Token ids of a batch of single-column texts under ``LongTextOptions``.
+
+    sequences[i]: the id lists the model reads for text i (one for head_tail; its windows for chunks), each with the
+    tokenizer's special tokens and at most ``max_length`` ids. cut[i]: head_tail removed text i's middle / chunks
+    split text i into more than one window. capped[i]: text i needed more than ``max_chunks`` windows.
+    """
+
+    sequences: list[list[list[int]]]
+    cut: list[bool]
+    capped: list[bool]
+
+    @property
+    def windows(self) -> int:
+        return sum(map(len, self.sequences))
+
+
+def text_budget(tokenizer, max_length: int) -> int:
+    """Text tokens that fit in ``max_length`` with the tokenizer's special tokens; ConfigError when none does."""
+    prefix, suffix = special_tokens_around(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    if budget < 1:
+        raise ConfigError(
+            f"max_length {max_length} leaves no room for text besides {len(prefix) + len(suffix)} special tokens"
+        )
+    return budget
+
+
+def check_long_text(
+    options: LongTextOptions, tokenizer, max_length: int, text_columns: Sequence[str]
+) -> None:
+    """ConfigError before any model loads: head_tail / chunks need one text column, explicit head + tail tokens
+    must fit the budget, and the chunk overlap must be smaller than a window."""
+    if options.cuts_end:
+        return
+    if len(text_columns) != 1:
+        raise ConfigError(
+            f"truncation: {options.truncation} / long_documents: {options.long_documents} read one text column; "
+            f"this data has {list(text_columns)} (use truncation: end for pair inputs)"
+        )
+    budget = text_budget(tokenizer, max_length)
+    if options.head_tokens is not None and options.tail_tokens is not None:
+        if options.head_tokens + options.tail_tokens > budget:
+            raise ConfigError(
+                f"head_tokens {options.head_tokens} + tail_tokens {options.tail_tokens} exceed the {budget} text "
+                f"tokens of max_length {max_length}"
+            )
+    if options.chunks and options.chunk_overlap >= budget:
+        raise ConfigError(
+            f"chunk_overlap {options.chunk_overlap} must be < the {budget} text tokens of a window"
+        )
+
+
+def encode_long_texts(
+    tokenizer, texts: Sequence[str], max_length: int, options: LongTextOptions
+) -> LongTextEncoding:
+    """Encode single-column ``texts`` by head_tail or chunks (``options.cuts_end`` uses the tokenizer instead).
+
+    Every text is tokenized once without special tokens and cut (or windowed) at the id level, then wrapped in the
+    tokenizer's special tokens, so head_tail keeps exactly the first H and last T text tokens.
+    """
+    prefix, suffix = special_tokens_around(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    head, tail = head_tail_counts(budget, options.head_tokens, options.tail_tokens)
+    stride = budget - options.chunk_overlap
+    sequences, cut, capped = [], [], []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        if options.chunks:
+            pieces = document_windows(ids, budget, options.chunk_overlap, options.max_chunks)
+        else:
+            pieces = [head_and_tail(ids, head, tail)]
+        sequences.append([prefix + piece + suffix for piece in pieces])
+        cut.append(len(ids) > (budget if options.chunks else head + tail))
+        capped.append(options.chunks and len(ids) > budget + stride * (options.max_chunks - 1))
+    return LongTextEncoding(sequences, cut, capped)

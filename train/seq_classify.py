@@ -27,9 +27,17 @@ import numpy as np
 from transformers import DataCollatorWithPadding, set_seed
 
 from data_utils import label_names_from_dataset
+from data_utils.tokenizer_inputs import check_long_text
 from lorasmith.process import run_main
+from train.classify.seqcls_chunks import WindowCollator
 from train.classify.seqcls_config import SeqClassifyConfig
-from train.classify.seqcls_data import data_summary, load_splits, text_columns_of, tokenize_split
+from train.classify.seqcls_data import (
+    data_summary,
+    load_splits,
+    long_rows_summary,
+    text_columns_of,
+    tokenize_split,
+)
 from train.classify.seqcls_export import classifier_manifest, export_classifier, write_classifier_files
 from train.classify.seqcls_model import build_classifier
 from train.classify.seqcls_trainer import (
@@ -58,8 +66,12 @@ def main(argv=None):
 
     label_names, text_columns = label_names_from_dataset(train_raw), text_columns_of(train_raw)
     tokenizer = load_tokenizer(model_args)
-    train_split = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label)
-    eval_split = tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label) if eval_raw else None
+    long_text = training_args.long_text_options()
+    check_long_text(long_text, tokenizer, model_args.max_length, text_columns)
+    train_split = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label, long_text)
+    eval_split = (
+        tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label, long_text) if eval_raw else None
+    )
     train_labels = np.asarray(train_split.dataset["labels"]).astype(np.int64)
     weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
     run.disable_evaluation_without_data(training_args, eval_split is not None)
@@ -74,6 +86,11 @@ def main(argv=None):
     )
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
     plan.update(_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split))
+    plan["long texts"] = "; ".join(
+        long_rows_summary(split, name, long_text, tokenizer, model_args.max_length)
+        for name, split in (("train", train_split), ("eval", eval_split))
+        if split is not None
+    )
     plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
     plan["trained in full (head)"] = ", ".join(built.trained_modules)
     plan["kept out of quantization"] = ", ".join(built.head_modules)
@@ -87,10 +104,11 @@ def main(argv=None):
         train_dataset=train_split.dataset,
         eval_dataset=eval_split.dataset if eval_split else None,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=WindowCollator(tokenizer) if long_text.chunks else DataCollatorWithPadding(tokenizer),
         compute_metrics=metrics_function(label_names, multi_label, threshold),
         callbacks=run.lifecycle_callbacks(),
         loss=ClassificationLoss(multi_label, weights),
+        chunk_pooling=long_text.chunk_pooling if long_text.chunks else None,
     )
     recipe, resume_from = run.prepare_output_dir(args)
 
@@ -104,7 +122,13 @@ def main(argv=None):
 
     saved = export_classifier(trainer, model_args, built.load_kwargs, export_merged=run_args.export_merged)
     manifest = classifier_manifest(
-        model_args, saved, label_names, text_columns, multi_label=multi_label, threshold=threshold
+        model_args,
+        saved,
+        label_names,
+        text_columns,
+        multi_label=multi_label,
+        threshold=threshold,
+        long_text=long_text,
     )
     run.on_main_process(write_classifier_files, training_args.output_dir, manifest, model_args, recipe, metrics)
     return trainer
@@ -112,9 +136,6 @@ def main(argv=None):
 
 def _plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
-    truncated = f"{train_split.truncated} of {train_split.rows} train rows"
-    if eval_split:
-        truncated += f", {eval_split.truncated} of {eval_split.rows} eval rows"
     return {
         "model": model_args.model_name_or_path,
         "problem": f"{training_args.problem_type}, {len(label_names)} labels: {', '.join(label_names)}",
@@ -123,7 +144,7 @@ def _plan(data_args, model_args, training_args, label_names, text_columns, train
         "eval data": f"{data_args.eval_data} ({eval_split.rows} rows)"
         if eval_split
         else "none (no evaluation)",
-        f"truncated to {model_args.max_length} tokens": truncated,
+        "max_length": f"{model_args.max_length} tokens",
         "epochs / max_steps": f"{training_args.num_train_epochs:g} / {training_args.max_steps}",
         "best checkpoint by": training_args.metric_for_best_model
         if training_args.load_best_model_at_end

@@ -112,11 +112,15 @@ def _plan(model_args, training_args, spec, answer_ids, train_rows, eval_rows) ->
         + (f" ({model_args.gguf_file})" if model_args.gguf_file else ""),
         "prompt": f"{spec.format} prompt-completion, template columns {spec.text_columns}",
         "labels -> answer tokens": answer_ids,
-        "train rows": f"{len(train_rows.dataset)} (longest {train_rows.longest} tokens, {train_rows.shortened} "
-        f"shortened to max_length {spec.max_length})",
-        "eval rows": f"{len(eval_rows.dataset)} ({eval_rows.shortened} shortened)"
-        if eval_rows is not None
-        else "none",
+        "train rows": f"{len(train_rows.dataset)} (longest {train_rows.longest} tokens)",
+        "eval rows": len(eval_rows.dataset) if eval_rows is not None else "none",
+        "long texts": "; ".join(
+            f"{spec.truncation}: {rows.shortened} of {len(rows.dataset)} {name} rows longer than max_length "
+            f"{spec.max_length} tokens {'cut in the middle' if spec.truncation == 'head_tail' else 'cut at the end'}"
+            f" (template, system message and answer kept)"
+            for name, rows in (("train", train_rows), ("eval", eval_rows))
+            if rows is not None
+        ),
         "output_dir": training_args.output_dir,
     }
 

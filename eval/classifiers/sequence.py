@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from data_utils.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length, text_inputs
+from data_utils.tokenizer_inputs import (
+    DEFAULT_MAX_LENGTH,
+    LongTextOptions,
+    encode_long_texts,
+    model_max_length,
+    text_inputs,
+)
 from eval.artifacts import load_trained_model, read_manifest
 from eval.classifiers.base import check_input_rows
 from lorasmith.errors import ConfigError
@@ -36,6 +42,20 @@ def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
     """(N, L) logits -> (N, L) probabilities: softmax (rows sum to 1) or, multi-label, an independent sigmoid."""
     logits = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).numpy()
+
+
+def pool_window_logits(
+    logits: torch.Tensor, document_index: torch.Tensor, num_documents: int, pooling: str
+) -> torch.Tensor:
+    """(W, L) window logits -> (B, L) document logits: the ``mean`` or ``max`` over each document's windows.
+
+    ``document_index`` (W,) gives every window's document in ``[0, B)``; each document has >= 1 window.
+    Differentiable (the loss of ``long_documents: chunks`` is computed on the pooled logits).
+    """
+    index = document_index.to(logits.device).unsqueeze(1).expand_as(logits)
+    pooled = logits.new_zeros((num_documents, logits.shape[1]))
+    reduce = "mean" if pooling == "mean" else "amax"
+    return pooled.scatter_reduce(0, index, logits, reduce=reduce, include_self=False)
 
 
 def decide(probabilities: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
@@ -53,6 +73,8 @@ class SequenceClassifier:
         text_columns: keys every input row must have, in encoding order.
         multi_label: sigmoid per label + threshold instead of softmax + argmax.
         threshold: multi-label decision threshold.
+        long_text: how texts longer than ``max_length`` are read (head_tail, chunks), as the model was trained;
+            None = the tokenizer's truncation at the end.
     """
 
     def __init__(
@@ -65,6 +87,7 @@ class SequenceClassifier:
         multi_label: bool = False,
         threshold: float = 0.5,
         max_length: int = DEFAULT_MAX_LENGTH,
+        long_text: LongTextOptions | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -73,6 +96,7 @@ class SequenceClassifier:
         self.multi_label = multi_label
         self.threshold = threshold
         self.max_length = max_length
+        self.long_text = long_text if long_text is not None and not long_text.cuts_end else None
         self._input_names = _forward_inputs(model)
 
     @classmethod
@@ -113,6 +137,7 @@ class SequenceClassifier:
             multi_label=bool(manifest.get("multi_label")),
             threshold=float(manifest.get("threshold", 0.5)),
             max_length=int(manifest.get("max_length") or model_max_length(tokenizer)),
+            long_text=LongTextOptions(**manifest["long_text"]) if manifest.get("long_text") else None,
         )
 
     def logits(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> np.ndarray:
@@ -122,6 +147,9 @@ class SequenceClassifier:
         chunks = []
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
+            if self.long_text is not None:
+                chunks.append(self._long_text_logits([row[self.text_columns[0]] for row in batch], device))
+                continue
             texts, pairs = text_inputs(
                 {name: [row[name] for row in batch] for name in self.text_columns},
                 self.text_columns,
@@ -134,6 +162,21 @@ class SequenceClassifier:
             with torch.inference_mode():
                 chunks.append(self.model(**inputs).logits.float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_names)), dtype=np.float32)
+
+    def _long_text_logits(self, texts: list[str], device) -> np.ndarray:
+        """(B, L) logits of single-column texts read by head_tail (one sequence each) or chunks (all windows of the
+        batch in one forward, pooled per text as in training)."""
+        encoding = encode_long_texts(self.tokenizer, texts, self.max_length, self.long_text)
+        windows = [ids for sequences in encoding.sequences for ids in sequences]
+        document_index = torch.tensor(
+            [i for i, sequences in enumerate(encoding.sequences) for _ in sequences]
+        )
+        padded = self.tokenizer.pad({"input_ids": windows}, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in padded.items() if k in self._input_names}
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
+        pooled = pool_window_logits(logits, document_index, len(texts), self.long_text.chunk_pooling)
+        return pooled.cpu().numpy()
 
     def predict_proba(self, rows: Sequence[Mapping[str, str]], batch_size: int = 16) -> np.ndarray:
         """(N, L) probabilities: softmax (rows sum to 1), or an independent sigmoid per label for multi-label."""

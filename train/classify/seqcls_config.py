@@ -9,6 +9,16 @@ Fields added for sequence classification:
 | `threshold`     | multi-label: a label is predicted when its probability is >= threshold                    |
 | `class_weights` | `balanced`, or one weight per label in id order (`[1.0, 3.0]` / `"1,3"`); see below        |
 
+Long texts (fields inherited from ``data_utils.tokenizer_inputs.LongTextOptions``, recorded in ``lorasmith.json``
+so that prediction reads texts the same way):
+
+| field            | meaning                                                                                  |
+|------------------|------------------------------------------------------------------------------------------|
+| `truncation`     | `end` (default: cut the end) or `head_tail` (keep the first `head_tokens` + last          |
+|                  | `tail_tokens`; unset they split the budget 128 : 382 as in Sun et al. 2019)               |
+| `long_documents` | `truncate` (default) or `chunks`: overlapping windows of `max_length`, logits pooled      |
+| `chunk_overlap`, `max_chunks`, `chunk_pooling` | window overlap (tokens), windows per text cap, `mean` / `max` |
+
 Class weights enter the loss: single-label cross-entropy weights each example by the weight of its true
 class (``balanced`` = ``n_rows / (n_labels * count(class))``, scikit-learn's rule); multi-label weights the
 positive term of label ``j`` (BCE ``pos_weight``; ``balanced`` = ``negatives_j / positives_j``).
@@ -28,14 +38,15 @@ from dataclasses import dataclass, field
 from transformers import IntervalStrategy, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
+from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.errors import ConfigError
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
 
 
 @dataclass
-class SeqClassifyConfig(TrainingArguments):
-    """``TrainingArguments`` plus the classification options (see the module docstring)."""
+class SeqClassifyConfig(TrainingArguments, LongTextOptions):
+    """``TrainingArguments`` plus the classification and long-text options (see the module docstring)."""
 
     # --- the classification problem ---
     problem_type: str = field(
@@ -93,6 +104,7 @@ class SeqClassifyConfig(TrainingArguments):
             )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
+        self.check_long_text()
         super().__post_init__()
 
     @property

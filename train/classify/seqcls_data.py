@@ -4,6 +4,11 @@ The label map is fixed by the training data (or the recipe's ``labels``); the ev
 TRAIN label names, so a label the model was never told about is a ``DataError`` naming the file, row and label.
 Tokenized splits hold ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the tokenizer makes them) and
 ``labels``: an int id, or for multi-label an (L,) float 0/1 vector. Padding happens per batch in the collator.
+
+Long texts (``LongTextOptions``): ``truncation: end`` is the tokenizer's truncation; ``head_tail`` keeps the first
+and last tokens (``input_ids`` only: the collator adds the attention mask, single texts have all-zero token types);
+``long_documents: chunks`` stores each row's windows as ``input_ids`` (a list of id lists) for
+``train.classify.seqcls_chunks.WindowCollator``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,13 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from data_utils import label_names_from_dataset, load
-from data_utils.tokenizer_inputs import text_inputs
+from data_utils.tokenizer_inputs import (
+    LongTextOptions,
+    encode_long_texts,
+    head_tail_counts,
+    text_budget,
+    text_inputs,
+)
 from lorasmith.errors import ConfigError
 from train.common.args import DataArguments
 from train.common.run import first_rows, require_train_data
@@ -22,10 +33,18 @@ from train.common.run import first_rows, require_train_data
 
 @dataclass
 class TokenizedSplit:
-    """A tokenized split and how many of its rows were cut to ``max_length`` tokens."""
+    """A tokenized split and how its long rows were handled.
+
+    truncated: rows longer than ``max_length`` cut at the end / cut in the middle (head_tail) / split into more
+    than one window (chunks). windows: chunks only, windows over all rows; capped: rows that needed more than
+    ``max_chunks`` windows; most_windows: the largest window count of a row.
+    """
 
     dataset: Dataset
     truncated: int
+    windows: int | None = None
+    capped: int = 0
+    most_windows: int = 1
 
     @property
     def rows(self) -> int:
@@ -58,36 +77,79 @@ def text_columns_of(dataset: Dataset) -> list[str]:
     return [name for name in dataset.column_names if name != "label"]
 
 
-def tokenize_split(dataset: Dataset, tokenizer, max_length: int, multi_label: bool) -> TokenizedSplit:
+def tokenize_split(
+    dataset: Dataset, tokenizer, max_length: int, multi_label: bool, long_text: LongTextOptions | None = None
+) -> TokenizedSplit:
     """Tokenize a loaded ``labeled`` split (no padding) and count the rows longer than ``max_length`` tokens.
 
-    Pair inputs are truncated longest-first (the tokenizer's rule), so both segments keep some text.
+    Pair inputs are truncated longest-first (the tokenizer's rule), so both segments keep some text; head_tail and
+    chunks read one text column (``check_long_text`` refused others before). ``long_text`` None: truncation end.
     """
+    long_text = long_text or LongTextOptions()
     text_columns = text_columns_of(dataset)
     num_labels = len(label_names_from_dataset(dataset))
     separator = tokenizer.sep_token or tokenizer.eos_token
 
     def encode(batch: dict) -> dict:
+        labels = [_multi_hot(ids, num_labels) for ids in batch["label"]] if multi_label else batch["label"]
+        if not long_text.cuts_end:
+            encoding = encode_long_texts(tokenizer, batch[text_columns[0]], max_length, long_text)
+            sequences = encoding.sequences if long_text.chunks else [s[0] for s in encoding.sequences]
+            return {
+                "input_ids": sequences,
+                "labels": labels,
+                "truncated": encoding.cut,
+                "capped": encoding.capped,
+            }
         texts, pairs = text_inputs(batch, text_columns, separator)
         full_lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
         encoded = dict(tokenizer(texts, pairs, truncation=True, max_length=max_length))
         encoded["truncated"] = [length > max_length for length in full_lengths]
-        encoded["labels"] = (
-            [_multi_hot(ids, num_labels) for ids in batch["label"]] if multi_label else batch["label"]
-        )
+        encoded["capped"] = [False] * len(texts)
+        encoded["labels"] = labels
         return encoded
 
     tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
-    truncated = sum(tokenized["truncated"])
-    return TokenizedSplit(tokenized.remove_columns("truncated"), truncated)
+    split = TokenizedSplit(tokenized.remove_columns(["truncated", "capped"]), sum(tokenized["truncated"]))
+    if long_text.chunks:
+        counts = [len(windows) for windows in tokenized["input_ids"]]
+        split.windows, split.most_windows = sum(counts), max(counts, default=0)
+        split.capped = sum(tokenized["capped"])
+    return split
 
 
 def data_summary(train: TokenizedSplit, evaluation: TokenizedSplit | None, max_length: int) -> dict:
-    """The ``data`` entry of metrics.json: rows per split and how many were truncated to ``max_length``."""
-    summary = {"train_rows": train.rows, "train_truncated": train.truncated, "max_length": max_length}
-    if evaluation is not None:
-        summary.update({"eval_rows": evaluation.rows, "eval_truncated": evaluation.truncated})
+    """The ``data`` entry of metrics.json: rows per split, how many were truncated to ``max_length`` (cut in the
+    middle / split into windows) and, for chunks, the window counts."""
+    summary = {"max_length": max_length}
+    for name, split in (("train", train), ("eval", evaluation)):
+        if split is not None:
+            summary.update({f"{name}_rows": split.rows, f"{name}_truncated": split.truncated})
+            if split.windows is not None:
+                summary.update({f"{name}_windows": split.windows, f"{name}_capped": split.capped})
     return summary
+
+
+def long_rows_summary(
+    split: TokenizedSplit, name: str, long_text: LongTextOptions, tokenizer, max_length: int
+) -> str:
+    """One plan phrase: how many rows of ``split`` (called ``name``) the long-text strategy touched."""
+    if long_text.chunks:
+        return (
+            f"chunks: {split.rows} {name} rows -> {split.windows} windows, max {split.most_windows} per row "
+            f"({split.capped} capped at max_chunks {long_text.max_chunks})"
+        )
+    if long_text.truncation == "head_tail":
+        head, tail = head_tail_counts(
+            text_budget(tokenizer, max_length), long_text.head_tokens, long_text.tail_tokens
+        )
+        return (
+            f"head_tail: {split.truncated} of {split.rows} {name} rows longer than {head + tail} tokens cut in the "
+            f"middle (first {head} + last {tail} kept)"
+        )
+    return (
+        f"end: {split.truncated} of {split.rows} {name} rows longer than {max_length} tokens cut at the end"
+    )
 
 
 def _multi_hot(ids: list[int], num_labels: int) -> list[float]:

@@ -5,7 +5,8 @@
 - ``merged/``: the adapter merged into an unquantized base with the same head shape and label map — a plain
   ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
   fully fine-tuned runs save only this (gathered from the shards under ZeRO-3);
-- ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length),
+- ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length, and
+  ``long_text``: truncation / chunks, which ``SequenceClassifier`` applies again at prediction),
   ``metrics.json`` and the ``README.md`` model card; ``recipe.yaml`` comes from ``train.common.run.prepare_output_dir``.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
+from data_utils.tokenizer_inputs import LongTextOptions
 from eval.artifacts import write_manifest
 from eval.classifiers.sequence import KIND
 from train.common.args import ModelArguments
@@ -40,6 +42,7 @@ def classifier_manifest(
     *,
     multi_label: bool,
     threshold: float,
+    long_text: LongTextOptions | None = None,
 ) -> dict:
     """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.classifiers.sequence.SequenceClassifier`` reloads it)."""
     return {
@@ -49,6 +52,7 @@ def classifier_manifest(
         "multi_label": multi_label,
         "threshold": threshold,
         "max_length": model_args.max_length,
+        "long_text": (long_text or LongTextOptions()).as_manifest(),
     }
 
 

@@ -25,6 +25,7 @@ from transformers import EvalPrediction, Trainer
 from eval.classifiers.sequence import decide, probabilities_from_logits
 from eval.metrics.classification import classification_metrics
 from lorasmith.errors import ConfigError
+from train.classify.seqcls_chunks import pooled_forward
 from train.common.outputs import scalar_metrics
 
 
@@ -93,18 +94,27 @@ class ClassificationLoss(nn.Module):
 
 
 class SeqClassifyTrainer(Trainer):
-    """``Trainer`` whose loss is ``ClassificationLoss`` applied to the model's (B, L) logits."""
+    """``Trainer`` whose loss is ``ClassificationLoss`` applied to the model's (B, L) logits.
+
+    With ``chunk_pooling`` (``long_documents: chunks``, batches from ``seqcls_chunks.WindowCollator``) the (B, L)
+    logits are the pooled window logits of each document (``seqcls_chunks.pooled_forward``), for the loss and for
+    evaluation alike.
+    """
 
     loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation steps
 
-    def __init__(self, *args, loss: ClassificationLoss, **kwargs):
+    def __init__(self, *args, loss: ClassificationLoss, chunk_pooling: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.classification_loss = loss
+        self.chunk_pooling = chunk_pooling
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        if self.chunk_pooling is not None:
+            outputs = pooled_forward(model, inputs, self.chunk_pooling)
+        else:
+            outputs = model(**inputs)
         loss = self.classification_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 

@@ -9,6 +9,12 @@ Fields added, by concern:
   ``col: {col}`` lines for several.
 - ``prompt_format``: ``auto`` (the tokenizer's chat template if it has one), ``chat`` or ``plain``.
 
+> Long texts (inherited from ``data_utils.tokenizer_inputs.LongTextOptions``; saved with the prompt in
+> ``lorasmith.json``, so label scoring shortens rows as training did)
+- ``truncation``: ``end`` (a text column too long for ``max_length`` keeps its first tokens) or ``head_tail`` (its
+  first and last tokens, split ``head_tokens`` : ``tail_tokens``, by default 128 : 382); the system message, the
+  template and the answer are never cut. ``long_documents: chunks`` is seq_classify only (a ConfigError here).
+
 > Evaluation (label scoring on ``eval_data``: every label's answer scored by its log-likelihood after the prompt)
 - ``eval_before_training``: also score the untrained model (``before`` in metrics.json).
 - ``compare_generation``: at the end, also classify by free generation (greedy) for comparison.
@@ -30,13 +36,14 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import SFTConfig
 
 from data_utils.prompts import FORMATS
+from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.errors import ConfigError
 from train.common.args import DataArguments, ModelArguments
 from train.common.run import disable_evaluation_without_data, require_train_data
 
 
 @dataclass
-class SFTClassifyConfig(SFTConfig):
+class SFTClassifyConfig(SFTConfig, LongTextOptions):
     system_message: str | None = field(
         default=None,
         metadata={"help": "System turn: the role, the task and the condition to decide (seed 002)."},
@@ -110,6 +117,12 @@ def resolve_sft_config(
             f"sft_classify trains on labeled data: task must be 'labeled' (or unset), got {data_args.task!r}"
         )
     data_args.task = "labeled"
+    training_args.check_long_text()
+    if training_args.chunks:
+        raise ConfigError(
+            "long_documents: chunks is for train.seq_classify (window logits pooled); a prompt classifier answers "
+            "once per text: use truncation: head_tail to keep the start and the end of long texts"
+        )
     require_train_data(data_args, "a labeled table with the template's columns and a label column")
     if model_args.max_length is None or model_args.max_length < 8:
         raise ConfigError(f"max_length must be a number of tokens >= 8, got {model_args.max_length}")

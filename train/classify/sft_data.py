@@ -92,13 +92,17 @@ def prompt_spec(
     tokenizer,
 ) -> PromptSpec:
     """How every row is rendered: the system message, ``template``, each label's answer (``labels`` as a
-    label -> answer map, else the label name) and the chat or plain format, capped at ``max_length`` tokens."""
+    label -> answer map, else the label name) and the chat or plain format, capped at ``max_length`` tokens with
+    the recipe's ``truncation`` of long text columns."""
     return PromptSpec(
         template=template,
         verbalizers=build_verbalizers(label_names, label_answers(data_args.labels)),
         system_message=training_args.system_message,
         format=resolve_format(training_args.prompt_format, tokenizer),
         max_length=model_args.max_length,
+        truncation=training_args.truncation,
+        head_tokens=training_args.head_tokens,
+        tail_tokens=training_args.tail_tokens,
     )
 
 
