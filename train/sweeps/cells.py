@@ -14,11 +14,13 @@ there and compares it on resume). Commands run from the sweep's working director
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorasmith.files import write_atomic
 from train.sweeps.naming import cell_label, cell_name
 from train.sweeps.spec import SweepSpec
 
@@ -82,10 +84,6 @@ MANIFEST = "cells.json"
 
 def write_manifest(spec: SweepSpec, cells: list[Cell]) -> Path:
     """``output_dir/cells.json``: index, name, values and command of every cell (the driver is its only writer)."""
-    import json
-
-    from train.sweeps.state import write_atomic
-
     rows = [
         {"index": c.index, "name": c.name, "values": c.values, "folder": str(c.folder),
          "command": format_command(cell_command(spec, c))}

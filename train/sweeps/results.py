@@ -22,6 +22,7 @@ import json
 import math
 from pathlib import Path
 
+from lorasmith.files import write_atomic
 from train.sweeps import state, suite
 from train.sweeps.cells import Cell
 from train.sweeps.naming import value_label
@@ -129,10 +130,10 @@ def write_results(spec: SweepSpec, rows: list[dict], grid_keys: list[str]) -> di
     labels = {"rows": [row["cell"] for row in rows], "columns": [label for _, label in columns],
               "metrics": [key for key, _ in columns]}  # fmt: skip
     np.save(out / "matrix.npy", matrix)
-    state.write_atomic(out / "matrix_labels.json", json.dumps(labels, indent=2) + "\n")
+    write_atomic(out / "matrix_labels.json", json.dumps(labels, indent=2) + "\n")
     summary = {"sweep": str(spec.path), "entrypoint": spec.entrypoint, "grid_keys": grid_keys, "rows": rows,
                "matrix": {**labels, "values": [[None if math.isnan(v) else v for v in r] for r in matrix.tolist()]}}  # fmt: skip
-    state.write_atomic(out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     files = {name: out / name for name in ("results.csv", "results.json", "matrix.npy", "matrix_labels.json")}
     if len(rows) and len(columns):
         files.update(plots.write_plots(out, rows, grid_keys, matrix, labels))

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from lorasmith.errors import ConfigError
+from lorasmith.files import write_atomic
 from train.sweeps import state
 from train.sweeps.cells import Cell, format_command
 from train.sweeps.spec import SweepSpec
@@ -87,12 +88,12 @@ def submit_array(spec: SweepSpec, cells: list[Cell], dry_run: bool) -> int:
         state.clear_failure(cell.folder)
         state.write_cell_recipe(cell.recipe_path, cell.recipe)
     (spec.output_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    state.write_atomic(cells_file, "".join(f"{c.recipe_path}\n" for c in todo))
+    write_atomic(cells_file, "".join(f"{c.recipe_path}\n" for c in todo))
     job = _sbatch(array)
     collect = _sbatch(collect_command(spec, job))
     record = {"job_id": job, "collect_job_id": collect, "cells_file": str(cells_file),
               "tasks": [{"task": i, "cell": c.name} for i, c in enumerate(todo)], "submitted_at": stamp}  # fmt: skip
-    state.write_atomic(cells_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    write_atomic(cells_file.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     print(f"[sweep] submitted job array {job} ({len(todo)} cells) and collect job {collect}", flush=True)
     return 0
 

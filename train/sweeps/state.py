@@ -17,33 +17,17 @@ every file the sweep writes for a cell is inside that cell's folder (concurrent 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from eval.artifacts import MANIFEST_NAME, METRICS_NAME, RECIPE_NAME
+from lorasmith.files import write_atomic
+
 DONE = "sweep_done.json"
 FAILED = "sweep_failed.json"
 LOG = "sweep.log"
-METRICS = "metrics.json"
-MANIFEST = "lorasmith.json"
-ENTRYPOINT_RECIPE = "recipe.yaml"
-MODEL_DIRS = ("adapter", "merged")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def read_json(path: Path) -> dict | None:
@@ -56,14 +40,14 @@ def read_json(path: Path) -> dict | None:
 
 def read_metrics(folder: Path) -> dict:
     """The cell's ``metrics.json`` ({} when absent)."""
-    return read_json(folder / METRICS) or {}
+    return read_json(folder / METRICS_NAME) or {}
 
 
 def training_finished(folder: Path, log_only: bool) -> bool:
     """The entrypoint's files say training ended and the outputs were written (not stopped by a signal)."""
     if "train" not in read_metrics(folder):
         return False
-    return log_only or (folder / MANIFEST).is_file()
+    return log_only or (folder / MANIFEST_NAME).is_file()
 
 
 def cell_status(folder: Path, log_only: bool) -> str:
@@ -72,7 +56,7 @@ def cell_status(folder: Path, log_only: bool) -> str:
         return "done"
     if (folder / FAILED).is_file():
         return "failed"
-    started = (folder / ENTRYPOINT_RECIPE).is_file() or any(folder.glob("checkpoint-*"))
+    started = (folder / RECIPE_NAME).is_file() or any(folder.glob("checkpoint-*"))
     return "interrupted" if started else "pending"
 
 
