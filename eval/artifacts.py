@@ -39,6 +39,7 @@ from pathlib import Path
 
 from eval.pooling import SENTENCE_TRANSFORMERS_MODES, validate_pooling_mode
 from lorasmith.errors import ConfigError
+from lorasmith.files import write_atomic
 
 MANIFEST_NAME = "lorasmith.json"
 ADAPTER_DIR = "adapter"
@@ -51,15 +52,14 @@ MODEL_KINDS = ("embedding", "seq_classifier", "prompt_classifier")
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
-    """Write ``manifest`` to ``folder/lorasmith.json`` (creating ``folder``); returns the file path."""
+    """Write ``manifest`` to ``folder/lorasmith.json`` atomically (creating ``folder``); returns the file path."""
     kind = manifest.get("kind")
     if kind not in MODEL_KINDS:
         raise ValueError(f"manifest 'kind' must be one of {MODEL_KINDS}, got {kind!r}")
     if not manifest.get("base_model"):
         raise ValueError("manifest needs 'base_model'")
     path = Path(folder) / MANIFEST_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

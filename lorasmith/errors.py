@@ -14,11 +14,25 @@ from collections.abc import Iterable
 
 
 class LorasmithError(ValueError):
-    """Base class of every error that is the user's input, not a bug in lorasmith."""
+    """Base class of every error that is the user's input, not a bug in lorasmith. ``exit_code``: the
+    process's exit status when it ends a command (``lorasmith.process.run_main``)."""
+
+    exit_code = 2
 
 
 class ConfigError(LorasmithError):
     """A recipe or a command-line flag is invalid (unknown key, bad combination, bad value)."""
+
+
+class OutputError(LorasmithError):
+    """An output could not be written (disk full, permissions) — nothing half-written was published."""
+
+
+class NothingLearned(LorasmithError):
+    """Training ran to its end but cannot have learned anything (no optimizer step, an adapter still all
+    zero): its outputs are kept for inspection and the run is not marked complete. Exit code 3."""
+
+    exit_code = 3
 
 
 class DataError(LorasmithError):

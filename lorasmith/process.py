@@ -1,6 +1,7 @@
 """Process-level conventions shared by every command line (train entrypoints, eval CLIs, data check).
 
-- ``run_main``: a user error (``LorasmithError``) prints one paragraph and exits 2, never a traceback.
+- ``run_main``: a user error (``LorasmithError``) prints one paragraph and exits with its ``exit_code`` (2; 3
+  for a run that learned nothing), never a traceback; Ctrl-C prints one line and exits 130.
 - ``check_world_size``: the launch came up with the number of processes it was asked for.
 - Library console noise is silenced (``lorasmith.console``): its log filters on import, the rest in ``run_main``.
 """
@@ -40,7 +41,9 @@ def check_world_size(state: PartialState | None = None) -> int:
 
 
 def run_main(main: Callable[..., object], *args) -> int:
-    """Call ``main(*args)``; a user error prints one paragraph to stderr (no traceback) and returns 2.
+    """Call ``main(*args)``; a user error prints one paragraph to stderr (no traceback) and returns its
+    ``exit_code`` (2, or 3 for NothingLearned); Ctrl-C (KeyboardInterrupt, whose text says what was saved)
+    prints one line and returns 130, the shell's code for SIGINT.
 
     The process group is torn down before returning: gloo threads still alive at interpreter exit can
     abort a rank ("terminate called without an active exception") after a run that succeeded.
@@ -50,7 +53,10 @@ def run_main(main: Callable[..., object], *args) -> int:
         main(*args)
     except LorasmithError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        print(f"interrupted (Ctrl-C): {interrupt or 'stopped; the last complete checkpoint is kept'}", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -28,7 +28,7 @@ from transformers import set_seed
 
 import data_utils
 from lorasmith.process import run_main
-from train.common import cli, launch, outputs, run
+from train.common import cli, launch, learnable, outputs, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
@@ -68,6 +68,10 @@ def main(argv=None):
     resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
     objective = build_objective(task, config.loss, temperature=config.temperature)
     train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
+    learnable.check_contrastive_rows(train_ds, task, str(data_args.train_data))
+    learnable.check_optimizer_steps(len(train_ds), config, world_size)
+    if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
+        return None
 
     tokenizer = load_tokenizer(model_args)
     set_seed(config.seed)  # LoRA's random init must not depend on what ran before (Trainer seeds only later)
@@ -108,7 +112,7 @@ def main(argv=None):
         metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
 
     saved = export_embedding_model(trainer, model_args, export_merged=run_args.export_merged)
-    run.on_main_process(_write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved)
+    run.finish(trainer, recipe, saved, _write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved)
     return trainer
 
 
@@ -145,7 +149,6 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
     write_embedding_card(output_dir, model_args, task, recipe, _headline(all_metrics))
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)
-    print(f"saved to {output_dir}: " + ", ".join(k for k, v in saved.items() if v), flush=True)
 
 
 def _headline(metrics: dict) -> dict:

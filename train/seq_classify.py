@@ -47,7 +47,7 @@ from train.classify.seqcls_trainer import (
     final_evaluation,
     metrics_function,
 )
-from train.common import cli, launch, run
+from train.common import cli, launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
@@ -73,8 +73,12 @@ def main(argv=None):
         tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label, long_text) if eval_raw else None
     )
     train_labels = np.asarray(train_split.dataset["labels"]).astype(np.int64)
+    learnable.check_label_classes(train_labels, label_names, str(data_args.train_data), multi_label)
     weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
     run.disable_evaluation_without_data(training_args, eval_split is not None)
+    learnable.check_optimizer_steps(len(train_split.dataset), training_args, world_size)
+    if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
+        return None
 
     set_seed(training_args.seed)  # the head's and LoRA's random init must not depend on what ran before
     built = build_classifier(
@@ -130,7 +134,9 @@ def main(argv=None):
         threshold=threshold,
         long_text=long_text,
     )
-    run.on_main_process(write_classifier_files, training_args.output_dir, manifest, model_args, recipe, metrics)
+    run.finish(
+        trainer, recipe, saved, write_classifier_files, training_args.output_dir, manifest, model_args, recipe, metrics
+    )
     return trainer
 
 

@@ -36,7 +36,7 @@ from train.classify.sft_data import (
 )
 from train.classify.sft_export import write_prompt_classifier_files
 from train.classify.sft_trainer import PromptClassificationTrainer, generation_report
-from train.common import cli, export, launch, run
+from train.common import cli, export, launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model, load_tokenizer
 from train.common.plan import print_plan, run_plan
@@ -53,13 +53,17 @@ def main(argv=None):
     text_columns, template = prompt_columns(data_args, training_args)
     resolve_sft_config(data_args, model_args, training_args)
     train_ds, eval_ds = load_labeled_splits(data_args, text_columns)  # data errors before any model is loaded
+    label_names = train_ds.features["label"].names
+    learnable.check_label_classes(train_ds["label"], label_names, str(data_args.train_data), warn_only=True)
 
     tokenizer = load_tokenizer(model_args)
-    label_names = train_ds.features["label"].names
     spec = prompt_spec(template, label_names, data_args, model_args, training_args, tokenizer)
     answer_ids = check_verbalizers(tokenizer, spec, label_rows(train_ds.select([0]), spec)[0])
     train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
     eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
+    learnable.check_optimizer_steps(len(train_rows.dataset), training_args, world_size)
+    if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
+        return None
 
     set_seed(training_args.seed)  # LoRA's random init must not depend on what ran before (resume compares runs)
     model = load_model(model_args, AutoModelForCausalLM)
@@ -99,8 +103,8 @@ def main(argv=None):
     saved = export.export_trained_model(
         trainer, model_args, AutoModelForCausalLM, export_merged=run_args.export_merged
     )
-    run.on_main_process(
-        write_prompt_classifier_files, spec, model_args, training_args, recipe, metrics, saved
+    run.finish(
+        trainer, recipe, saved, write_prompt_classifier_files, spec, model_args, training_args, recipe, metrics, saved
     )
     return trainer
 

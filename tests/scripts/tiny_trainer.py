@@ -1,7 +1,7 @@
 """A minimal entrypoint with the real run lifecycle, for launch / resume / signal tests.
 
 It takes the entrypoints' steps (``train.common.run``: recipe parsing, launch checks, plan, ``lifecycle_callbacks``,
-``prepare_output_dir``, ``train``, files written on the main process) around a transformers ``Trainer`` that fits a tiny causal LM (LoRA, dropout on, shuffled
+``check_output_dir``, ``prepare_output_dir``, ``train``, ``finish``) around a transformers ``Trainer`` that fits a tiny causal LM (LoRA, dropout on, shuffled
 data) on synthetic token sequences, so data order and RNG state both matter for exact resume.
 
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml tests/scripts/tiny_trainer.py \
@@ -33,6 +33,7 @@ from transformers import (
     set_seed,
 )
 
+from lorasmith.files import write_atomic
 from lorasmith.process import run_main
 from train.common import cli, launch, outputs, run
 from train.common.args import ModelArguments, RunArguments
@@ -49,7 +50,7 @@ class TinyArguments:
 class TestHooks(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            outputs.write_atomic(os.path.join(args.output_dir, "progress"), str(state.global_step))
+            write_atomic(os.path.join(args.output_dir, "progress"), str(state.global_step))
             if int(os.environ.get("TINY_KILL_AT_STEP", -1)) == state.global_step:
                 os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(float(os.environ.get("TINY_STEP_SLEEP", 0)))
@@ -77,6 +78,8 @@ def main(argv=None):
     args = cli.parse_recipe(cli.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv)
     tiny, model_args, run_args, training_args = args
     world_size = launch.check_launch(training_args, run_args, model_args)
+    if run.check_output_dir(args):  # this recipe's run is finished
+        return None
     set_seed(training_args.seed)  # the LoRA initialisation is random: same seed, same run
     model = apply_tuning(load_model(model_args, AutoModelForCausalLM), model_args, "CAUSAL_LM")
     print_plan("tiny trainer", run_plan(training_args, model_args, world_size, count_parameters(model)))
@@ -87,11 +90,11 @@ def main(argv=None):
         model=model, args=training_args, train_dataset=train_dataset, data_collator=logging_collator,
         callbacks=[*run.lifecycle_callbacks(), TestHooks()]
     )
-    _, resume_from = run.prepare_output_dir(args)
+    recipe, resume_from = run.prepare_output_dir(args)
     if run.train(trainer, resume_from) is None:  # stopped by a signal
         return trainer
     metrics = {"world_size": world_size, "steps": trainer.state.global_step}
-    run.on_main_process(outputs.write_metrics, training_args.output_dir, metrics)
+    run.finish(trainer, recipe, {}, outputs.write_metrics, training_args.output_dir, metrics)
     return trainer
 
 

@@ -5,12 +5,20 @@
 A quantized base is never merged in its 4/8-bit form (rounding): the base is reloaded in ``dtype``
 (float32 on CPU) and the saved adapter merged into that. ``export_trained_model`` runs on every process (the
 weights may have to be gathered); the helpers it calls write on the main process only.
+
+Invariant: ``adapter/`` and ``merged/`` exist only complete. Each is written to ``<name>.partial/`` and renamed
+into place once everything in it is written (:func:`publish_folder`); an older complete folder is replaced only
+then. A crash (disk full, kill) leaves at most a ``.partial`` folder, which the next export removes first.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,19 +27,40 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from eval.artifacts import ADAPTER_DIR, MERGED_DIR  # the output folder contract, defined once
+from lorasmith.errors import OutputError
 from train.common.args import ModelArguments
 from train.common.modeling import load_model
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_folder(folder: Path) -> Path:
+    """Where ``folder`` is written until it is complete: a sibling (same filesystem, so the rename is atomic)."""
+    return folder.with_name(folder.name + PARTIAL_SUFFIX)
+
+
+def publish_folder(partial: Path, folder: Path) -> None:
+    """Rename the complete ``partial`` to ``folder``. An older ``folder`` is renamed aside first and removed only
+    once the new one is in place, so ``folder`` is never a mix of both."""
+    if not folder.exists():
+        os.replace(partial, folder)
+        return
+    aside = folder.with_name(folder.name + ".replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    os.replace(partial, folder)
+    shutil.rmtree(aside)
 
 
 def merge_saved_adapter(
     model_args: ModelArguments,
     adapter_dir: str | Path,
-    output_dir: str | Path,
+    folder: str | Path,
     tokenizer,
     model_class,
     **load_kwargs,
 ) -> Path:
-    """Reload the base model unquantized, merge the adapter saved in ``adapter_dir``, save to ``output_dir/merged``."""
+    """Reload the base model unquantized, merge the adapter saved in ``adapter_dir``, save it to ``folder``."""
     full_precision = dataclasses.replace(
         model_args, load_in_4bit=False, load_in_8bit=False, adapter_path=None
     )
@@ -39,21 +68,21 @@ def merge_saved_adapter(
         full_precision = dataclasses.replace(full_precision, dtype="float32")
     base = load_model(full_precision, model_class, **load_kwargs)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    return save_full_model(merged, tokenizer, output_dir)
+    return save_full_model(merged, tokenizer, folder)
 
 
 def save_full_model(
     model: torch.nn.Module,
     tokenizer,
-    output_dir: str | Path,
+    folder: str | Path,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save a full model to ``output_dir/merged``; a PEFT model is merged on a copy (the live model is untouched).
+    """Save a full model to ``folder``; a PEFT model is merged on a copy (the live model is untouched).
 
     ``state_dict`` (keys as in ``model.state_dict()``) replaces the model's own tensors: the gathered weights
     of a model whose live parameters are ZeRO-3 shards (:func:`gathered_state_dict`); PEFT models excluded.
     """
-    folder = Path(output_dir) / MERGED_DIR
+    folder = Path(folder)
     if isinstance(model, PeftModel):
         if state_dict is not None:
             raise ValueError("a PEFT model is merged from its own weights, not from a state_dict")
@@ -85,39 +114,60 @@ def export_trained_model(
     export_merged: bool,
     module: torch.nn.Module | None = None,
     prefix: str = "",
+    complete_merged: Callable[[Path], None] | None = None,
     **load_kwargs,
 ) -> dict:
     """Save what ``trainer`` trained to its ``output_dir``; call on EVERY process (saving gathers ZeRO-3 shards).
 
     ``module`` is the transformer to export (default: the unwrapped trained model); ``prefix`` its key prefix in
-    the trained model's state dict (e.g. ``"encoder."`` when the trainer wraps it in an embedding model).
+    the trained model's state dict (e.g. ``"encoder."`` when the trainer wraps it in an embedding model);
+    ``complete_merged(folder)`` adds files to the merged folder before it is published (main process).
 
     - LoRA only: ``adapter/`` through ``Trainer.save_model`` (DeepSpeed consolidates the shards first), and
       ``merged/`` from that adapter when ``export_merged`` (``model_class`` + ``load_kwargs`` reload the base);
     - full fine-tuning (with or without LoRA): ``merged/`` only — the base weights changed, an adapter alone
       would not reproduce the model; under ZeRO-3 from the gathered shards.
 
-    Returns the manifest's ``adapter`` / ``merged`` entries (folder names, or None). A log-only run
-    (``save_model: false``, flagged on the training arguments by ``run.prepare_output_dir``) saves nothing.
+    Both are written under their ``.partial`` names and published together at the end (module docstring).
+    Returns the manifest's ``adapter`` / ``merged`` entries (folder names, or None).
+
+    Raises:
+        OutputError: a folder could not be written (disk full, permissions); nothing was published.
     """
-    if not getattr(trainer.args, "lorasmith_save_model", True):
-        return {"adapter": None, "merged": None}
     output_dir = Path(trainer.args.output_dir)
     tokenizer = trainer.processing_class
     module = module if module is not None else trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(module, PeftModel) and not model_args.full_finetune:
-        trainer.save_model(str(output_dir / ADAPTER_DIR))
-        if is_deepspeed_zero3_enabled():  # the merge reloads the base on one process, not as a ZeRO-3 model
-            unset_hf_deepspeed_config()
-        if export_merged and trainer.args.should_save:
-            merge_saved_adapter(
-                model_args, output_dir / ADAPTER_DIR, output_dir, tokenizer, model_class, **load_kwargs
-            )
-        saved = {"adapter": ADAPTER_DIR, "merged": MERGED_DIR if export_merged else None}
-    else:
-        weights = gathered_state_dict(trainer, prefix)  # ZeRO-3 shards, gathered; None otherwise
-        if trainer.args.should_save:
-            save_full_model(module, tokenizer, output_dir, weights)
-        saved = {"adapter": None, "merged": MERGED_DIR}
+    lora_only = isinstance(module, PeftModel) and not model_args.full_finetune
+    names = [ADAPTER_DIR, MERGED_DIR] if lora_only and export_merged else [ADAPTER_DIR] if lora_only else [MERGED_DIR]
+    folders = {name: partial_folder(output_dir / name) for name in names}
+    if trainer.args.should_save:
+        for partial in folders.values():  # what a crashed export left behind: incomplete by construction
+            shutil.rmtree(partial, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    return saved
+    try:
+        if lora_only:
+            trainer.save_model(str(folders[ADAPTER_DIR]))
+            if is_deepspeed_zero3_enabled():  # the merge reloads the base on one process, not as a ZeRO-3 model
+                unset_hf_deepspeed_config()
+            if export_merged and trainer.args.should_save:
+                merge_saved_adapter(
+                    model_args, folders[ADAPTER_DIR], folders[MERGED_DIR], tokenizer, model_class, **load_kwargs
+                )
+        else:
+            weights = gathered_state_dict(trainer, prefix)  # ZeRO-3 shards, gathered; None otherwise
+            if trainer.args.should_save:
+                save_full_model(module, tokenizer, folders[MERGED_DIR], weights)
+        if trainer.args.should_save:
+            if complete_merged is not None and MERGED_DIR in folders:
+                complete_merged(folders[MERGED_DIR])
+            for name, partial in folders.items():
+                publish_folder(partial, output_dir / name)
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+        raise OutputError(
+            f"could not write the exported model to {output_dir}: {reason}. Nothing was published (the incomplete "
+            f"files are in {', '.join(p.name for p in folders.values())}, removed by the next export); free space "
+            "or fix the folder, then run the same command again: it resumes from the last checkpoint and exports"
+        ) from error
+    trainer.accelerator.wait_for_everyone()
+    return {"adapter": ADAPTER_DIR if lora_only else None, "merged": MERGED_DIR if MERGED_DIR in folders else None}

@@ -1,8 +1,10 @@
 """What every run leaves in ``output_dir`` besides checkpoints: the resolved recipe, metrics and a model card.
 
 Layout (the contract ``eval.artifacts`` reads): ``adapter/``, ``merged/``, ``lorasmith.json``, ``metrics.json``,
-``README.md`` (model card), ``recipe.yaml``, ``checkpoint-*/``. Files are written atomically (temp file +
-rename) so an interrupted run never leaves a half-written JSON or YAML behind. Only the main process writes.
+``README.md`` (model card), ``recipe.yaml``, ``checkpoint-*/``, and ``lorasmith_run.json``, the run record
+(``train.common.resume``: written last by ``run.finish``; a run is finished only once it says ``complete``).
+Files are written atomically (temp file + rename) so an interrupted run never leaves a half-written JSON or
+YAML behind. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,6 +19,9 @@ from pathlib import Path
 import yaml
 
 from eval.artifacts import METRICS_NAME, MODEL_CARD_NAME, RECIPE_NAME  # the output contract
+from lorasmith.files import write_atomic  # the one atomic writer (also used by eval.artifacts)
+
+RUN_RECORD_NAME = "lorasmith_run.json"
 
 
 def lorasmith_version() -> str:
@@ -26,20 +30,6 @@ def lorasmith_version() -> str:
         return version("lorasmith")
     except PackageNotFoundError:
         return "source"
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def recipe_dict(*arguments) -> dict:
@@ -70,6 +60,20 @@ def write_recipe(output_dir: str | os.PathLike, recipe: dict) -> None:
     write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True))
 
 
+def read_run_record(output_dir: str | os.PathLike) -> dict | None:
+    """The run record of ``output_dir`` (``train.common.resume`` defines its fields), None when absent or unreadable."""
+    try:
+        record = json.loads((Path(output_dir) / RUN_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_run_record(output_dir: str | os.PathLike, record: dict) -> None:
+    """Write the run record (atomically: it is what says a run finished)."""
+    write_atomic(Path(output_dir) / RUN_RECORD_NAME, json.dumps(yaml_safe(record), indent=2, sort_keys=True) + "\n")
+
+
 def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:
     """Merge ``metrics`` into ``metrics.json`` (keys like ``before``/``after``/``train`` accumulate) and return all."""
     path = Path(output_dir) / METRICS_NAME
@@ -82,7 +86,8 @@ def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:
 def write_model_card(
     output_dir: str | os.PathLike, *, title: str, base_model: str, task: str, recipe: dict, metrics: dict, usage: str
 ) -> None:
-    """``README.md`` with what was trained, how to use it, the metrics table and the full recipe."""
+    """``README.md`` with what was trained, how to use it, the metrics table and the full recipe; a run that was
+    finished and then trained further (its run record in ``output_dir`` lists the earlier completions) says so."""
     lines = [
         "---",
         f"base_model: {base_model}",
@@ -93,6 +98,7 @@ def write_model_card(
         "",
         f"Fine-tuned from `{base_model}` with [lorasmith](https://pypi.org/project/lorasmith/) (task: `{task}`).",
         "",
+        *_continuation_lines(read_run_record(output_dir)),
         "## Usage",
         "",
         usage.strip(),
@@ -109,6 +115,22 @@ def write_model_card(
         "",
     ]
     write_atomic(Path(output_dir) / MODEL_CARD_NAME, "\n".join(lines))
+
+
+def _continuation_lines(record: dict | None) -> list[str]:
+    """The card's note on a run trained further after it had finished (``record``: the run record found while
+    writing the card, i.e. the earlier completions), or nothing for a run trained in one go."""
+    if not record:
+        return []
+    earlier = [*record.get("continued_from", []), record]
+    steps = ", then ".join(f"step {entry['global_step']}" for entry in earlier)
+    return [
+        f"Continued training: this run first finished at {steps} and was then trained further from that "
+        "checkpoint with the same recipe (a higher max_steps / num_train_epochs). The metrics below are the final "
+        "model's; metrics.json's `train` group covers the steps of the last session (`train_loss_steps`), "
+        "`global_step` is the total.",
+        "",
+    ]
 
 
 def scalar_metrics(report: dict, names: Sequence[str] | None = None, *, per_class_f1: bool = False) -> dict:

@@ -3,28 +3,36 @@
     args = cli.parse_recipe(parser, argv)                    # the parsed dataclasses, in parser order
     world_size = launch.check_launch(training_args, run_args, model_args)
     require_train_data(data_args, "..."); first_rows(...); disable_evaluation_without_data(...)
+    learnable.check_...(train data); learnable.check_optimizer_steps(rows, training_args, world_size)
+    if check_output_dir(args): return                        # this recipe's run is finished: exit 0, untouched
     set_seed(training_args.seed)                             # before the model: LoRA's init is random
     ... build the model, print the plan, stop on --dry_run ...
     trainer = SomeTrainer(..., callbacks=lifecycle_callbacks())
     recipe, resume_from = prepare_output_dir(args)           # every process; writes recipe.yaml
     result = train(trainer, resume_from)                     # None: stopped by a signal, checkpoint saved
     saved = export...(trainer, ...)                          # every process (ZeRO-3 gathers)
-    on_main_process(write_files, ...)                        # lorasmith.json, metrics.json, README.md
+    finish(trainer, recipe, saved, write_files, ...)         # lorasmith.json, metrics.json, README.md, then
+                                                             # the run record that says the run is complete
 
 Invariants: every process calls every step (saving and resuming are collective); only the main process
-(``PartialState().is_main_process``, the one spelling of that check in the entrypoints) writes run files.
+(``PartialState().is_main_process``, the one spelling of that check in the entrypoints) writes run files;
+a run is complete only once ``finish`` wrote its record, after everything else (``train.common.resume``).
+Exit codes (``lorasmith.process.run_main``): 0 done (or nothing to do), 2 a user error before or during the
+run, 3 the run finished but learned nothing (outputs kept, not marked complete), 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from accelerate import PartialState
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
-from lorasmith.errors import ConfigError
-from train.common import outputs, resume
+from lorasmith.errors import ConfigError, NothingLearned
+from train.common import learnable, outputs, resume
 from train.common.args import RunArguments
 from train.common.launch import CheckTrainableInputs
 from train.common.modeling import resolve_model_source
@@ -38,9 +46,14 @@ def require_train_data(data_args, expected: str) -> None:
 
 
 def first_rows(dataset, count: int | None):
-    """The first ``count`` rows of ``dataset`` (``max_train_samples`` / ``max_eval_samples``); None or 0 keeps
-    every row, and a missing dataset stays None."""
-    if dataset is None or not count or count >= len(dataset):
+    """The first ``count`` rows of ``dataset`` (``max_train_samples`` / ``max_eval_samples``); None keeps every
+    row, and a missing dataset stays None. A count below 1 is a ConfigError (0 once silently meant "all")."""
+    if count is not None and count < 1:
+        raise ConfigError(
+            f"max_train_samples / max_eval_samples is {count}: that selects no rows. Leave it unset (null) to use "
+            "every row, or give a positive count"
+        )
+    if dataset is None or count is None or count >= len(dataset):
         return dataset
     return dataset.select(range(count))
 
@@ -64,27 +77,77 @@ def stopped_by_signal(trainer) -> bool:
     return any(isinstance(cb, StopOnSignal) and cb.stopped for cb in trainer.callback_handler.callbacks)
 
 
+def check_output_dir(args: Sequence) -> bool:
+    """True when ``output_dir`` holds this recipe's finished run and nothing more is asked (the entrypoint
+    returns: exit 0, nothing touched); ConfigError when the folder may not be used (``resume.check_output_dir``).
+    Call on every process once the recipe is final, before any model loads; it writes nothing."""
+    run_args, training_args, recipe = _resolved_recipe(args)
+    return resume.check_output_dir(training_args, run_args, recipe)
+
+
 def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
     """(recipe, checkpoint to resume from or None) for the parsed recipe ``args`` (``cli.parse_recipe``'s tuple).
 
     The recipe is ``outputs.recipe_dict(*args)``; ``output_dir`` is checked against it and ``recipe.yaml``
     written by ``resume.prepare_output_dir``. Call on every process, after the Trainer is built.
-    ``save_model: false`` (log-only) turns checkpoints off here and the export off (``export_trained_model``).
     """
-    run_args = next(a for a in args if isinstance(a, RunArguments))
-    training_args = next(a for a in args if isinstance(a, TrainingArguments))
-    if not run_args.save_model:  # log-only: no checkpoints; export_trained_model reads the flag and saves nothing
-        training_args.save_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
-    training_args.lorasmith_save_model = run_args.save_model
-    recipe = outputs.recipe_dict(*args)
+    run_args, training_args, recipe = _resolved_recipe(args)
     return recipe, resume.prepare_output_dir(training_args, run_args, recipe)
 
 
+def _resolved_recipe(args: Sequence) -> tuple[RunArguments, TrainingArguments, dict]:
+    """(run arguments, training arguments, recipe) with the run options applied to the training arguments
+    (idempotent, so the check before the model and the preparation after the Trainer see one recipe)."""
+    run_args = next(a for a in args if isinstance(a, RunArguments))
+    training_args = next(a for a in args if isinstance(a, TrainingArguments))
+    return run_args, training_args, outputs.recipe_dict(*args)
+
+
 def train(trainer, resume_from: str | None) -> TrainOutput | None:
-    """``trainer.train`` from ``resume_from``; None when a signal stopped it (its checkpoint is saved and the
-    same command resumes from it: the caller ends the run without evaluating or exporting)."""
+    """``trainer.train`` from ``resume_from``; None when SIGTERM / SIGUSR1 stopped it (its checkpoint is saved and
+    the same command resumes from it: the caller ends the run without evaluating or exporting), and
+    KeyboardInterrupt (exit 130, one line) when Ctrl-C did.
+
+    The result's metrics say what they cover: ``global_step`` (the run's total), ``resumed_from_step``
+    (resumed runs) and ``train_loss_steps`` (the steps this call trained, which ``train_loss`` and the speed
+    metrics average over; a call that trained none has no ``train_loss``: transformers would report 0.0).
+    """
+    first_step = (resume.read_marker(resume_from) or {}).get("step", 0) if resume_from else 0
+    stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
+    if resume_from and 0 < trainer.args.max_steps <= first_step and not trainer.is_deepspeed_enabled:
+        return _reload_finished_training(trainer, resume_from, stop)
     result = trainer.train(resume_from_checkpoint=resume_from)
-    return None if stopped_by_signal(trainer) else result
+    if stop is not None and stop.interrupted:
+        raise KeyboardInterrupt(
+            f"saved checkpoint-{trainer.state.global_step} in {trainer.args.output_dir}; run the same command "
+            "again to resume from it"
+        )
+    if stopped_by_signal(trainer):
+        return None
+    metrics = dict(result.metrics, global_step=trainer.state.global_step)
+    metrics["train_loss_steps"] = trainer.state.global_step - first_step
+    if resume_from:
+        metrics["resumed_from_step"] = first_step
+    if metrics["train_loss_steps"] == 0:
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("train_") or k == "train_loss_steps"}
+    return TrainOutput(result.global_step, metrics.get("train_loss"), metrics)
+
+
+def _reload_finished_training(trainer, checkpoint: str, stop: StopOnSignal | None) -> TrainOutput:
+    """The result of a run whose ``checkpoint`` is already at ``max_steps`` (it stopped after its last save:
+    killed while evaluating or exporting): the model and state are loaded from it, and nothing is trained.
+    ``Trainer.train`` would run one optimizer step past ``max_steps`` (it checks the limit after a step).
+    ZeRO checkpoints are loaded only inside ``train``, so DeepSpeed runs still go through it."""
+    trainer._load_from_checkpoint(checkpoint)  # the hook ContrastiveTrainer overrides (guarded by a test)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+    if stop is not None:
+        stop.on_train_end(trainer.args, trainer.state, trainer.control)  # the previous signal handlers return
+    step = trainer.state.global_step
+    print(f"lorasmith: {checkpoint} is at max_steps {trainer.args.max_steps}: nothing left to train", flush=True)
+    metrics = {"global_step": step, "train_loss_steps": 0, "resumed_from_step": step, "epoch": trainer.state.epoch}
+    return TrainOutput(step, None, metrics)
 
 
 def manifest_fields(kind: str, model_args, saved: dict) -> dict:
@@ -98,6 +161,30 @@ def manifest_fields(kind: str, model_args, saved: dict) -> dict:
         "gguf_file": source.gguf_file,
         **saved,
     }
+
+
+def finish(trainer, recipe: dict, saved: dict, write: Callable[..., None], *args) -> None:
+    """The last step, on every process: ``write(*args)`` on the main process (lorasmith.json, metrics.json,
+    README.md), then the run record that marks the run complete, written last and atomically.
+
+    A run that learned nothing (``learnable.nothing_learned``) is not marked complete and raises
+    NothingLearned (exit 3) after its files are written: they are kept for inspection, and "saved" is not
+    printed as a success.
+    """
+    output_dir = trainer.args.output_dir
+    on_main_process(write, *args)
+    problem = learnable.nothing_learned(trainer)
+    if problem:
+        raise NothingLearned(
+            f"the run finished but learned nothing: {problem}. Its files are in {output_dir} for inspection; the "
+            "run is not marked complete."
+        )
+    earlier = outputs.read_run_record(output_dir)
+    record = resume.completion_record(recipe, trainer.args, trainer.state, earlier)
+    on_main_process(outputs.write_run_record, output_dir, record)
+    if PartialState().is_main_process:
+        folders = ", ".join(k for k, v in saved.items() if v) or "metrics only (no model saved)"
+        print(f"saved to {output_dir}: {folders}; run complete", flush=True)
 
 
 def on_main_process(write: Callable[..., None], *args) -> None:

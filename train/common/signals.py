@@ -1,4 +1,9 @@
-"""Graceful stops: SIGTERM / SIGUSR1 become a checkpoint at the next optimizer-step boundary and a clean exit.
+"""Graceful stops: SIGTERM / SIGUSR1 / Ctrl-C become a checkpoint at the next optimizer-step boundary and an exit.
+
+SIGTERM / SIGUSR1 end the run with exit 0 (a scheduler's stop: the job is requeued and resumes). Ctrl-C
+(SIGINT) ends it with exit 130 and one line saying how to resume (``run.train`` raises KeyboardInterrupt,
+``lorasmith.process.run_main`` prints it); a second Ctrl-C before that quits at once, exit 130, without saving
+(a checkpoint cut short has no completion marker: the next run moves it aside and resumes from the previous one).
 
 Who sends them: ``kill <pid>``, SLURM at the time limit (SIGTERM, then SIGKILL after ``KillWait``), and
 ``#SBATCH --signal=USR1@<seconds>`` before the limit (``slurm/launch.slurm`` forwards it to every rank and
@@ -20,7 +25,7 @@ import torch.distributed as dist
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopOnSignal(TrainerCallback):
@@ -29,18 +34,22 @@ class StopOnSignal(TrainerCallback):
     Handlers are installed when the callback is built (so a signal that arrives while the model is still
     loading is not lost) and the previous handlers come back at the end of training.
     ``received`` is the signal number caught on this rank (None if none); ``stopped`` is True once
-    training was stopped because of a signal on any rank.
+    training was stopped because of a signal on any rank; ``interrupted`` is True when that stop was a
+    Ctrl-C on any rank (the run then exits 130, not 0).
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
         self.received: int | None = None
         self.stopped = False
+        self.interrupted = False
         self._previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():  # signal.signal raises elsewhere
             for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:  # pressed twice: quit now
+            raise KeyboardInterrupt("pressed twice: stopped without saving; the last complete checkpoint is kept")
         self.received = signum
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -49,11 +58,13 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if _any_rank(self.received is not None):
             self.stopped = True
+            self.interrupted = _any_rank(self.received == signal.SIGINT)
             control.should_save = True
             control.should_training_stop = True
             if state.is_world_process_zero:
                 name = signal.Signals(self.received).name if self.received else "a signal on another rank"
-                print(f"lorasmith: got {name}; saving checkpoint-{state.global_step} and stopping", flush=True)
+                again = " (press Ctrl-C again to quit without saving)" if self.interrupted else ""
+                print(f"lorasmith: got {name}; saving checkpoint-{state.global_step} and stopping{again}", flush=True)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):

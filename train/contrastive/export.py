@@ -29,35 +29,32 @@ def export_embedding_model(
 ) -> dict[str, str | None]:
     """Save adapter and/or merged model of ``trainer``'s model to ``trainer.args.output_dir``; call on EVERY
     process (the adapter save may be collective). Returns the manifest's ``adapter`` / ``merged`` entries."""
-    output_dir = Path(trainer.args.output_dir)
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
-    saved = export_trained_model(
-        trainer,
-        model_args,
-        AutoModel,
-        export_merged=export_merged,
-        module=model.encoder,
-        prefix=ENCODER_PREFIX,
-    )
-    if saved["merged"] and trainer.args.should_save:
+
+    def add_sentence_transformers_files(folder: Path) -> None:
         settings = embedding_settings(trainer)
         write_sentence_transformers_files(
-            output_dir / MERGED_DIR,
+            folder,
             settings["pooling"],
             settings["normalize"],
             settings["max_length"],
             model.hidden_size(),
             prompts={
                 name: prefix
-                for name, prefix in (
-                    ("query", settings["query_prefix"]),
-                    ("document", settings["document_prefix"]),
-                )
+                for name, prefix in (("query", settings["query_prefix"]), ("document", settings["document_prefix"]))
                 if prefix
             },
         )
-    trainer.accelerator.wait_for_everyone()  # the sentence-transformers files are written
-    return saved
+
+    return export_trained_model(
+        trainer,
+        model_args,
+        AutoModel,
+        export_merged=export_merged,
+        module=model.encoder,
+        prefix=ENCODER_PREFIX,
+        complete_merged=add_sentence_transformers_files,  # published with merged/, never after it
+    )
 
 
 def embedding_settings(trainer) -> dict:
