@@ -129,11 +129,14 @@ def export_trained_model(
       would not reproduce the model; under ZeRO-3 from the gathered shards.
 
     Both are written under their ``.partial`` names and published together at the end (module docstring).
-    Returns the manifest's ``adapter`` / ``merged`` entries (folder names, or None).
+    Returns the manifest's ``adapter`` / ``merged`` entries (folder names, or None). A log-only run
+    (``save_model: false``, flagged on the training arguments by ``run.prepare_output_dir``) saves nothing.
 
     Raises:
         OutputError: a folder could not be written (disk full, permissions); nothing was published.
     """
+    if not getattr(trainer.args, "lorasmith_save_model", True):
+        return {"adapter": None, "merged": None}
     output_dir = Path(trainer.args.output_dir)
     tokenizer = trainer.processing_class
     module = module if module is not None else trainer.accelerator.unwrap_model(trainer.model)

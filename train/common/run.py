@@ -97,9 +97,14 @@ def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
 
 def _resolved_recipe(args: Sequence) -> tuple[RunArguments, TrainingArguments, dict]:
     """(run arguments, training arguments, recipe) with the run options applied to the training arguments
-    (idempotent, so the check before the model and the preparation after the Trainer see one recipe)."""
+    (idempotent, so the check before the model and the preparation after the Trainer see one recipe).
+    ``save_model: false`` (log-only) turns checkpoints off here and the export off (``export_trained_model``).
+    """
     run_args = next(a for a in args if isinstance(a, RunArguments))
     training_args = next(a for a in args if isinstance(a, TrainingArguments))
+    if not run_args.save_model:  # log-only: no checkpoints; export_trained_model reads the flag and saves nothing
+        training_args.save_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
+    training_args.lorasmith_save_model = run_args.save_model
     return run_args, training_args, outputs.recipe_dict(*args)
 
 
