@@ -81,3 +81,30 @@ def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
             ):
                 assert step_two[key] == pytest.approx(step_one[key], abs=1e-4), key
     assert len({round(step["loss"], 4) for step in one}) > 1  # the model trains: the losses move
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_gradient_cache_log_the_losses_of_one_plain_process(tiny_bert_dir, tmp_path):
+    """2 processes x 8 with ``gradient_cache: true, mini_batch_size: 2`` == 1 process x 16 in one forward per role."""
+    texts = sentences(16 * STEPS)
+    rows = [{"anchor": a, "positive": b} for a, b in zip(texts, sentences(len(texts), offset=3), strict=True)]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    common = [
+        "--model_name_or_path", str(tiny_bert_dir), "--task", "pairs", "--train_data", data, "--loss", "infonce",
+        "--use_peft", "true", "--lora_target_modules", "query", "value", "--lora_dropout", "0", "--dropout", "0",
+        "--max_steps", str(STEPS), "--logging_steps", "1", "--learning_rate", "1e-2", "--warmup_steps", "0",
+        "--save_strategy", "steps", "--save_steps", str(STEPS), "--eval_strategy", "no",
+        "--load_best_model_at_end", "false", "--export_merged", "false", "--report_to", "none", "--seed", "7",
+    ]  # fmt: skip
+    one = [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16", "--mini_batch_size", "0"]
+    assert run_main(main, one) == 0
+    run_multiprocess(["-m", "train.embed", *common, "--output_dir", str(tmp_path / "two"),
+                      "--per_device_train_batch_size", "8", "--gradient_cache", "true", "--mini_batch_size", "2"])  # fmt: skip
+
+    plain, cached = logged_steps(tmp_path / "one"), logged_steps(tmp_path / "two")
+    assert len(plain) == len(cached) == STEPS
+    for step_plain, step_cached in zip(plain, cached, strict=True):
+        assert step_cached["global_batch_size"] == step_plain["global_batch_size"] == 16
+        assert step_cached["loss"] == pytest.approx(step_plain["loss"], abs=1e-4)
+        assert step_cached["padding_share"] < step_plain["padding_share"]  # chunks of 2 pad less than roles
+    assert len({round(step["loss"], 4) for step in plain}) > 1

@@ -33,19 +33,25 @@ def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(token
         tokenizer, EMBED_TASKS["tags"], 32, query_prefix="q: ", document_prefix="d: "
     )(rows)
 
-    assert batch["candidate_input_ids"].shape[0] == 3  # cat, map, dog: the shared tag appears once
+    assert batch["candidate_ids"].shape[0] == 3  # cat, map, dog: the shared tag appears once
     assert batch["candidate_ids"].tolist() == text_ids(["cat", "map", "dog"]).tolist()  # ids of the raw tags
     cat, map_, dog = batch["candidate_ids"].tolist()
     assert batch["positive_ids"].tolist() == [[cat, map_], [dog, cat]]
-    decoded = tokenizer.decode(batch["candidate_input_ids"][0], skip_special_tokens=True)
+    decoded = tokenizer.decode(token_rows(batch)[2], skip_special_tokens=True)  # text 2 = candidate 0
     assert decoded.startswith("d :")  # document prefix on tags (the tokenizer splits ':')
-    assert int(batch["real_tokens"]) == int(
-        batch["anchor_attention_mask"].sum() + batch["candidate_attention_mask"].sum()
-    )
-    assert (
-        int(batch["padded_tokens"])
-        == batch["anchor_attention_mask"].numel() + batch["candidate_attention_mask"].numel()
-    )
+    masks = [chunk["attention_mask"] for chunk in batch["chunks"]]
+    assert int(batch["real_tokens"]) == int(sum(mask.sum() for mask in masks))
+    assert int(batch["padded_tokens"]) == sum(mask.numel() for mask in masks)
+
+
+def token_rows(batch) -> list[list[int]]:
+    """Every text's unpadded token ids, in text order (anchors, then candidates)."""
+    rows = [
+        ids[mask.bool()].tolist()
+        for chunk in batch["chunks"]
+        for ids, mask in zip(chunk["input_ids"], chunk["attention_mask"], strict=True)
+    ]
+    return [rows[j] for j in batch["text_order"].argsort().tolist()]
 
 
 def test_tags_with_different_tag_counts_pad_positive_ids(tokenizer):
@@ -75,7 +81,7 @@ def test_simcse_views_share_ids_and_symmetric_tasks_drop_prefixes(tokenizer):
     )
     batch = collator(rows)
     assert collator.query_prefix == collator.document_prefix == ""
-    assert torch.equal(batch["anchor_input_ids"], batch["candidate_input_ids"])
+    assert token_rows(batch)[:2] == token_rows(batch)[2:]
     embedded = embedded_batch(EMBED_TASKS["simcse_unsup"], torch.zeros(2, 4), torch.zeros(2, 4), batch)
     assert embedded.positive_ids[:, 0].tolist() == batch["anchor_ids"].tolist()
 
@@ -130,7 +136,9 @@ def test_lora_with_activation_checkpointing_keeps_gradients_in_lora(tiny_bert_di
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter)  # lora_B starts at 0: make lora_A's gradient non-zero too
-    anchor, candidates = model(ids, mask, ids.flip(0), mask)
+    anchor, candidates = model(
+        [{"input_ids": ids, "attention_mask": mask}, {"input_ids": ids.flip(0), "attention_mask": mask}]
+    ).split(3)
     (anchor @ candidates.T).sum().backward()
     lora_grads = {name: p.grad for name, p in model.named_parameters() if "lora_" in name}
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads.values())

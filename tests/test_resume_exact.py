@@ -102,3 +102,48 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_the_rerun_finishes(tiny_llama_di
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"resuming from {checkpoint}" in finished.stdout
     assert json.loads((output_dir / "metrics.json").read_text())["steps"] == step + 2
+
+
+KILL_EMBED = """
+import os, signal, sys
+from transformers import TrainerCallback
+from lorasmith.process import run_main
+from train.common import run
+from train.embed import main
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ.get("KILL_AT_STEP", -1)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+callbacks = run.lifecycle_callbacks
+run.lifecycle_callbacks = lambda: [*callbacks(), KillAt()]
+sys.exit(run_main(main, sys.argv[1:]))
+"""
+
+
+def test_kill_9_then_rerun_is_exact_with_the_gradient_cache(tiny_bert_dir, tmp_path):
+    """train.embed with ``gradient_cache`` and dropout on (SimCSE views): the resumed run logs the same losses."""
+    from test_embed_train import sentences
+
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences(48)) + "\n")
+    output_dir = {name: tmp_path / name for name in ("baseline", "interrupted")}
+
+    def train(name: str, kill_at: int = -1) -> subprocess.CompletedProcess:
+        argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "simcse_unsup", "--train_data",
+                str(tmp_path / "sentences.txt"), "--use_peft", "true", "--dropout", "0.1", "--gradient_cache", "true",
+                "--mini_batch_size", "3", "--per_device_train_batch_size", "4", "--max_steps", str(MAX_STEPS),
+                "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS), "--logging_steps", "1",
+                "--eval_strategy", "no", "--load_best_model_at_end", "false", "--export_merged", "false",
+                "--learning_rate", "1e-2", "--report_to", "none", "--output_dir", str(output_dir[name])]  # fmt: skip
+        return subprocess.run([sys.executable, "-c", KILL_EMBED, *argv], cwd=REPO, capture_output=True, text=True,
+                              env=multiproc.test_env(KILL_AT_STEP=str(kill_at)), timeout=600)  # fmt: skip
+
+    assert train("baseline").returncode == 0
+    assert train("interrupted", kill_at=KILL_AT).returncode == -signal.SIGKILL
+    assert sorted(p.name for p in output_dir["interrupted"].glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    resumed = train("interrupted")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {output_dir['interrupted'] / 'checkpoint-4'}" in resumed.stdout
+    assert len(step_losses(output_dir["baseline"])) == MAX_STEPS
+    assert step_losses(output_dir["interrupted"]) == step_losses(output_dir["baseline"])

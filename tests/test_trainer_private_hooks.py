@@ -24,6 +24,9 @@ HOOKS = [
     pytest.param(Trainer, "compute_loss", COMPUTE_LOSS, id="ContrastiveTrainer.compute_loss"),
     pytest.param(Trainer, "log", ("self", "logs", "start_time"), id="ContrastiveTrainer.log"),
     pytest.param(
+        Trainer, "training_step", ("self", "model", "inputs", "num_items_in_batch"), id="ContrastiveTrainer.training_step"
+    ),
+    pytest.param(
         Trainer, "evaluate", ("self", "eval_dataset", "ignore_keys", "metric_key_prefix"), id="ContrastiveTrainer.evaluate"
     ),
     # private: Trainer's own versions would save / load the EmbeddingModel wrapper, not the PEFT adapter it holds

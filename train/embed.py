@@ -27,17 +27,27 @@ import sys
 from transformers import set_seed
 
 import data_utils
+from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common import cli, launch, learnable, outputs, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
 from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.config import EmbedConfig, resolve_task_defaults
+from train.contrastive.config import EmbedConfig, encoding_mode, resolve_mini_batches, resolve_task_defaults
 from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
 from train.contrastive.loss_spec import build_objective
+from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import build_embedding_model
-from train.contrastive.tasks import EMBED_TASKS, embed_task
+from train.contrastive.sampling import (
+    DatasetMix,
+    MixCollator,
+    SamplerEpoch,
+    SingleDatasetBatches,
+    TrainSource,
+    train_sources,
+)
+from train.contrastive.tasks import EMBED_TASKS, EmbedTask, embed_task
 from train.contrastive.trainer import ContrastiveTrainer
 
 
@@ -45,30 +55,97 @@ def make_parser():
     return cli.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig))
 
 
-def load_datasets(data_args: DataArguments, config: EmbedConfig):
-    """(train, eval or None) in the schemas of the training task and of ``config.eval_task``."""
-    run.require_train_data(data_args, "a file, folder, glob or hub id (see data_utils/samples/)")
+def load_datasets(data_args: DataArguments, config: EmbedConfig, sources: list[TrainSource] | None):
+    """(train, eval or None) in the schemas of the training task(s) and of ``config.eval_task``. With several
+    ``sources`` (``sampling.train_sources``) train is a ``DatasetMix`` of them, each in its own task's schema and
+    cut to ``max_train_samples`` rows."""
+    run.require_train_data(
+        data_args, "a file, folder, glob or hub id (see data_utils/samples/), or a list / map of them"
+    )
 
-    def load(source, schema, limit):
+    def load(source, schema, columns, limit):
         options = dataclasses.replace(data_args, task=schema).load_options()
-        return run.first_rows(data_utils.load(source, task=schema, columns=data_args.columns, **options), limit)
+        return run.first_rows(data_utils.load(source, task=schema, columns=columns, **options), limit)
 
-    train = load(data_args.train_data, EMBED_TASKS[data_args.task].schema, data_args.max_train_samples)
+    def load_train(source, task, columns):
+        return load(source, EMBED_TASKS[task].schema, columns, data_args.max_train_samples)
+
+    if sources is None:
+        train = load_train(data_args.train_data, data_args.task, data_args.columns)
+    else:
+        datasets = [load_train(source.data, source.task, source.columns) for source in sources]
+        train = DatasetMix(
+            [source.name for source in sources], datasets, [EMBED_TASKS[s.task] for s in sources]
+        )
     evaluation = None
     if data_args.eval_data:
-        evaluation = load(data_args.eval_data, config.eval_task, data_args.max_eval_samples)
+        evaluation = load(
+            data_args.eval_data, config.eval_task, data_args.columns, data_args.max_eval_samples
+        )
     return train, evaluation
+
+
+def check_source_tasks(sources: list[TrainSource] | None, task: EmbedTask, config: EmbedConfig) -> None:
+    """ConfigError naming the dataset when one of several training datasets has a task the loss cannot use."""
+    for source in sources or ():
+        try:
+            build_objective(
+                embed_task(source.task), config.loss or task.default_loss, temperature=config.temperature
+            )
+        except ConfigError as error:
+            raise ConfigError(f"train_data '{source.name}' (task {source.task}): {error}") from None
+
+
+def training_batches(train_ds, tokenizer, task: EmbedTask, model_args, config: EmbedConfig, world_size: int):
+    """(collator, batch sampler or None, extra callbacks): one dataset -> the task's collator and Trainer's
+    sampling; a ``DatasetMix`` -> single-dataset batches (``sampling.py``) collated by each dataset's task."""
+
+    def collator(for_task):
+        return ContrastiveCollator(
+            tokenizer,
+            for_task,
+            model_args.max_length,
+            config.query_prefix,
+            config.document_prefix,
+            config.mini_batch_size,
+        )
+
+    if not isinstance(train_ds, DatasetMix):
+        return collator(task), None, []
+    sampler = SingleDatasetBatches(
+        train_ds.sizes,
+        config.per_device_train_batch_size,
+        world_size,
+        sampling=config.dataset_sampling,
+        seed=config.seed if config.data_seed is None else config.data_seed,
+        drop_last=config.dataloader_drop_last,
+    )
+    return (
+        MixCollator([collator(t) for t in train_ds.tasks], collator(task)),
+        sampler,
+        [SamplerEpoch(sampler)],
+    )
 
 
 def main(argv=None):
     args = cli.parse_recipe(make_parser(), argv)
     data_args, model_args, run_args, config = args
     world_size = launch.check_launch(config, run_args, model_args)
+    resolve_mini_batches(config, launch.distribution(config))
     task = embed_task(data_args.task)
     resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    objective = build_objective(task, config.loss, temperature=config.temperature)
-    train_ds, eval_ds = load_datasets(data_args, config)  # data errors before any model is loaded
-    learnable.check_contrastive_rows(train_ds, task, str(data_args.train_data))
+    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
+    objective = build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
+    sources = train_sources(data_args.train_data, data_args.task, data_args.columns)
+    check_source_tasks(sources, task, config)
+    train_ds, eval_ds = load_datasets(data_args, config, sources)  # data errors before any model is loaded
+    parts = (
+        zip(train_ds.names, train_ds.datasets, train_ds.tasks, strict=True)
+        if isinstance(train_ds, DatasetMix)
+        else [(str(data_args.train_data), train_ds, task)]
+    )
+    for source, dataset, source_task in parts:
+        learnable.check_contrastive_rows(dataset, source_task, source)
     learnable.check_optimizer_steps(len(train_ds), config, world_size)
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None
@@ -78,15 +155,17 @@ def main(argv=None):
     model = build_embedding_model(
         model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
     )
+    if matryoshka is not None:
+        matryoshka.check_width(model.hidden_size())
+    collator, train_batches, batch_callbacks = training_batches(
+        train_ds, tokenizer, task, model_args, config, world_size
+    )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
-    plan.update(_plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size))
+    plan.update(_plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size, train_batches))
     print_plan("train.embed", plan)
     if run_args.dry_run:
         return None
 
-    collator = ContrastiveCollator(
-        tokenizer, task, model_args.max_length, config.query_prefix, config.document_prefix
-    )
     trainer = ContrastiveTrainer(
         model=model,
         args=config,
@@ -94,10 +173,11 @@ def main(argv=None):
         eval_dataset=eval_ds,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=run.lifecycle_callbacks(),
+        callbacks=run.lifecycle_callbacks() + batch_callbacks,
         objective=objective,
         task=task,
         lora_only=bool(model_args.use_peft or model_args.adapter_path) and not model_args.full_finetune,
+        train_batches=train_batches,
     )
     recipe, resume_from = run.prepare_output_dir(args)
 
@@ -112,19 +192,48 @@ def main(argv=None):
         metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
 
     saved = export_embedding_model(trainer, model_args, export_merged=run_args.export_merged)
-    run.finish(trainer, recipe, saved, _write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved)
+    run.finish(
+        trainer, recipe, saved, _write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved
+    )
     return trainer
 
 
-def _plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size: int) -> dict:
+def _plan(
+    data_args, model_args, config, objective, train_ds, eval_ds, world_size: int, train_batches
+) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     global_anchors = config.per_device_train_batch_size * world_size
+    if train_batches is None:
+        task = f"{data_args.task}, {len(train_ds)} training rows"
+        negatives = EMBED_TASKS[data_args.task].describe_negatives(train_ds, global_anchors)
+    else:  # one line per dataset: its task, rows, share of the steps, negatives
+        shares = train_batches.shares()
+        task = (
+            f"{len(train_ds)} training rows, one dataset per batch ({config.dataset_sampling}): "
+            + "; ".join(
+                f"{name}: {t.name}, {len(ds)} rows, {share:.0%} of steps"
+                for name, ds, t, share in zip(
+                    train_ds.names, train_ds.datasets, train_ds.tasks, shares, strict=True
+                )
+            )
+        )
+        negatives = "; ".join(
+            f"{name}: {t.describe_negatives(ds, global_anchors)}"
+            for name, ds, t in zip(train_ds.names, train_ds.datasets, train_ds.tasks, strict=True)
+        )
+    widths = ""
+    if objective.matryoshka is not None:
+        widths = " at widths " + ", ".join(
+            f"{d} x{w:g}"
+            for d, w in zip(objective.matryoshka.dims, objective.matryoshka.weights, strict=True)
+        )
     return {
-        "task": f"{data_args.task}, {len(train_ds)} training rows",
+        "task": task,
         "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
         "model": model_args.model_name_or_path,
-        "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()),
-        "negatives per anchor": EMBED_TASKS[data_args.task].describe_negatives(train_ds, global_anchors),
+        "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()) + widths,
+        "negatives per anchor": negatives,
+        "encoding": encoding_mode(config),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,
@@ -146,7 +255,9 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
     output_dir = trainer.args.output_dir
     all_metrics = outputs.write_metrics(output_dir, metrics)
     write_embedding_manifest(trainer, model_args, saved)
-    write_embedding_card(output_dir, model_args, task, recipe, _headline(all_metrics))
+    write_embedding_card(
+        output_dir, model_args, task, recipe, _headline(all_metrics), trainer.args.matryoshka_dims
+    )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)
 

@@ -1,11 +1,18 @@
 """Exactness of the gathered contrastive objective: 2 processes x local batch == 1 process x global batch.
 
 Run under ``accelerate launch`` on 2 CPU processes (``tests/multiproc.run_multiprocess``). For every task and
-loss below, in float64, with a tiny encoder (Linear 16->8 + tanh) wrapped in DDP, each rank computes the
+loss below (and Matryoshka widths 8/4/2 over them), in float64, with a tiny encoder (Linear 16->8 + tanh) wrapped in DDP, each rank computes the
 objective on its local batch (gathered across ranks) and backpropagates; every rank also computes the
 single-process reference on the concatenated global batch with an undistributed copy of the encoder. Checked:
 the mean over ranks of the local losses equals the reference loss, the DDP-averaged parameter gradients
 equal the reference gradients (both to 1e-6 relative), and components / telemetry equal the reference's.
+
+Every case runs in three ways (``VARIANTS``): ``plain`` (the rank's rows in one chunk, one DDP forward),
+``chunked`` (rows in length-sorted chunks of ``CHUNK`` texts, ``collator.length_sorted_chunks``, one DDP forward
+of all chunks, embeddings put back with ``model.in_text_order``) and ``cached`` (``cached.gradient_cache_step``:
+no-grad pass on the unwrapped encoder, per-chunk re-encode under ``no_sync`` but the last); the ranks hold
+different numbers of chunks in the uneven cases. One more case turns dropout on and checks that the cached
+step equals the chunked step drawn from the same seed (dropout replayed on both ranks).
 Prints ``<case>: PASSED ...`` or ``<case>: FAILED ...`` per case on rank 0; exits 1 on any mismatch.
 """
 
@@ -23,11 +30,29 @@ from accelerate import Accelerator
 from torch import nn
 
 from train.contrastive.batch import PAD_ID, EmbeddedBatch, text_ids
+from train.contrastive.cached import gradient_cache_step
+from train.contrastive.collator import length_sorted_chunks
 from train.contrastive.loss_spec import build_objective
+from train.contrastive.matryoshka import matryoshka_dims
+from train.contrastive.model import in_text_order
 from train.contrastive.tasks import embed_task
 
 TOLERANCE = 1e-6
 FEATURES = 16
+CHUNK = 3  # texts per chunk in the chunked / cached variants
+VARIANTS = ("plain", "chunked", "cached")
+DROPOUT_CASE = "simcse_unsup/infonce [cached, dropout 0.3]"
+
+
+class ChunkEncoder(nn.Module):
+    """The tiny encoder with ``EmbeddingModel``'s calling convention: a list of chunks -> rows in chunk order."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(FEATURES, 8), nn.Dropout(0.0), nn.Tanh())
+
+    def forward(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.net(chunk) for chunk in chunks])
 
 
 @dataclass
@@ -129,8 +154,8 @@ def aligned_specs(
     return specs
 
 
-def build_cases() -> list[tuple[str, str, object, list[Spec]]]:
-    """(case name, task, loss config, per-rank specs), the same on every rank."""
+def build_cases() -> list[tuple[str, str, object, list[Spec], list[int] | None]]:
+    """(case name, task, loss config, per-rank specs, Matryoshka widths or None), the same on every rank."""
     generator = torch.Generator().manual_seed(7)
     # SimCSE unsupervised: the same sentence ("s1") twice in the global batch, once on each rank.
     sentences = ["s0", "s1", "s2", "s3", "s4", "s1", "s6", "s7"]
@@ -168,7 +193,8 @@ def build_cases() -> list[tuple[str, str, object, list[Spec]]]:
     scored_uneven = aligned_specs(queries[:7], passages[:7], 3, scores=scores[:7])
 
     combination = {"cosent": 1, "ibn": {"weight": 0.5, "temperature": 0.1}, "angle": {"weight": 1}}
-    return [
+    widths = [8, 4, 2]  # the encoder's full width (8) and two prefixes
+    cases = [
         ("simcse_unsup/infonce", "simcse_unsup", "infonce", simcse),
         ("pairs/infonce", "pairs", {"infonce": {"temperature": 0.1}}, pairs),
         ("pairs/infonce_symmetric", "pairs", {"infonce": {"symmetric": True}}, pairs),
@@ -182,10 +208,58 @@ def build_cases() -> list[tuple[str, str, object, list[Spec]]]:
         ("scored_pairs/cosent+ibn+angle", "scored_pairs", combination, scored),
         ("scored_pairs_uneven/cosent+ibn+angle", "scored_pairs", combination, scored_uneven),
     ]
+    matryoshka = [
+        ("matryoshka/pairs/infonce_symmetric", "pairs", {"infonce": {"symmetric": True}}, pairs_uneven),
+        ("matryoshka/tags/infonce", "tags", "infonce", tags),
+        ("matryoshka/triplets/infonce", "triplets", "infonce", triplets),
+        ("matryoshka/scored_pairs/cosent+ibn+angle", "scored_pairs", combination, scored_uneven),
+    ]
+    return [(*case, None) for case in cases] + [(*case, widths) for case in matryoshka]
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value - reference).norm() / reference.norm().clamp(min=1e-300))
+
+
+def local_step(model, objective, spec: Spec, variant: str):
+    """This rank's objective output and DDP-averaged flat gradient, by ``variant`` (see module docstring)."""
+    texts = spec.anchor_texts + spec.candidate_texts
+    inputs = spec_inputs(spec)
+    chunks = [list(range(len(texts)))]
+    if variant != "plain":
+        chunks = length_sorted_chunks([len(text) for text in texts], CHUNK)
+    text_order = torch.tensor([i for chunk in chunks for i in chunk])
+    rows = [inputs[chunk] for chunk in chunks]
+
+    def loss_of(embeddings):
+        return objective(embedded_batch(embeddings, *concat([spec])))
+
+    model.zero_grad(set_to_none=True)
+    if variant == "cached":
+        output = gradient_cache_step(
+            rows, text_order, encode=lambda chunk: model([chunk]), loss_of=loss_of,
+            encode_without_grad=lambda chunk: model.module([chunk]), no_sync=model.no_sync,
+            backward=lambda surrogate, last: surrogate.backward(),
+        )  # fmt: skip
+    else:
+        output = loss_of(in_text_order(model(rows), text_order))
+        output.loss.backward()
+    return output, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def mean_over_ranks(value: float) -> float:
+    total = torch.tensor(value)
+    dist.all_reduce(total)
+    return float(total) / dist.get_world_size()
+
+
+def report(name: str, ok: bool, rank: int, details: str) -> int:
+    """1 if any rank failed ``name`` (printed on rank 0), else 0."""
+    verdict = torch.tensor([0 if ok else 1])
+    dist.all_reduce(verdict)
+    if rank == 0:
+        print(f"{name}: {'PASSED' if verdict.item() == 0 else 'FAILED'} {details}", flush=True)
+    return int(verdict.item() > 0)
 
 
 def main() -> int:
@@ -197,74 +271,78 @@ def main() -> int:
     rank = accelerator.process_index
 
     torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Linear(FEATURES, 8), nn.Tanh())
+    encoder = ChunkEncoder()
     reference_encoder = copy.deepcopy(encoder)
     model = accelerator.prepare(encoder)
-    failures = 0
+    failures = checked = 0
     started = time.perf_counter()
-    for name, task, loss_config, specs in build_cases():
-        objective = build_objective(embed_task(task), loss_config)
+    for name, task, loss_config, specs, widths in build_cases():
+        matryoshka = matryoshka_dims(widths, [1, 0.5, 0.25]) if widths else None
+        objective = build_objective(embed_task(task), loss_config, matryoshka=matryoshka)
         spec = specs[rank]
 
-        model.zero_grad(set_to_none=True)
-        local = embedded_batch(
-            model(spec_inputs(spec)),
-            spec.anchor_texts,
-            spec.candidate_texts,
-            spec.positives,
-            spec.pair_index,
-            spec.scores,
-        )
-        output = objective(local)
-        output.loss.backward()
-        mean_loss = output.loss.detach().clone()
-        dist.all_reduce(mean_loss)
-        mean_loss = float(mean_loss) / world
-        gradients = torch.cat([p.grad.flatten() for p in model.parameters()])
-
         # Global rows in the order of ``concat``: every rank's anchors, then every rank's candidates.
-        per_rank = [(reference_encoder(spec_inputs(s)), len(s.anchor_texts)) for s in specs]
+        per_rank = [(reference_encoder([spec_inputs(s)]), len(s.anchor_texts)) for s in specs]
         reference_rows = [e[:b] for e, b in per_rank] + [e[b:] for e, b in per_rank]
         reference_batch = embedded_batch(torch.cat(reference_rows), *concat(specs))
         reference = objective(reference_batch, across_processes=False)
+        reference_loss = float(reference.loss.detach())
         reference_gradients = torch.cat(
             [g.flatten() for g in torch.autograd.grad(reference.loss, list(reference_encoder.parameters()))]
         )
 
-        loss_error = abs(mean_loss - float(reference.loss.detach())) / abs(float(reference.loss.detach()))
-        gradient_error = relative_error(gradients, reference_gradients)
-        logged_error = max(
-            [
-                abs(output.components[k] - reference.components[k]) / abs(reference.components[k])
-                for k in output.components
-            ]
-            + [abs(output.telemetry[k] - reference.telemetry[k]) for k in reference.telemetry]
-        )
-        ok = (
-            loss_error <= TOLERANCE
-            and gradient_error <= TOLERANCE
-            and logged_error <= TOLERANCE
-            and output.telemetry.keys() == reference.telemetry.keys()
-            and float(reference_gradients.norm()) > 0
-        )
-        verdict = torch.tensor([0 if ok else 1])
-        dist.all_reduce(verdict)
-        failures += int(verdict.item() > 0)
-        if rank == 0:
-            print(
-                f"{name}: {'PASSED' if verdict.item() == 0 else 'FAILED'} loss={mean_loss:.10f} "
-                f"reference={float(reference.loss.detach()):.10f} loss_rel_err={loss_error:.1e} "
-                f"grad_rel_err={gradient_error:.1e} logged_err={logged_error:.1e} "
-                f"local_anchors={local.anchor.shape[0]} global_anchors={int(output.telemetry['global_batch_size'])}",
-                flush=True,
+        for variant in VARIANTS:
+            output, gradients = local_step(model, objective, spec, variant)
+            mean_loss = mean_over_ranks(float(output.loss.detach()))
+            loss_error = abs(mean_loss - reference_loss) / abs(reference_loss)
+            gradient_error = relative_error(gradients, reference_gradients)
+            logged_error = max(
+                [
+                    abs(output.components[k] - reference.components[k]) / abs(reference.components[k])
+                    for k in output.components
+                ]
+                + [abs(output.telemetry[k] - reference.telemetry[k]) for k in reference.telemetry]
             )
+            ok = (
+                loss_error <= TOLERANCE
+                and gradient_error <= TOLERANCE
+                and logged_error <= TOLERANCE
+                and output.telemetry.keys() == reference.telemetry.keys()
+                and float(reference_gradients.norm()) > 0
+            )
+            checked += 1
+            failures += report(
+                name if variant == "plain" else f"{name} [{variant}]",
+                ok,
+                rank,
+                f"loss={mean_loss:.10f} reference={reference_loss:.10f} loss_rel_err={loss_error:.1e} "
+                f"grad_rel_err={gradient_error:.1e} logged_err={logged_error:.1e} "
+                f"local_anchors={len(spec.anchor_texts)} global_anchors={int(output.telemetry['global_batch_size'])}",
+            )
+
+    # Dropout on: the cached step replays each chunk's masks, so it equals the chunked step from the same seed.
+    _, task, loss_config, specs, _ = build_cases()[0]
+    objective = build_objective(embed_task(task), loss_config)
+    model.module.net[1].p = 0.3
+    results = {}
+    for variant in ("chunked", "cached"):
+        torch.manual_seed(100 + rank)
+        output, gradients = local_step(model, objective, specs[rank], variant)
+        results[variant] = (mean_over_ranks(float(output.loss.detach())), gradients)
+    (chunked_loss, chunked), (cached_loss, cached) = results["chunked"], results["cached"]
+    loss_error = abs(cached_loss - chunked_loss) / abs(chunked_loss)
+    gradient_error = relative_error(cached, chunked)
+    checked += 1
+    failures += report(
+        DROPOUT_CASE, loss_error <= TOLERANCE and gradient_error <= TOLERANCE, rank,
+        f"loss={cached_loss:.10f} chunked={chunked_loss:.10f} loss_rel_err={loss_error:.1e} "
+        f"grad_rel_err={gradient_error:.1e}",
+    )  # fmt: skip
+
     accelerator.wait_for_everyone()
     if rank == 0:
         elapsed = time.perf_counter() - started
-        print(
-            f"{failures} of {len(build_cases())} cases failed on {world} processes ({elapsed:.1f} s)",
-            flush=True,
-        )
+        print(f"{failures} of {checked} cases failed on {world} processes ({elapsed:.1f} s)", flush=True)
     dist.destroy_process_group()  # gloo threads left alive at interpreter exit can abort a rank (seen in CI)
     return 1 if failures else 0
 

@@ -25,8 +25,21 @@ from transformers import TrainingArguments
 
 from eval.pooling import POOLING_MODES
 from lorasmith.errors import ConfigError
+from train.common.launch import check_best_metric
 from train.common.run import disable_evaluation_without_data
+from train.contrastive.evaluation import metric_names
+from train.contrastive.matryoshka import matryoshka_dims
+from train.contrastive.sampling import SAMPLING
 from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
+
+# Texts per forward when the recipe does not say. Measured padding share with the packaged MiniLM tokenizer
+# (share of padded token slots; 0 = today's one forward per role): STS-B batch 16: 0.55 plain, 0.09 / 0.21 / 0.38
+# with 4 / 8 / 16 texts per forward; batch 64: 0.64 plain, 0.08 with 8; StackOverflow tags batch 64: 0.54 plain,
+# 0.11 with 8. 8 removes most of the padding at the batch sizes recipes use while a forward still holds 8 full
+# texts; big-batch GPU runs set a larger value (64) and small-batch CPU runs a smaller one (4).
+DEFAULT_MINI_BATCH_SIZE = 8
+# Distributions whose forward runs collectives per layer: every process must run the same number of forwards.
+SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
 
 SYMMETRIC = ", ".join(name for name, task in EMBED_TASKS.items() if task.symmetric)
 
@@ -54,6 +67,27 @@ class EmbedConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Temperature of every loss that does not set its own (0.05 = scale 20). Default: 0.05."
+        },
+    )
+    # ---- how a step is encoded ----
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Texts per encoder forward inside a step: all of a step's texts (anchors, positives, negatives, "
+            "tags) are sorted by token length and encoded in chunks of this many, each padded only to its own "
+            "longest text; the loss still sees the whole batch (same negatives, same loss). 0 = one forward per "
+            "role (anchors, candidates), each padded to its longest. Default: "
+            f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
+            "of forwards on every process)."
+        },
+    )
+    gradient_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Gradient cache (GradCache): embed every chunk without autograd, take the full-batch loss's "
+            "gradient w.r.t. the embeddings, then re-encode chunk by chunk and backpropagate it (dropout replayed). "
+            "Same gradient as a plain step, activation memory of one mini_batch_size chunk, about 1.3-1.5x the "
+            "compute. Needs mini_batch_size > 0; not with DeepSpeed ZeRO-3 or FSDP (refused at start)."
         },
     )
     # ---- text -> vector ----
@@ -94,6 +128,29 @@ class EmbedConfig(TrainingArguments):
         metadata={"help": "Evaluate the untrained model first (before/after table, metrics.json)."},
     )
     embed_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass during evaluation."})
+    # ---- Matryoshka widths, several training datasets ----
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka: also train the first d dimensions as embeddings of their own, every loss at every "
+            "width, e.g. [384, 256, 128, 64] (--matryoshka_dims 384 256 128 64); strictly descending, the widest <= "
+            "the model's hidden size. Evaluation adds the main metric per narrower width (eval_spearman@64); use a "
+            "width with eval --truncate-dim d or SentenceTransformer(merged, truncate_dim=d). Default: off."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1."},
+    )
+    dataset_sampling: str = field(
+        default="proportional",
+        metadata={
+            "help": "When train_data lists several datasets ([a.jsonl, b.jsonl] or a map name -> source / {data:, "
+            "task:, columns:}), each batch comes from one of them: proportional (every batch of every dataset once "
+            "per epoch, in a seeded random order: datasets drawn in proportion to their size) or round_robin (one "
+            "batch of each dataset in turn). See train/contrastive/sampling.py."
+        },
+    )
 
     # ---- TrainingArguments defaults that differ ----
     output_dir: str | None = field(default="outputs/embed", metadata={"help": "Where everything is written."})
@@ -143,8 +200,15 @@ class EmbedConfig(TrainingArguments):
             )
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.mini_batch_size is not None and self.mini_batch_size < 0:
+            raise ConfigError(f"mini_batch_size must be >= 0 (0 = one forward per role); got {self.mini_batch_size}")
+        if self.gradient_cache and self.mini_batch_size == 0:
+            raise ConfigError("gradient_cache needs mini_batch_size > 0 (the texts per re-encoded chunk)")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
+        matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
+        if self.dataset_sampling not in SAMPLING:
+            raise ConfigError(f"dataset_sampling must be one of {', '.join(SAMPLING)}; got {self.dataset_sampling!r}")
 
 
 def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> None:
@@ -153,8 +217,16 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
     - ``eval_task`` defaults to the task's (``EmbedTask.eval_task``);
     - without eval data: no evaluation and no best-model reload;
     - ``metric_for_best_model`` left unset (TrainingArguments turns that into ``loss``, which an embedding
-      evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better.
+      evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better;
+      a name the evaluation does not report is a ConfigError (``launch.check_best_metric``).
+
+    Query / document prefixes on a symmetric task (whose texts are embedded without them) are a ConfigError.
     """
+    if task.symmetric and (config.query_prefix or config.document_prefix):
+        raise ConfigError(
+            f"query_prefix / document_prefix do not apply to task {task.name}: both sides are the same kind of text "
+            "and are embedded without prefixes (as eval.sts does). Remove them, or use pairs / triplets / tags"
+        )
     config.eval_task = config.eval_task or task.eval_task
     disable_evaluation_without_data(config, has_eval_data)
     if not has_eval_data:
@@ -163,3 +235,41 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
     if config.metric_for_best_model in (None, "loss", "eval_loss"):
         config.metric_for_best_model = EVAL_METRICS[config.eval_task]
         config.greater_is_better = True
+    check_best_metric(config, metric_names(config.eval_task, config.eval_ks, config.matryoshka_dims))
+
+
+def resolve_mini_batches(config: EmbedConfig, distribution: str) -> None:
+    """Fill ``mini_batch_size`` for ``distribution`` (``launch.distribution``) and refuse what cannot run, before
+    any model is loaded (in place).
+
+    Under DeepSpeed ZeRO-3 and FSDP every forward gathers the sharded weights layer by layer, a collective every
+    process must join: length-sorted chunks (their number differs between processes) and the gradient cache
+    cannot run there. The default becomes 0 (one forward per role, as many on every process); an explicit
+    ``mini_batch_size > 0`` or ``gradient_cache`` is a ConfigError naming the launches that support them.
+    """
+    if distribution in SHARDED_FORWARD:
+        name = "DeepSpeed ZeRO-3" if distribution == "deepspeed-zero3" else "FSDP"
+        if config.gradient_cache or config.mini_batch_size:
+            raise ConfigError(
+                f"gradient_cache and mini_batch_size > 0 cannot run under {name}: its sharded forwards need the "
+                "same number of forwards on every process, and length-sorted chunks differ per process. Use "
+                "accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and keeps "
+                "the cache), or set gradient_cache: false and mini_batch_size: 0"
+            )
+        config.mini_batch_size = 0
+    elif config.mini_batch_size is None:
+        config.mini_batch_size = DEFAULT_MINI_BATCH_SIZE
+
+
+def encoding_mode(config: EmbedConfig) -> str:
+    """The plan's description of how a step is encoded (after :func:`resolve_mini_batches`)."""
+    same = "negatives per anchor unchanged (the loss sees the whole global batch)"
+    size = config.mini_batch_size
+    if config.gradient_cache:
+        return (
+            f"gradient cache: length-sorted chunks of {size} texts embedded without autograd, then re-encoded "
+            f"with the full-batch gradient (activations of {size} texts at a time); {same}"
+        )
+    if size:
+        return f"chunked: length-sorted forwards of {size} texts, one backward per step; {same}"
+    return "plain: one forward per role (anchors, candidates), each padded to its longest text"

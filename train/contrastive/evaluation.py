@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 
 from eval.encoder import Embedder, truncate
+from eval.metrics.retrieval import METRIC_NAMES
 from eval.retrieval import run_retrieval, task_from_positives
 from eval.sts import sts_correlations
 from train.contrastive.tasks import EVAL_METRICS
@@ -69,6 +70,16 @@ def embedding_metrics(
         cached.dim = dim
         metrics[f"{main}@{dim}"] = task_metrics(cached, eval_task, dataset, ks, batch_size)[main]
     return metrics
+
+
+def metric_names(eval_task: str, ks: Sequence[int], dims: Sequence[int] | None = None) -> list[str]:
+    """The names :func:`embedding_metrics` reports for ``eval_task`` (with every width of ``dims``, as it would for a
+    model wider than all of them), what ``metric_for_best_model`` may name."""
+    if eval_task == "scored_pairs":
+        names = ["spearman", "pearson", "num_pairs"]
+    else:
+        names = [f"{name}@{k}" for name in METRIC_NAMES for k in ks] + list(RETRIEVAL_COUNTS)
+    return names + [f"{EVAL_METRICS[eval_task]}@{dim}" for dim in dims or ()]
 
 
 def task_metrics(

@@ -5,7 +5,8 @@
 - ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
   gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
   ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
-- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes), ``README.md`` model card.
+- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths),
+  ``README.md`` model card (with ``truncate_dim`` usage when the run trained Matryoshka widths).
 ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
 """
 
@@ -59,7 +60,8 @@ def export_embedding_model(
 
 def embedding_settings(trainer) -> dict:
     """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
-    max length and the prefixes actually used (symmetric tasks use none)."""
+    max length, the prefixes actually used (symmetric tasks use none) and the Matryoshka widths trained
+    (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``)."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     collator = trainer.data_collator
     return {
@@ -68,6 +70,7 @@ def embedding_settings(trainer) -> dict:
         "max_length": collator.max_length,
         "query_prefix": collator.query_prefix,
         "document_prefix": collator.document_prefix,
+        "matryoshka_dims": trainer.args.matryoshka_dims,
     }
 
 
@@ -78,9 +81,15 @@ def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -
 
 
 def write_embedding_card(
-    output_dir: str | Path, model_args: ModelArguments, task: str, recipe: dict, metrics: dict
+    output_dir: str | Path,
+    model_args: ModelArguments,
+    task: str,
+    recipe: dict,
+    metrics: dict,
+    matryoshka_dims: list[int] | None = None,
 ):
-    """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith), metrics, recipe."""
+    """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
+    width when ``matryoshka_dims``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -89,6 +98,13 @@ embeddings = model.encode(["first text", "second text"])
 
 Evaluate with lorasmith: `python -m eval.retrieval --model {output_dir} --data FILE --task pairs`
 or `python -m eval.sts --model {output_dir} --data FILE`."""
+    if matryoshka_dims:
+        small = matryoshka_dims[-1]
+        usage += f"""
+
+Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
+`SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
+`normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",

@@ -1,8 +1,10 @@
 """The trainable embedding model: a transformer (optionally with LoRA) + pooling + optional L2 normalisation.
 
 ``EmbeddingModel`` is the ONE ``nn.Module`` that ``Trainer`` prepares (DDP / DeepSpeed wrap it), so every
-trainable parameter is used in each forward (DDP requirement) and each step runs one forward per
-process whatever the task: the anchor and candidate roles are embedded inside the same call.
+trainable parameter is used in each forward (DDP requirement). Its forward embeds a list of chunks (the
+collator's ``chunks``: every text of the step, in length-sorted mini-batches or one chunk per role) and returns
+their embeddings in chunk order; :func:`in_text_order` puts them back in the step's text order. A plain step
+is one forward of all chunks; the gradient cache (``cached.py``) calls it once per chunk.
 
 The encoder is whatever ``train.common.modeling.load_model`` + ``apply_tuning`` returned: a
 ``PreTrainedModel`` (full fine-tuning) or a ``PeftModel`` around one (LoRA, LoRA on chosen layers, a
@@ -12,6 +14,7 @@ trained here are the vectors ``eval.encoder.Embedder`` produces from the exporte
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from torch import Tensor, nn
@@ -46,21 +49,13 @@ class EmbeddingModel(nn.Module):
         embeddings = pool(hidden, attention_mask, self.pooling)  # (N, D)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
-    def forward(
-        self,
-        anchor_input_ids: Tensor,
-        anchor_attention_mask: Tensor,
-        candidate_input_ids: Tensor,
-        candidate_attention_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """``(B, T_a)`` anchors and ``(M, T_c)`` candidates -> ``(anchor (B, D), candidates (M, D))``.
+    def forward(self, chunks: list[dict[str, Tensor]]) -> Tensor:
+        """Chunks of tokenized texts (``input_ids`` / ``attention_mask`` ``(n_c, T_c)`` each) -> ``(sum n_c, D)``
+        embeddings in chunk order: one encoder call per chunk, each padded only to its own longest text.
 
-        The two roles are separate encoder calls (different padded lengths); for unsupervised SimCSE the
-        candidates are the anchors' texts again, so dropout gives the two views.
+        For unsupervised SimCSE every text occurs twice among the chunks, so dropout gives the two views.
         """
-        anchor = self.embed(anchor_input_ids, anchor_attention_mask)
-        candidates = self.embed(candidate_input_ids, candidate_attention_mask)
-        return anchor, candidates
+        return torch.cat([self.embed(chunk["input_ids"], chunk["attention_mask"]) for chunk in chunks])
 
     # ---- what Trainer asks of a model ----
 
@@ -83,6 +78,14 @@ class EmbeddingModel(nn.Module):
     def hidden_size(self) -> int:
         """``D``: width of the embeddings (the transformer's hidden size)."""
         return self.base_model.config.hidden_size
+
+
+def in_text_order(embeddings: Tensor, text_order: Tensor) -> Tensor:
+    """``(N, D)`` embeddings in chunk order -> ``(N, D)`` in text order (row ``text_order[j]`` of the result is
+    row ``j`` of ``embeddings``); differentiable, so the gradient flows back to the chunk rows."""
+    inverse = torch.empty_like(text_order)
+    inverse[text_order] = torch.arange(text_order.shape[0], device=text_order.device)
+    return embeddings.index_select(0, inverse)
 
 
 def set_dropout(model: nn.Module, probability: float) -> None:

@@ -4,18 +4,26 @@ telemetry, and checkpoints that hold the LoRA adapter.
 What changes compared with ``Trainer`` (everything else — DDP, DeepSpeed, schedulers, gradient accumulation,
 resume, TensorBoard/W&B — is the ecosystem's):
 
-- ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step, an
+- ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step over the collator's
+  chunks (length-sorted mini-batches, ``mini_batch_size``), the embeddings put back in text order, an
   :class:`~train.contrastive.batch.EmbeddedBatch` per task, the objective's loss. That loss is this process's
   *share* of the big-batch loss (mean over processes = big-batch loss), which is exactly how ``Trainer`` logs
   (all-gather + mean) and how DDP averages gradients. The model takes no ``**kwargs`` so
   ``model_accepts_loss_kwargs`` is False: Trainer neither multiplies the loss by the world size
   (``average_tokens_across_devices``) nor skips the division by the gradient-accumulation steps.
+- ``training_step`` with ``gradient_cache``: the step runs through ``cached.gradient_cache_step`` (embed every
+  chunk without autograd, full-batch loss and its gradient w.r.t. the embeddings, re-encode and backpropagate
+  chunk by chunk; DDP synchronises on the last chunk only, DeepSpeed steps after it). It returns the loss
+  ``Trainer.training_step`` would (divided by the accumulation steps); without the cache it is Trainer's own.
 - ``log``: every training log also carries, averaged over the logging window, the objective's global
   telemetry (top-1 in-batch accuracy, negatives per anchor after masking, masked false negatives, each loss
   component), ``pairs_per_second`` (anchors of the global batch counted per step / wall time of the window)
-  and the real vs padded token counts summed over processes.
+  and the real vs padded token counts summed over processes; with several datasets, ``loss/<name>`` per dataset.
+- ``get_train_dataloader`` (several datasets, ``sampling.py``): batches of one dataset each, the same dataset on
+  every process at every step; ``batch_task`` gives each batch its dataset's task.
 - ``evaluate``: embeds the eval set with ``eval.encoder.Embedder`` on the live encoder and returns
-  ``eval_spearman`` / ``eval_ndcg@10`` ... so ``metric_for_best_model`` picks the best checkpoint.
+  ``eval_spearman`` / ``eval_ndcg@10`` ... so ``metric_for_best_model`` picks the best checkpoint; with
+  ``matryoshka_dims`` also the main metric at each narrower width (``eval_spearman@64``).
 - checkpoints: a LoRA-only run saves the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``,
   usable as ``adapter_path``) instead of the whole wrapper; resume and best-model reload read it back.
   ``Trainer`` has no public hook for this (it sees the wrapper, not the ``PeftModel`` inside, and ``save_model``
@@ -32,6 +40,7 @@ import time
 from collections import defaultdict
 
 import torch
+from accelerate.utils import DistributedType
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import Trainer
@@ -39,9 +48,11 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from eval.encoder import Embedder
 from train.contrastive.batch import EmbeddedBatch
+from train.contrastive.cached import gradient_cache_step
 from train.contrastive.evaluation import embedding_metrics
-from train.contrastive.model import EmbeddingModel
+from train.contrastive.model import EmbeddingModel, in_text_order
 from train.contrastive.objective import ContrastiveObjective, ObjectiveOutput
+from train.contrastive.sampling import DatasetLosses, SingleDatasetBatches, mix_dataloader
 from train.contrastive.tasks import EmbedTask
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -83,11 +94,21 @@ class ContrastiveTrainer(Trainer):
     Embedding settings (pooling, prefixes, eval task, ks) come from ``args`` (an ``EmbedConfig``).
     """
 
-    def __init__(self, *args, objective: ContrastiveObjective, task: EmbedTask, lora_only: bool, **kwargs):
+    def __init__(
+        self,
+        *args,
+        objective: ContrastiveObjective,
+        task: EmbedTask,
+        lora_only: bool,
+        train_batches: SingleDatasetBatches | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.task = task
         self.lora_only = lora_only
+        self.train_batches = train_batches  # several datasets: train_dataset is a DatasetMix (sampling.py)
+        self._dataset_losses = DatasetLosses(self.train_dataset.names) if train_batches else None
         self._window: dict[str, float] = defaultdict(float)
         self._window_steps = 0
         self._window_start: float | None = None
@@ -96,21 +117,82 @@ class ContrastiveTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """This process's share of the big-batch loss of ``inputs`` (see module docstring)."""
+        self._start_window()
+        embeddings = in_text_order(model(inputs["chunks"]), inputs["text_order"])  # (B + M, D)
+        output = self._objective_of(embeddings, inputs)
+        self._record(output, inputs)
+        if not return_outputs:
+            return output.loss
+        b = inputs["anchor_ids"].shape[0]
+        return output.loss, {"anchor": embeddings[:b], "candidates": embeddings[b:]}
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step, or with ``gradient_cache`` the cached step (module docstring); returns the loss
+        divided by the gradient-accumulation steps, detached (what Trainer adds up for logging)."""
+        if not self.args.gradient_cache:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        self._start_window()
+        unwrapped = self.accelerator.unwrap_model(model)
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        backward_kwargs = {"scale_wrt_gas": False} if deepspeed else {}  # Trainer divides, as in its own step
+
+        def encode(chunk, module=model):
+            with self.compute_loss_context_manager():
+                return module([chunk])
+
+        def loss_of(embeddings):
+            with self.compute_loss_context_manager():
+                return self._objective_of(embeddings, inputs)
+
+        def backward(surrogate, last: bool) -> None:
+            if deepspeed and not last:  # the engine's backward without its optimizer step
+                self.accelerator.deepspeed_engine_wrapped.backward(surrogate, sync_gradients=False, **backward_kwargs)
+            else:
+                self.accelerator.backward(surrogate, **backward_kwargs)
+
+        scale = 1 / self.current_gradient_accumulation_steps
+        output = gradient_cache_step(
+            inputs["chunks"],
+            inputs["text_order"],
+            encode=encode,
+            encode_without_grad=lambda chunk: encode(chunk, unwrapped),
+            loss_of=loss_of,
+            backward=backward,
+            no_sync=lambda: self.accelerator.no_sync(model),
+            loss_scale=scale,
+        )
+        self._record(output, inputs)
+        return output.loss.detach() * scale
+
+    def _objective_of(self, embeddings: torch.Tensor, inputs: dict) -> ObjectiveOutput:
+        """The objective on ``(B + M, D)`` embeddings in text order (anchors, then candidates)."""
+        b = inputs["anchor_ids"].shape[0]
+        return self.objective(embedded_batch(self.batch_task(inputs), embeddings[:b], embeddings[b:], inputs))
+
+    def batch_task(self, inputs: dict) -> EmbedTask:
+        """The task of a batch: its dataset's (several datasets, ``inputs["dataset"]``), else the recipe's."""
+        return self.train_dataset.tasks[int(inputs["dataset"])] if "dataset" in inputs else self.task
+
+    def get_train_dataloader(self):
+        """Several datasets: single-dataset batches (``sampling.SingleDatasetBatches``); else Trainer's own."""
+        if self.train_batches is None:
+            return super().get_train_dataloader()
+        loader = mix_dataloader(self.train_dataset, self.train_batches, self.data_collator, self.args)
+        return self.accelerator.prepare(loader)
+
+    def _start_window(self) -> None:
         if self._window_start is None:
             self._window_start = time.perf_counter()
-        anchor, candidates = model(
-            anchor_input_ids=inputs["anchor_input_ids"],
-            anchor_attention_mask=inputs["anchor_attention_mask"],
-            candidate_input_ids=inputs["candidate_input_ids"],
-            candidate_attention_mask=inputs["candidate_attention_mask"],
-        )
-        output = self.objective(embedded_batch(self.task, anchor, candidates, inputs))
-        self._record(output, inputs)
-        return (output.loss, {"anchor": anchor, "candidates": candidates}) if return_outputs else output.loss
 
     def _record(self, output: ObjectiveOutput, inputs: dict) -> None:
         """Add one micro-batch's numbers to the logging window."""
         self._window_steps += 1
+        if "dataset" in inputs:
+            self._dataset_losses.add(int(inputs["dataset"]), output.value)
         for name, value in output.components.items():
             self._window[f"loss/{name}"] += value
         for name, value in output.telemetry.items():
@@ -122,6 +204,8 @@ class ContrastiveTrainer(Trainer):
         """Training logs (those with ``loss``) get the window's telemetry; called on every process."""
         if "loss" in logs and self._window_steps:
             logs.update(self._window_telemetry())
+            if self._dataset_losses is not None:
+                logs.update(self._dataset_losses.pop())
         super().log(logs, start_time)
 
     def _window_telemetry(self) -> dict[str, float]:
@@ -184,7 +268,12 @@ class ContrastiveTrainer(Trainer):
         start = time.perf_counter()
         with self.full_parameters():
             metrics = embedding_metrics(
-                self.embedder(), self.args.eval_task, dataset, self.args.eval_ks, self.args.embed_batch_size
+                self.embedder(),
+                self.args.eval_task,
+                dataset,
+                self.args.eval_ks,
+                self.args.embed_batch_size,
+                dims=self.args.matryoshka_dims,
             )
         metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)

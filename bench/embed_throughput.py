@@ -1,0 +1,214 @@
+"""Contrastive training throughput: train.embed (length-sorted chunks) vs sentence-transformers' trainer on the same
+run, and train.embed's framework overhead over a bare forward + backward loop. Prints one table per dataset.
+
+    python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 8] [--smoke]
+
+Runs (packaged MiniLM, LoRA r=16 alpha 32 dropout 0.05 on query/key/value/dense, lr 2e-4, seed 42, fp32, CPU):
+- STS-B train, CoSENT (temperature 0.05), batch 16, max length 128;
+- StackOverflow tags train (title -> tag), InfoNCE (sentence-transformers: MultipleNegativesRankingLoss on
+  (title, tag) pairs), batch 32, max length 64.
+Each trainer trains ``--steps`` optimizer steps on the first ``steps x batch`` rows; pairs/s = rows / the trainer's
+``train_runtime``. Padding share = padded token slots / all slots the encoder runs on: train.embed's from its
+training log (``padding_share``), sentence-transformers' computed on the same batches in its layout (each column
+padded to its longest, i.e. train.embed's ``mini_batch_size: 0``). Overhead: the same steps as a bare PyTorch loop
+(the same EmbeddingModel, collated chunks, objective, AdamW; no Trainer) timed in this process; overhead = train.embed
+seconds per step / bare seconds per step. Targets from issue 12 are printed next to the numbers.
+
+Dependencies are checked first (``lorasmith.integrations.check_comparisons``, as bench/embed_stsb.py); a trainer
+that cannot run is named with the reason and the rest still runs. ``--smoke`` runs 3 steps on 48 rows (seconds; the
+numbers mean nothing). Run it alone on a quiet machine. Exits 0 with a note when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from embed_stsb import LORA, sentence_transformers_trainer_ready  # noqa: E402
+
+from eval.report import format_table  # noqa: E402
+from lorasmith import integrations  # noqa: E402
+from lorasmith.embedded_models import embedded_model_files  # noqa: E402
+
+TARGETS = {"padding share": "<= 0.10", "vs sentence-transformers": ">= 1.3x", "overhead": "<= 1.05x"}
+OURS, THEIRS = "train.embed", "sentence-transformers"
+RUNS = {  # name -> (task, loss, batch, max_length)
+    "stsb": ("scored_pairs", "cosent", 16, 128),
+    "stackoverflow_tags": ("tags", "infonce", 32, 64),
+}
+
+
+def load_rows(data_root: Path, name: str, limit: int) -> list[dict]:
+    """The first ``limit`` training rows of a run, in train.embed's schema."""
+    if name == "stsb":
+        from eval.sts import load_sts_data
+
+        data = load_sts_data(str(data_root / "stsb" / "raw" / "sts-train.csv"))
+        return [dict(row) for row in data.select(range(min(limit, len(data))))]
+    rows = []
+    with open(data_root / "stackoverflow_tags" / "train.jsonl") as stream:
+        for line in stream:
+            row = json.loads(line)
+            rows.append({"text": row["title"], "tags": [row["tag"]]})
+            if len(rows) == limit:
+                break
+    return rows
+
+
+def train_ours(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int) -> dict:
+    """``python -m train.embed`` on ``rows``; train_runtime and the mean logged padding share."""
+    task, loss, batch, max_length = RUNS[name]
+    data = work / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = [
+        sys.executable, "-m", "train.embed", "--model_name_or_path", "minilm", "--task", task, "--train_data", str(data),
+        "--output_dir", str(work / f"ours-{name}"), "--overwrite_output_dir", "true", "--use_peft", "true",
+        "--loss", f"{{{loss}: {{temperature: 0.05}}}}", "--lora_r", str(LORA["r"]), "--lora_alpha", str(LORA["lora_alpha"]),
+        "--lora_dropout", str(LORA["lora_dropout"]), "--lora_target_modules", *LORA["target_modules"],
+        "--learning_rate", "2e-4", "--per_device_train_batch_size", str(batch), "--max_length", str(max_length),
+        "--max_steps", str(steps), "--seed", "42", "--mini_batch_size", str(mini_batch_size), "--eval_data", "",
+        "--save_strategy", "no", "--load_best_model_at_end", "false", "--export_merged", "false",
+        "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--bf16", "false",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    shares = [float(x) for x in re.findall(r"'padding_share': '?([0-9.e-]+)", result.stdout)]
+    runtime = json.loads((work / f"ours-{name}" / "metrics.json").read_text())["train"]["train_runtime"]
+    return {"runtime": runtime, "padding_share": sum(shares) / max(len(shares), 1)}
+
+
+def train_sentence_transformers(name: str, rows: list[dict], work: Path, steps: int) -> float:
+    """sentence-transformers' trainer on the same rows / LoRA / loss / batch; its train_runtime."""
+    from datasets import Dataset
+    from peft import LoraConfig, TaskType
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MultipleNegativesRankingLoss
+
+    _, _, batch, max_length = RUNS[name]
+    model = SentenceTransformer(str(embedded_model_files("minilm")[0]), device="cpu")
+    model.max_seq_length = max_length
+    model.add_adapter(LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, **LORA))
+    if name == "stsb":
+        dataset = Dataset.from_list(rows)
+        loss = CoSENTLoss(model, scale=20.0)
+    else:
+        dataset = Dataset.from_list([{"anchor": r["text"], "positive": r["tags"][0]} for r in rows])
+        loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / f"st-{name}"), max_steps=steps, per_device_train_batch_size=batch, learning_rate=2e-4,
+        seed=42, use_cpu=True, bf16=False, save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    return trainer.train().metrics["train_runtime"]
+
+
+def role_padding_share(name: str, rows: list[dict]) -> float:
+    """Padding share with every role padded to its longest per batch (sentence-transformers' layout)."""
+    batches = list(collated(name, rows, mini_batch_size=0))
+    real = sum(int(b["real_tokens"]) for b in batches)
+    return 1 - real / sum(int(b["padded_tokens"]) for b in batches)
+
+
+def collated(name: str, rows: list[dict], mini_batch_size: int):
+    from transformers import AutoTokenizer
+
+    from train.contrastive.collator import ContrastiveCollator
+    from train.contrastive.tasks import EMBED_TASKS
+
+    task, _, batch, max_length = RUNS[name]
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_files("minilm")[0]))
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], max_length, mini_batch_size=mini_batch_size)
+    for start in range(0, len(rows) - batch + 1, batch):
+        yield collator(rows[start : start + batch])
+
+
+def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> float:
+    """Seconds of a bare PyTorch loop over the same collated batches (forward, objective, backward, AdamW step)."""
+    import torch
+
+    from train.common.args import ModelArguments
+    from train.contrastive.loss_spec import build_objective
+    from train.contrastive.model import build_embedding_model, in_text_order
+    from train.contrastive.tasks import EMBED_TASKS
+    from train.contrastive.trainer import embedded_batch
+
+    task_name, loss, _, max_length = RUNS[name]
+    task = EMBED_TASKS[task_name]
+    torch.manual_seed(42)
+    args = ModelArguments(model_name_or_path="minilm", use_peft=True, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],
+                          lora_dropout=LORA["lora_dropout"], lora_target_modules=LORA["target_modules"],
+                          max_length=max_length)  # fmt: skip
+    model = build_embedding_model(args, "mean", True).train()
+    objective = build_objective(task, {loss: {"temperature": 0.05}})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    batches = list(collated(name, rows, mini_batch_size))
+    start = time.perf_counter()
+    for batch in batches:
+        b = batch["anchor_ids"].shape[0]
+        embeddings = in_text_order(model(batch["chunks"]), batch["text_order"])
+        objective(embedded_batch(task, embeddings[:b], embeddings[b:], batch)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per trainer and run")
+    parser.add_argument("--mini-batch-size", type=int, default=8, help="train.embed's texts per forward")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="3 steps on the first rows: checks the script runs")
+    args = parser.parse_args()
+    if not (args.data_root / "stsb").is_dir():
+        print(f"note: {args.data_root} not found; nothing to benchmark")
+        return 0
+    steps = 3 if args.smoke else args.steps
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    problems = integrations.check_comparisons(
+        {OURS: [integrations.check_peft_model, integrations.check_trainer], THEIRS: [sentence_transformers_trainer_ready]}
+    )
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="embed-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for name in args.runs:
+        rows = load_rows(args.data_root, name, steps * RUNS[name][2])
+        table, ours = [], None
+        if not problems[OURS]:
+            ours = train_ours(name, rows, work, steps, args.mini_batch_size)
+            bare = bare_loop_seconds(name, rows, args.mini_batch_size)
+            table.append([f"{OURS} (mini_batch_size {args.mini_batch_size})", len(rows) / ours["runtime"],
+                          ours["padding_share"], "", f"{ours['runtime'] / bare:.2f}x"])  # fmt: skip
+            table.append(["bare forward+backward, same batches", len(rows) / bare, "", "", "1.00x"])
+        if not problems[THEIRS]:
+            theirs = train_sentence_transformers(name, rows, work, steps)
+            ratio = f"{theirs / ours['runtime']:.2f}x" if ours else ""
+            table.append([THEIRS, len(rows) / theirs, role_padding_share(name, rows), "1.00x", ""])
+            if ours:
+                table[0][3] = ratio
+        task, loss, batch, max_length = RUNS[name]
+        print(f"\n{name}: {task}, {loss}, batch {batch}, max_length {max_length}, {steps} steps, {len(rows)} rows")
+        print(format_table(["trainer", "pairs/s", "padding share", "vs sentence-transformers", "overhead"], table))
+        print("targets: " + ", ".join(f"{key} {value}" for key, value in TARGETS.items()), flush=True)
+    for trainer, problem in problems.items():
+        if problem:
+            print(f"NOT RUN: {trainer}: {problem}")
+    return 1 if any(problems.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

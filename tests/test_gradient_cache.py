@@ -1,0 +1,234 @@
+"""Length-sorted mini-batches and the gradient cache change nothing but memory and padding.
+
+Single process, tiny BERT (LoRA) in float64, every task/loss: chunked vs one forward per role, and cached vs
+plain, give the same loss and the same parameter gradients (relative 1e-6); with dropout on, the cache replays
+each chunk's dropout masks. The two-process (gathered, uneven shards) versions are cases of
+``tests/scripts/contrastive_exactness.py``; the end-to-end runs are in ``test_embed_distributed.py``,
+``test_resume_exact.py`` and the slow cases below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+from multiproc import REPO, run_multiprocess
+from test_embed_train import FAST, sentences, write_jsonl
+
+from lorasmith.errors import ConfigError
+from lorasmith.process import run_main
+from train.common.args import ModelArguments
+from train.contrastive.cached import gradient_cache_step
+from train.contrastive.collator import ContrastiveCollator, length_sorted_chunks
+from train.contrastive.config import EmbedConfig, resolve_mini_batches
+from train.contrastive.loss_spec import build_objective
+from train.contrastive.model import build_embedding_model, in_text_order, set_dropout
+from train.contrastive.tasks import EMBED_TASKS
+from train.contrastive.trainer import embedded_batch
+from train.embed import main
+
+TOLERANCE = 1e-6
+COMBINATION = {"cosent": 1, "ibn": {"weight": 0.5, "temperature": 0.1}, "angle": 1}
+
+
+def task_rows(task: str) -> list[dict]:
+    """Six rows of ``task`` with texts of very different lengths (chunks pad differently from roles)."""
+    texts = [s * (1 + i % 3) for i, s in enumerate(sentences(6))]
+    others = sentences(6, offset=4)
+    if task == "simcse_unsup":
+        return [{"text": t} for t in texts]
+    if task == "pairs":
+        return [{"anchor": a, "positive": b} for a, b in zip(texts, others, strict=True)]
+    if task == "triplets":
+        return [
+            {"anchor": a, "positive": b, "negatives": [others[(i + 1) % 6], texts[(i + 2) % 6]]}
+            for i, (a, b) in enumerate(zip(texts, others, strict=True))
+        ]
+    if task == "tags":  # duplicate tags within the batch
+        return [{"text": t, "tags": [t.split()[1], "shared"] if i % 2 else [t.split()[1]]} for i, t in enumerate(texts)]
+    return [
+        {"sentence1": a, "sentence2": b, "score": [0.1, 0.9, 0.5, 0.5, 0.3, 1.0][i]}
+        for i, (a, b) in enumerate(zip(texts, others, strict=True))
+    ]
+
+
+CASES = [("simcse_unsup", "infonce"), ("pairs", "infonce"), ("triplets", "infonce"), ("tags", "infonce"),
+         ("scored_pairs", COMBINATION)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bert_dir):
+    torch.manual_seed(0)
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=4, lora_dropout=0.0)
+    model = build_embedding_model(args, "mean", True).double().train()
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)  # lora_B starts at 0: give lora_A a gradient too
+    return model
+
+
+def batch_of(tokenizer, task: str, mini_batch_size: int) -> dict:
+    return ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)(task_rows(task))
+
+
+def loss_and_gradients(model, objective, task: str, batch: dict, *, cached: bool, seed: int = 0):
+    """(loss, flat parameter gradient) of one step, plain (one forward of all chunks) or with the cache."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    b = batch["anchor_ids"].shape[0]
+
+    def loss_of(embeddings):
+        return objective(embedded_batch(EMBED_TASKS[task], embeddings[:b], embeddings[b:], batch))
+
+    if cached:
+        output = gradient_cache_step(
+            batch["chunks"], batch["text_order"], encode=lambda chunk: model([chunk]), loss_of=loss_of,
+            backward=lambda surrogate, last: surrogate.backward(),
+        )  # fmt: skip
+    else:
+        output = loss_of(in_text_order(model(batch["chunks"]), batch["text_order"]))
+        output.loss.backward()
+    gradients = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    return float(output.loss.detach()), gradients
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("task", "loss"), CASES, ids=[task for task, _ in CASES])
+def test_chunked_and_cached_steps_equal_the_plain_step(model, tokenizer, task, loss):
+    set_dropout(model.encoder, 0.0)
+    objective = build_objective(EMBED_TASKS[task], loss)
+    plain_batch, chunked_batch = batch_of(tokenizer, task, 0), batch_of(tokenizer, task, 2)
+    assert len(chunked_batch["chunks"]) > 2 and chunked_batch["padded_tokens"] < plain_batch["padded_tokens"]
+
+    plain_loss, plain = loss_and_gradients(model, objective, task, plain_batch, cached=False)
+    assert plain.norm() > 0
+    for batch, cached in ((chunked_batch, False), (chunked_batch, True), (plain_batch, True)):
+        loss, gradients = loss_and_gradients(model, objective, task, batch, cached=cached)
+        assert loss == pytest.approx(plain_loss, rel=TOLERANCE)
+        assert relative(gradients, plain) <= TOLERANCE
+
+
+@pytest.mark.parametrize(("task", "loss"), [CASES[0], CASES[3]], ids=["simcse_unsup", "tags"])
+def test_the_cache_replays_dropout(model, tokenizer, task, loss):
+    set_dropout(model.encoder, 0.1)
+    try:
+        objective = build_objective(EMBED_TASKS[task], loss)
+        batch = batch_of(tokenizer, task, 2)
+        plain_loss, plain = loss_and_gradients(model, objective, task, batch, cached=False, seed=3)
+        cached_loss, cached = loss_and_gradients(model, objective, task, batch, cached=True, seed=3)
+        other_loss, _ = loss_and_gradients(model, objective, task, batch, cached=False, seed=4)
+        assert other_loss != pytest.approx(plain_loss, rel=1e-4)  # dropout is really on
+        assert cached_loss == pytest.approx(plain_loss, rel=TOLERANCE)
+        assert relative(cached, plain) <= TOLERANCE
+    finally:
+        set_dropout(model.encoder, 0.0)
+
+
+def test_length_sorted_chunks_put_similar_lengths_together():
+    assert length_sorted_chunks([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert length_sorted_chunks([4, 4, 4], 8) == [[0, 1, 2]]
+
+
+def test_chunk_padding_matches_the_tokenizer_on_both_sides(tokenizer):
+    texts = ["a dog reads", "the cat likes the map and a good book", "my friend"]
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS["simcse_unsup"], 32)
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        ids = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+        expected = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        chunk = collator.pad(ids)
+        assert torch.equal(chunk["input_ids"], expected["input_ids"])
+        assert torch.equal(chunk["attention_mask"], expected["attention_mask"])
+    tokenizer.padding_side = "right"
+
+
+def test_sharded_forwards_refuse_chunks_and_the_cache_and_default_to_plain():
+    for distribution in ("deepspeed-zero3", "fsdp"):
+        with pytest.raises(ConfigError, match="cannot run under .*zero2.yaml"):
+            resolve_mini_batches(EmbedConfig(gradient_cache=True, mini_batch_size=4), distribution)
+        with pytest.raises(ConfigError, match="mini_batch_size > 0 cannot run"):
+            resolve_mini_batches(EmbedConfig(mini_batch_size=4), distribution)
+        config = EmbedConfig()
+        resolve_mini_batches(config, distribution)
+        assert config.mini_batch_size == 0
+    config = EmbedConfig(gradient_cache=True)
+    resolve_mini_batches(config, "deepspeed-zero2")
+    assert config.mini_batch_size == 8
+    with pytest.raises(ConfigError, match="gradient_cache needs mini_batch_size > 0"):
+        EmbedConfig(gradient_cache=True, mini_batch_size=0)
+
+
+def test_the_plan_names_the_mode_and_the_mini_batch(tiny_bert_dir, tmp_path, capsys):
+    rows = [{"anchor": a, "positive": b} for a, b in zip(sentences(8), sentences(8, offset=2), strict=True)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "pairs", "--train_data", data, "--use_peft", "true",
+            "--output_dir", str(tmp_path / "out"), "--dry_run", "true", "--gradient_cache", "true",
+            "--mini_batch_size", "4", "--per_device_train_batch_size", "8"]  # fmt: skip
+    assert run_main(main, argv) == 0
+    plan = capsys.readouterr().out
+    assert "gradient cache: length-sorted chunks of 4 texts" in plan
+    assert re.search(r"negatives per anchor +: 7 at most", plan)
+
+
+def logged_losses(trainer) -> list[float]:
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(["--use_peft", "true", "--gradient_accumulation_steps", "2"], id="lora-accumulation"),
+        pytest.param(["--use_peft", "false", "--full_finetune", "true", "--activation_checkpointing", "true"],
+                     id="full-checkpointing"),  # fmt: skip
+        pytest.param(["--use_peft", "true", "--load_in_4bit", "true", "--pooling", "last"], id="qlora-4bit"),
+    ],
+)
+def test_train_embed_with_the_cache_logs_the_plain_losses(tiny_bert_dir, tiny_llama_dir, tmp_path, variant):
+    model_dir = tiny_llama_dir if "--load_in_4bit" in variant else tiny_bert_dir
+    rows = [{"anchor": a, "positive": b} for a, b in zip(sentences(16), sentences(16, offset=3), strict=True)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    fast = [arg for arg in FAST if arg not in ("query", "value", "--lora_target_modules")]
+    common = ["--model_name_or_path", str(model_dir), "--task", "pairs", "--train_data", data, *fast,
+              "--max_steps", "3", "--dropout", "0.1", "--export_merged", "false", *variant]  # fmt: skip
+    runs = {}
+    for name, extra in {"chunked": [], "cached": ["--gradient_cache", "true"]}.items():
+        trainer = main([*common, "--mini_batch_size", "2", *extra, "--output_dir", str(tmp_path / name)])
+        runs[name] = logged_losses(trainer)
+    assert len(runs["chunked"]) == 3 and len(set(runs["chunked"])) > 1
+    assert runs["cached"] == pytest.approx(runs["chunked"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LORASMITH_SKIP_DEEPSPEED") == "1", reason="LORASMITH_SKIP_DEEPSPEED=1")
+def test_zero2_with_the_cache_logs_the_plain_zero2_losses(tiny_bert_dir, tmp_path):
+    """DeepSpeed ZeRO-2 on 2 gloo processes: several engine backwards per step, one optimizer step, same losses."""
+    rows = [{"anchor": a, "positive": b} for a, b in zip(sentences(24), sentences(24, offset=3), strict=True)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    fast = [arg for arg in FAST if arg != "--max_steps" and arg != "2"]
+    common = ["-m", "train.embed", "--model_name_or_path", str(tiny_bert_dir), "--task", "pairs", "--train_data", data,
+              "--use_peft", "true", "--dropout", "0", "--lora_dropout", "0", "--max_steps", "3",
+              "--export_merged", "false", *fast]  # fmt: skip
+    losses = {}
+    for name, extra in {"plain": ["--mini_batch_size", "0"],
+                        "cached": ["--gradient_cache", "true", "--mini_batch_size", "2"]}.items():  # fmt: skip
+        output_dir = tmp_path / name
+        run_multiprocess([*common, *extra, "--output_dir", str(output_dir), "--save_strategy", "steps",
+                          "--save_steps", "3"], config_file=REPO / "accelerate_configs" / "zero2.yaml")  # fmt: skip
+        state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+        losses[name] = [log["loss"] for log in state["log_history"] if "loss" in log]
+    assert len(losses["plain"]) == 3 and len(set(losses["plain"])) > 1
+    assert losses["cached"] == pytest.approx(losses["plain"], abs=1e-4)
