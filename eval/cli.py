@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -87,6 +88,41 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def check_device(device: str | None) -> None:
+    """ConfigError for a ``--device`` this machine does not have (``cuda`` without CUDA, ``cuda:3`` of 2 GPUs)."""
+    if not device:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps ...)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: this machine has no CUDA GPU; use --device cpu or leave it out")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+
+
+def check_writable(path: str | None, flag: str, *, folder: bool = False) -> None:
+    """ConfigError unless ``path`` (a file, or with ``folder`` a folder) can be written, checked before any work so
+    that results are never computed and then lost. Missing parent folders are created later and pass."""
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    if os.path.exists(existing):
+        if os.path.isdir(existing) != folder:
+            kind = "a file" if folder else "a folder: give a file path, e.g. " + os.path.join(path, "result.json")
+            raise ConfigError(f"{flag} {path} is {kind}")
+    else:
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write {existing}")
+
+
 def init_distributed() -> None:
     """Join the process group when started by ``accelerate launch``/torchrun with several processes.
 
@@ -105,6 +141,9 @@ def run_cli(
     args = parser.parse_args(argv)
 
     def start_and_run():
+        check_device(getattr(args, "device", None))
+        check_writable(getattr(args, "output", None), "--output")
+        check_writable(getattr(args, "output_dir", None), "--output-dir", folder=True)
         init_distributed()
         body(args)
 

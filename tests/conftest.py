@@ -91,7 +91,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -123,3 +123,10 @@ def test_unreachable_hub_id_is_one_clear_error(monkeypatch):
     args = ModelArguments(model_name_or_path="no-such-org/no-such-model")
     with pytest.raises(ConfigError, match="cannot load model 'no-such-org/no-such-model'.*HF_HUB_OFFLINE is set"):
         load_model(args, AutoModel)
+
+
+def test_lora_layers_that_select_every_layer_are_refused():
+    with pytest.raises(ConfigError, match=r"lora_layers 'last6' selects all 6 of the model's 6 layers"):
+        layers_to_transform("last6", 6)
+    with pytest.raises(ConfigError, match=r"selects all 2 of the model's 2 layers: remove lora_layers"):
+        layers_to_transform([0, -1], 2)

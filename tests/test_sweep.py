@@ -201,8 +201,8 @@ def test_a_failing_cell_is_recorded_and_the_next_one_is_trained_and_scored_by_th
     )
     assert labels["columns"] == ["sts (spearman)"] and matrix.shape == (2, 1)
     assert np.isnan(matrix[0, 0]) and matrix[1, 0] == pytest.approx(
-        float(rows[1]["suite.sts.spearman"]), abs=1e-5
-    )
+        float(rows[1]["suite.sts.spearman"]), abs=5e-5
+    )  # the suite's results.csv keeps 4 decimals
     assert "1 of 2 cells not done" in result.stdout
 
 

@@ -46,6 +46,7 @@ from train.classify.seqcls_trainer import (
     class_weight_vector,
     final_evaluation,
     metrics_function,
+    reported_metrics,
 )
 from train.common import cli, launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
@@ -76,6 +77,7 @@ def main(argv=None):
     learnable.check_label_classes(train_labels, label_names, str(data_args.train_data), multi_label)
     weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
     run.disable_evaluation_without_data(training_args, eval_split is not None)
+    launch.check_best_metric(training_args, reported_metrics(label_names, multi_label))
     learnable.check_optimizer_steps(len(train_split.dataset), training_args, world_size)
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None

@@ -35,7 +35,7 @@ from train.classify.sft_data import (
     prompt_spec,
 )
 from train.classify.sft_export import write_prompt_classifier_files
-from train.classify.sft_trainer import PromptClassificationTrainer, generation_report
+from train.classify.sft_trainer import PromptClassificationTrainer, generation_report, reported_metrics
 from train.common import cli, export, launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model, load_tokenizer
@@ -54,6 +54,7 @@ def main(argv=None):
     resolve_sft_config(data_args, model_args, training_args)
     train_ds, eval_ds = load_labeled_splits(data_args, text_columns)  # data errors before any model is loaded
     label_names = train_ds.features["label"].names
+    launch.check_best_metric(training_args, reported_metrics(label_names))
     learnable.check_label_classes(train_ds["label"], label_names, str(data_args.train_data), warn_only=True)
 
     tokenizer = load_tokenizer(model_args)

@@ -80,6 +80,15 @@ def expected_calibration_error(y_true, probabilities, n_bins: int = 15) -> float
     return float(ece)
 
 
+def metric_names(label_names: Sequence[str], *, multi_label: bool, probabilities: bool) -> list[str]:
+    """The scalar keys :func:`classification_metrics` returns for these labels (``ece`` with ``probabilities``)."""
+    names = ["num_examples", "accuracy"]
+    names += [f"{metric}_{average}" for average in AVERAGES for metric in ("precision", "recall", "f1")]
+    if len(label_names) == 2 and not multi_label:
+        names += ["precision", "recall", "f1"]
+    return names + (["ece"] if probabilities else [])
+
+
 def classification_metrics(
     y_true, y_pred, label_names: Sequence[str], probabilities=None, *, ece_bins: int = 15
 ) -> dict:

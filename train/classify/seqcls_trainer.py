@@ -23,7 +23,7 @@ from torch import nn
 from transformers import EvalPrediction, Trainer
 
 from eval.classifiers.sequence import decide, probabilities_from_logits
-from eval.metrics.classification import classification_metrics
+from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.errors import ConfigError
 from train.classify.seqcls_chunks import pooled_forward
 from train.common.outputs import scalar_metrics
@@ -135,6 +135,12 @@ def final_evaluation(trainer: SeqClassifyTrainer, dataset, label_names, multi_la
     prediction = trainer.predict(dataset, metric_key_prefix="eval")
     report = evaluation_report(prediction.predictions, prediction.label_ids, label_names, multi_label, threshold)
     return {**report, "loss": prediction.metrics["eval_loss"]}
+
+
+def reported_metrics(label_names: Sequence[str], multi_label: bool) -> list[str]:
+    """The metric names an evaluation of :func:`metrics_function` logs (without ``eval_``), loss included."""
+    scalars = metric_names(label_names, multi_label=multi_label, probabilities=True)
+    return [*scalars, *(f"class_f1/{name}" for name in label_names), "loss"]
 
 
 def metrics_function(

@@ -21,7 +21,7 @@ from trl import SFTTrainer
 
 from data_utils.prompts import PromptSpec
 from eval.classifiers.prompt import PromptClassifier
-from eval.metrics.classification import classification_metrics
+from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.errors import DataError
 from train.common.outputs import scalar_metrics
 
@@ -93,6 +93,12 @@ class PromptClassificationTrainer(SFTTrainer):
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+
+
+def reported_metrics(label_names: Sequence[str]) -> list[str]:
+    """The metric names an evaluation of :class:`PromptClassificationTrainer` logs (without ``eval_``): the label
+    scoring report's scalars and the loss."""
+    return [*metric_names(label_names, multi_label=False, probabilities=True), "loss"]
 
 
 def generation_report(trainer: PromptClassificationTrainer, rows: list[dict], gold: list[int]) -> dict:

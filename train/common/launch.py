@@ -7,11 +7,14 @@ the one check that needs the model runs as a Trainer callback (``CheckTrainableI
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Collection
 
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy
 
 from lorasmith.errors import ConfigError
 from lorasmith.process import check_world_size
@@ -135,6 +138,24 @@ def check_launch(training_args, run_args, model_args=None) -> int:
         check_quantized_distribution(training_args, model_args)
         check_full_model_export(training_args, model_args)
     return world_size
+
+
+def check_best_metric(training_args, produced: Collection[str]) -> None:
+    """Refuse a ``metric_for_best_model`` that the entrypoint's evaluation does not report (``produced``: its metric
+    names, without the ``eval_`` prefix; ``loss`` counts only when listed). Trainer would fail with a KeyError at
+    the first evaluation, after hours of training. No-op when nothing is evaluated or the metric is unset."""
+    metric = training_args.metric_for_best_model
+    if not metric or training_args.eval_strategy == IntervalStrategy.NO:
+        return
+    name = metric.removeprefix("eval_")
+    if name in produced:
+        return
+    close = difflib.get_close_matches(name, list(produced), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(
+        f"metric_for_best_model '{metric}' is not a metric this run's evaluation reports: {hint}"
+        f"it reports {', '.join(produced)}"
+    )
 
 
 def check_checkpointing_inputs(model, training_args) -> None:

@@ -6,12 +6,19 @@ Quantization: bitsandbytes 4-bit (nf4/fp4, double quant, compute dtype = ``dtype
 loads onto its own device (``device_map={"": local_process_index}``), so DDP never sees an 8-bit model on
 another process's GPU. LoRA: TRL's ``get_peft_config`` plus ``layers_to_transform`` for LoRA on chosen
 layers only; continuing an existing adapter; full fine-tuning next to (or instead of) LoRA.
+
+Checks that need the model run on its config and a meta-device skeleton, before any weight is read
+(``check_model_fit``): ``max_length`` within a learned position table, LoRA target modules and ``lora_layers``
+that select something (and not every layer when the recipe picked layers), an ``adapter_path`` that exists and
+fits this model. ``load_tokenizer`` refuses a tokenizer far smaller than the model's vocabulary (a model folder
+without tokenizer files, for which transformers quietly builds a 5-token vocabulary: every word [UNK]).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,8 +26,11 @@ from dataclasses import dataclass
 import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import check_target_module_exists
+from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
 from trl import get_peft_config
 
 from lorasmith.embedded_models import embedded_model_files
@@ -71,17 +81,62 @@ def _explain_unavailable(source: ModelSource):
 
 
 def load_tokenizer(model_args: ModelArguments, padding_side: str | None = None):
-    """The model's tokenizer (or ``tokenizer_name_or_path``) with a pad token guaranteed."""
+    """The model's tokenizer (or ``tokenizer_name_or_path``) with a pad token guaranteed.
+
+    Raises:
+        ConfigError: the tokenizer has less than half the model's vocabulary (``check_vocabulary``).
+    """
     source = resolve_model_source(model_args.tokenizer_name_or_path or model_args.model_name_or_path, model_args.gguf_file)
     with _explain_unavailable(source):
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
         )
+    check_vocabulary(tokenizer, source, load_config(model_args))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     return tokenizer
+
+
+# Files any transformers tokenizer is read from; a folder with none of them gets a fallback vocabulary.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+    "spiece.model", "sentencepiece.bpe.model",
+)
+
+
+def check_vocabulary(tokenizer, source: ModelSource, config) -> None:
+    """Refuse a tokenizer with less than half of ``config.vocab_size`` tokens.
+
+    A model folder without tokenizer files still "loads" a tokenizer: transformers builds the model type's
+    tokenizer with only its special tokens, and every word becomes [UNK] (training runs, learns nothing).
+    Vocabularies padded for speed (a few unused rows) stay well above half.
+    """
+    vocab_size = getattr(config, "vocab_size", None)
+    if not isinstance(vocab_size, int) or len(tokenizer) * 2 >= vocab_size:
+        return
+    folder = source.path if os.path.isdir(source.path) and not source.gguf_file else None
+    why = (
+        f"{folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...), so transformers built an empty "
+        "vocabulary that reads every word as unknown"
+        if folder and not any(os.path.exists(os.path.join(folder, name)) for name in TOKENIZER_FILES)
+        else "it is not this model's tokenizer"
+    )
+    raise ConfigError(
+        f"the tokenizer of '{source.path}' has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}: "
+        f"{why}. Copy the tokenizer files next to the model, or set tokenizer_name_or_path to the tokenizer it was "
+        "trained with"
+    )
+
+
+def load_config(model_args: ModelArguments):
+    """The model's ``AutoConfig`` (no weights) for the recipe's source."""
+    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
+    with _explain_unavailable(source):
+        return AutoConfig.from_pretrained(
+            source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
+        )
 
 
 def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -149,10 +204,8 @@ def load_model(model_args: ModelArguments, model_class, *, skip_quantization: li
     quant = quantization_config(model_args, skip_quantization)
     if source.gguf_file and quant is not None:
         raise ConfigError("a GGUF model is dequantized to full precision on load; load_in_4bit/8bit cannot apply to it")
-    with _explain_unavailable(source):
-        config = AutoConfig.from_pretrained(
-            source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
-        )
+    config = load_config(model_args)
+    check_model_fit(model_args, config, model_class)
     if model_class.__name__ == "AutoModel" and _accepts_pooling_flag(config):
         kwargs.setdefault("add_pooling_layer", False)
     dtype = torch_dtype(model_args.dtype)
@@ -197,16 +250,21 @@ def _accepts_pooling_flag(config) -> bool:
     return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
 
 
-def num_hidden_layers(model: PreTrainedModel) -> int:
-    config = model.config
+def num_hidden_layers(config) -> int:
+    """The number of transformer layers a model ``config`` declares."""
     for name in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
         if isinstance(getattr(config, name, None), int):
             return getattr(config, name)
-    raise ConfigError(f"cannot tell how many layers {type(model).__name__} has; give lora_layers as indices")
+    raise ConfigError(f"cannot tell how many layers a {type(config).__name__} model has; give lora_layers as indices")
 
 
 def layers_to_transform(spec: str | list | None, total_layers: int) -> list[int] | None:
-    """'last' -> [L-1]; 'last3' -> the last 3; '0,5' or [0, 5] -> [0, 5]; None -> every layer."""
+    """'last' -> [L-1]; 'last3' -> the last 3; '0,5' or [0, 5] -> [0, 5]; None -> every layer.
+
+    Raises:
+        ConfigError: malformed, out of range, or selecting every layer (the recipe meant to pick some: without
+            ``lora_layers`` every layer is adapted).
+    """
     if spec is None:
         return None
     if isinstance(spec, str) and spec.startswith("last"):
@@ -221,11 +279,17 @@ def layers_to_transform(spec: str | list | None, total_layers: int) -> list[int]
     bad = [i for i in layers if not -total_layers <= i < total_layers]
     if bad:
         raise ConfigError(f"lora_layers {bad} out of range: the model has {total_layers} layers (0..{total_layers - 1})")
-    return sorted({i % total_layers for i in layers})
+    selected = sorted({i % total_layers for i in layers})
+    if len(selected) == total_layers:
+        raise ConfigError(
+            f"lora_layers {spec!r} selects all {total_layers} of the model's {total_layers} layers: remove lora_layers "
+            f"to adapt every layer, or pick fewer (e.g. 'last{max(total_layers // 2, 1)}')"
+        )
+    return selected
 
 
-def lora_config(model_args: ModelArguments, task_type: str | None, model: PreTrainedModel) -> LoraConfig | None:
-    """TRL's LoRA config from the recipe, plus ``layers_to_transform``; None when LoRA is off."""
+def lora_config(model_args: ModelArguments, task_type: str | None, config) -> LoraConfig | None:
+    """TRL's LoRA config from the recipe, plus ``layers_to_transform`` (``config``: the model's); None when LoRA is off."""
     peft_config = get_peft_config(model_args)
     if peft_config is None:
         if model_args.lora_layers is not None:
@@ -233,8 +297,96 @@ def lora_config(model_args: ModelArguments, task_type: str | None, model: PreTra
         return None
     peft_config.task_type = task_type
     peft_config.target_modules = _module_names(peft_config.target_modules)
-    peft_config.layers_to_transform = layers_to_transform(model_args.lora_layers, num_hidden_layers(model))
+    peft_config.layers_to_transform = layers_to_transform(model_args.lora_layers, num_hidden_layers(config))
     return peft_config
+
+
+def check_model_fit(model_args: ModelArguments, config, model_class) -> None:
+    """Every check that needs the model but not its weights, on ``config`` and a meta-device skeleton of
+    ``model_class``: ``max_length``, LoRA targets and layers, ``adapter_path``. Raises ConfigError."""
+    try:  # set_zero3_state keeps ZeRO-3's zero.Init (which cannot initialise meta tensors) out of it
+        with torch.device("meta"), set_zero3_state():
+            skeleton = model_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    except ValueError as error:
+        raise ConfigError(f"{model_args.model_name_or_path}: {model_class.__name__} cannot build this model: {error}") from None
+    modules = dict(skeleton.named_modules())
+    check_max_length(model_args.max_length, config, modules)
+    if model_args.adapter_path:
+        check_adapter(model_args.adapter_path, model_args.model_name_or_path, modules)
+    else:
+        check_lora_targets(lora_config(model_args, None, config), model_args, modules)
+
+
+def check_max_length(max_length: int | None, config, modules: dict) -> None:
+    """Refuse ``max_length`` beyond the model's learned position table (the forward would fail on the first long
+    batch, mid-epoch). Models without one (rotary, relative positions) have no hard limit and pass."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(limit, int) or max_length is None:
+        return
+    tables = [
+        module
+        for name, module in modules.items()
+        if isinstance(module, torch.nn.Embedding) and ("position" in name or name.endswith("wpe"))
+        and module.num_embeddings == limit
+    ]
+    if not tables:
+        return
+    padding = tables[0].padding_idx  # RoBERTa-style tables count positions after the padding index
+    usable = limit - (padding + 1 if padding is not None else 0)
+    if max_length > usable:
+        raise ConfigError(
+            f"max_length {max_length} is above this model's limit of {usable} positions "
+            f"(max_position_embeddings {limit}): set max_length: {usable} or less"
+        )
+
+
+def check_lora_targets(peft_config: LoraConfig | None, model_args: ModelArguments, modules: dict) -> None:
+    """Refuse LoRA target modules / ``lora_layers`` that match no module of the model (PEFT fails only after
+    the weights are loaded)."""
+    if peft_config is None or peft_config.target_modules in (None, "all-linear"):
+        return
+    if any(check_target_module_exists(peft_config, name) for name in modules):  # excluded modules are falsy
+        return
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, m in modules.items() if isinstance(m, torch.nn.Linear)})
+    layers = f" on layers {peft_config.layers_to_transform}" if peft_config.layers_to_transform else ""
+    raise ConfigError(
+        f"lora_target_modules {model_args.lora_target_modules}{layers} match no module of "
+        f"{model_args.model_name_or_path}. Its linear modules are named: {', '.join(leaves)} (or use all-linear)"
+    )
+
+
+def check_adapter(adapter_path: str, model_name: str, modules: dict) -> None:
+    """Refuse an ``adapter_path`` that is not an adapter folder, or whose adapted modules are not in this model
+    (an adapter of another kind of run: PEFT would only warn about missing keys and train from scratch)."""
+    config_file = os.path.join(adapter_path, "adapter_config.json")
+    if not os.path.isfile(config_file):
+        hint = (
+            f"; a lorasmith run keeps its adapter in {os.path.join(adapter_path, 'adapter')}"
+            if os.path.isfile(os.path.join(adapter_path, "adapter", "adapter_config.json"))
+            else ""
+        )
+        what = "has no adapter_config.json" if os.path.isdir(adapter_path) else "does not exist"
+        raise ConfigError(f"adapter_path {adapter_path} {what}: it must be a PEFT adapter folder{hint}")
+    weights = os.path.join(adapter_path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        return
+    with safe_open(weights, "pt") as file:
+        adapted = {_adapted_module(key) for key in file.keys()}
+    missing = sorted(adapted - set(modules))
+    if missing:
+        with open(config_file, encoding="utf-8") as file:
+            saved = json.load(file)
+        raise ConfigError(
+            f"adapter_path {adapter_path} does not fit this model: {len(missing)} of its {len(adapted)} modules are "
+            f"not in {model_name} (e.g. {missing[0]}). It was trained on {saved.get('base_model_name_or_path')} as "
+            f"{saved.get('task_type')}: give an adapter from the same kind of run on this base model"
+        )
+
+
+def _adapted_module(key: str) -> str:
+    """'base_model.model.encoder.layer.0.query.lora_A.weight' -> 'encoder.layer.0.query' (a saved PEFT key's module)."""
+    path = key.removeprefix("base_model.model.")
+    return path.split(".lora_")[0] if ".lora_" in path else path.rsplit(".", 1)[0]
 
 
 def _module_names(target_modules):
@@ -268,7 +420,7 @@ def apply_tuning(
     if model_args.adapter_path:
         model = PeftModel.from_pretrained(model, model_args.adapter_path, is_trainable=True)
     else:
-        peft_config = lora_config(model_args, task_type, model)
+        peft_config = lora_config(model_args, task_type, model.config)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         elif not model_args.full_finetune:
