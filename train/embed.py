@@ -39,6 +39,7 @@ from train.contrastive.export import export_embedding_model, write_embedding_car
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import build_embedding_model
+from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.sampling import (
     DatasetMix,
     MixCollator,
@@ -53,6 +54,33 @@ from train.contrastive.trainer import ContrastiveTrainer
 
 def make_parser():
     return cli.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig))
+
+
+def configure(data_args: DataArguments, config: EmbedConfig) -> tuple[EmbedTask, ContrastiveObjective]:
+    """(task record, objective) from the recipe, with the task's defaults filled into ``config`` and every loss,
+    Matryoshka width list and encoding option checked before any data or model is read (ConfigError)."""
+    resolve_mini_batches(config, launch.distribution(config))
+    task = embed_task(data_args.task)
+    resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
+    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
+    return task, build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
+
+
+def load_training_data(data_args: DataArguments, config: EmbedConfig, task: EmbedTask, world_size: int):
+    """(train, eval or None), read and checked: several training datasets each suit the loss, every dataset can
+    teach something (``learnable``), and the run makes at least one optimizer step."""
+    sources = train_sources(data_args.train_data, data_args.task, data_args.columns)
+    check_source_tasks(sources, task, config)
+    train_ds, eval_ds = load_datasets(data_args, config, sources)
+    parts = (
+        zip(train_ds.names, train_ds.datasets, train_ds.tasks, strict=True)
+        if isinstance(train_ds, DatasetMix)
+        else [(str(data_args.train_data), train_ds, task)]
+    )
+    for source, dataset, source_task in parts:
+        learnable.check_contrastive_rows(dataset, source_task, source)
+    learnable.check_optimizer_steps(len(train_ds), config, world_size)
+    return train_ds, eval_ds
 
 
 def load_datasets(data_args: DataArguments, config: EmbedConfig, sources: list[TrainSource] | None):
@@ -131,22 +159,8 @@ def main(argv=None):
     args = cli.parse_recipe(make_parser(), argv)
     data_args, model_args, run_args, config = args
     world_size = launch.check_launch(config, run_args, model_args)
-    resolve_mini_batches(config, launch.distribution(config))
-    task = embed_task(data_args.task)
-    resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
-    objective = build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
-    sources = train_sources(data_args.train_data, data_args.task, data_args.columns)
-    check_source_tasks(sources, task, config)
-    train_ds, eval_ds = load_datasets(data_args, config, sources)  # data errors before any model is loaded
-    parts = (
-        zip(train_ds.names, train_ds.datasets, train_ds.tasks, strict=True)
-        if isinstance(train_ds, DatasetMix)
-        else [(str(data_args.train_data), train_ds, task)]
-    )
-    for source, dataset, source_task in parts:
-        learnable.check_contrastive_rows(dataset, source_task, source)
-    learnable.check_optimizer_steps(len(train_ds), config, world_size)
+    task, objective = configure(data_args, config)
+    train_ds, eval_ds = load_training_data(data_args, config, task, world_size)  # before any model is loaded
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None
 
@@ -155,8 +169,8 @@ def main(argv=None):
     model = build_embedding_model(
         model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
     )
-    if matryoshka is not None:
-        matryoshka.check_width(model.hidden_size())
+    if objective.matryoshka is not None:
+        objective.matryoshka.check_width(model.hidden_size())
     collator, train_batches, batch_callbacks = training_batches(
         train_ds, tokenizer, task, model_args, config, world_size
     )

@@ -23,34 +23,23 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from transformers import DataCollatorWithPadding, set_seed
 
-from data_utils import label_names_from_dataset
-from data_utils.tokenizer_inputs import check_long_text
 from lorasmith.process import run_main
 from train.classify.seqcls_chunks import WindowCollator
 from train.classify.seqcls_config import SeqClassifyConfig
-from train.classify.seqcls_data import (
-    data_summary,
-    load_splits,
-    long_rows_summary,
-    text_columns_of,
-    tokenize_split,
-)
+from train.classify.seqcls_data import PreparedData, data_summary, long_rows_summary, prepare_data
 from train.classify.seqcls_export import classifier_manifest, export_classifier, write_classifier_files
 from train.classify.seqcls_model import build_classifier
 from train.classify.seqcls_trainer import (
     ClassificationLoss,
     SeqClassifyTrainer,
-    class_weight_vector,
     final_evaluation,
     metrics_function,
-    reported_metrics,
 )
-from train.common import cli, launch, learnable, run
+from train.common import cli, launch, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.modeling import count_parameters, load_tokenizer
+from train.common.modeling import count_parameters
 from train.common.plan import print_plan, run_plan
 
 
@@ -62,58 +51,35 @@ def main(argv=None):
     args = cli.parse_recipe(make_parser(), argv)
     data_args, model_args, run_args, training_args = args
     world_size = launch.check_launch(training_args, run_args, model_args)
-    multi_label, threshold = training_args.multi_label, training_args.threshold
-    train_raw, eval_raw = load_splits(data_args, multi_label)  # data errors before any model is loaded
-
-    label_names, text_columns = label_names_from_dataset(train_raw), text_columns_of(train_raw)
-    tokenizer = load_tokenizer(model_args)
-    long_text = training_args.long_text_options()
-    check_long_text(long_text, tokenizer, model_args.max_length, text_columns)
-    train_split = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label, long_text)
-    eval_split = (
-        tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label, long_text) if eval_raw else None
-    )
-    train_labels = np.asarray(train_split.dataset["labels"]).astype(np.int64)
-    learnable.check_label_classes(train_labels, label_names, str(data_args.train_data), multi_label)
-    weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
-    run.disable_evaluation_without_data(training_args, eval_split is not None)
-    launch.check_best_metric(training_args, reported_metrics(label_names, multi_label))
-    learnable.check_optimizer_steps(len(train_split.dataset), training_args, world_size)
+    data = prepare_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None
 
     set_seed(training_args.seed)  # the head's and LoRA's random init must not depend on what ran before
     built = build_classifier(
         model_args,
-        label_names,
+        data.label_names,
         training_args.hf_problem_type,
-        tokenizer.pad_token_id,
+        data.tokenizer.pad_token_id,
         gradient_checkpointing=training_args.activation_checkpointing,
     )
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
-    plan.update(_plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split))
-    plan["long texts"] = "; ".join(
-        long_rows_summary(split, name, long_text, tokenizer, model_args.max_length)
-        for name, split in (("train", train_split), ("eval", eval_split))
-        if split is not None
-    )
-    plan["class weights"] = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist())
-    plan["trained in full (head)"] = ", ".join(built.trained_modules)
-    plan["kept out of quantization"] = ", ".join(built.head_modules)
+    plan.update(_plan(data_args, model_args, training_args, data, built))
     print_plan("train.seq_classify", plan)
     if run_args.dry_run:
         return None
 
+    long_text, multi_label, threshold = data.long_text, training_args.multi_label, training_args.threshold
     trainer = SeqClassifyTrainer(
         model=built.model,
         args=training_args,
-        train_dataset=train_split.dataset,
-        eval_dataset=eval_split.dataset if eval_split else None,
-        processing_class=tokenizer,
-        data_collator=WindowCollator(tokenizer) if long_text.chunks else DataCollatorWithPadding(tokenizer),
-        compute_metrics=metrics_function(label_names, multi_label, threshold),
+        train_dataset=data.train.dataset,
+        eval_dataset=data.evaluation.dataset if data.evaluation else None,
+        processing_class=data.tokenizer,
+        data_collator=WindowCollator(data.tokenizer) if long_text.chunks else DataCollatorWithPadding(data.tokenizer),
+        compute_metrics=metrics_function(data.label_names, multi_label, threshold),
         callbacks=run.lifecycle_callbacks(),
-        loss=ClassificationLoss(multi_label, weights),
+        loss=ClassificationLoss(multi_label, data.class_weights),
         chunk_pooling=long_text.chunk_pooling if long_text.chunks else None,
     )
     recipe, resume_from = run.prepare_output_dir(args)
@@ -122,18 +88,13 @@ def main(argv=None):
     if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
         return trainer
     metrics = {"train": {**result.metrics, "best_checkpoint": trainer.state.best_model_checkpoint}}
-    if eval_split is not None:  # the model that is saved: the best checkpoint with load_best_model_at_end
-        metrics["eval"] = final_evaluation(trainer, eval_split.dataset, label_names, multi_label, threshold)
-    metrics["data"] = data_summary(train_split, eval_split, model_args.max_length)
+    if data.evaluation is not None:  # the model that is saved: the best checkpoint with load_best_model_at_end
+        metrics["eval"] = final_evaluation(trainer, data.evaluation.dataset, data.label_names, multi_label, threshold)
+    metrics["data"] = data_summary(data.train, data.evaluation, model_args.max_length)
 
     saved = export_classifier(trainer, model_args, built.load_kwargs, export_merged=run_args.export_merged)
     manifest = classifier_manifest(
-        model_args,
-        saved,
-        label_names,
-        text_columns,
-        multi_label=multi_label,
-        threshold=threshold,
+        model_args, saved, data.label_names, data.text_columns, multi_label=multi_label, threshold=threshold,
         long_text=long_text,
     )
     run.finish(
@@ -142,24 +103,33 @@ def main(argv=None):
     return trainer
 
 
-def _plan(data_args, model_args, training_args, label_names, text_columns, train_split, eval_split) -> dict:
+def _plan(data_args, model_args, training_args, data: PreparedData, built) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
+    splits = (("train", data.train), ("eval", data.evaluation))
+    weights = data.class_weights
     return {
         "model": model_args.model_name_or_path,
-        "problem": f"{training_args.problem_type}, {len(label_names)} labels: {', '.join(label_names)}",
-        "inputs": " + ".join(text_columns) + (" (pair encoding)" if len(text_columns) > 1 else ""),
-        "train data": f"{data_args.train_data} ({train_split.rows} rows)",
-        "eval data": f"{data_args.eval_data} ({eval_split.rows} rows)"
-        if eval_split
+        "problem": f"{training_args.problem_type}, {len(data.label_names)} labels: {', '.join(data.label_names)}",
+        "inputs": " + ".join(data.text_columns) + (" (pair encoding)" if len(data.text_columns) > 1 else ""),
+        "train data": f"{data_args.train_data} ({data.train.rows} rows)",
+        "eval data": f"{data_args.eval_data} ({data.evaluation.rows} rows)"
+        if data.evaluation
         else "none (no evaluation)",
         "max_length": f"{model_args.max_length} tokens",
+        "long texts": "; ".join(
+            long_rows_summary(split, name, data.long_text, data.tokenizer, model_args.max_length)
+            for name, split in splits
+            if split is not None
+        ),
         "epochs / max_steps": f"{training_args.num_train_epochs:g} / {training_args.max_steps}",
         "best checkpoint by": training_args.metric_for_best_model
         if training_args.load_best_model_at_end
         else "-",
+        "class weights": "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights.tolist()),
+        "trained in full (head)": ", ".join(built.trained_modules),
+        "kept out of quantization": ", ".join(built.head_modules),
         "output_dir": training_args.output_dir,
     }
-
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

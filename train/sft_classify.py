@@ -25,20 +25,13 @@ import sys
 from transformers import AutoModelForCausalLM, set_seed
 
 from lorasmith.process import run_main
-from train.classify.sft_config import SFTClassifyConfig, resolve_sft_config
-from train.classify.sft_data import (
-    build_sft_rows,
-    check_verbalizers,
-    label_rows,
-    load_labeled_splits,
-    prompt_columns,
-    prompt_spec,
-)
+from train.classify.sft_config import SFTClassifyConfig
+from train.classify.sft_data import PromptData, label_rows, prepare_prompt_data
 from train.classify.sft_export import write_prompt_classifier_files
-from train.classify.sft_trainer import PromptClassificationTrainer, generation_report, reported_metrics
-from train.common import cli, export, launch, learnable, run
+from train.classify.sft_trainer import PromptClassificationTrainer, generation_report
+from train.common import cli, export, launch, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.modeling import apply_tuning, count_parameters, load_model, load_tokenizer
+from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
 
 
@@ -50,19 +43,7 @@ def main(argv=None):
     args = cli.parse_recipe(make_parser(), argv)
     data_args, model_args, run_args, training_args = args
     world_size = launch.check_launch(training_args, run_args, model_args)
-    text_columns, template = prompt_columns(data_args, training_args)
-    resolve_sft_config(data_args, model_args, training_args)
-    train_ds, eval_ds = load_labeled_splits(data_args, text_columns)  # data errors before any model is loaded
-    label_names = train_ds.features["label"].names
-    launch.check_best_metric(training_args, reported_metrics(label_names))
-    learnable.check_label_classes(train_ds["label"], label_names, str(data_args.train_data), warn_only=True)
-
-    tokenizer = load_tokenizer(model_args)
-    spec = prompt_spec(template, label_names, data_args, model_args, training_args, tokenizer)
-    answer_ids = check_verbalizers(tokenizer, spec, label_rows(train_ds.select([0]), spec)[0])
-    train_rows = build_sft_rows(train_ds, tokenizer, spec, data_args.train_data)
-    eval_rows = build_sft_rows(eval_ds, tokenizer, spec, data_args.eval_data) if eval_ds is not None else None
-    learnable.check_optimizer_steps(len(train_rows.dataset), training_args, world_size)
+    data = prepare_prompt_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None
 
@@ -70,7 +51,7 @@ def main(argv=None):
     model = load_model(model_args, AutoModelForCausalLM)
     model = apply_tuning(model, model_args, "CAUSAL_LM", training_args.activation_checkpointing)
     plan = run_plan(training_args, model_args, world_size, count_parameters(model))
-    plan.update(_plan(model_args, training_args, spec, answer_ids, train_rows, eval_rows))
+    plan.update(_plan(model_args, training_args, data))
     print_plan("train.sft_classify", plan)
     if run_args.dry_run:
         return None
@@ -78,45 +59,48 @@ def main(argv=None):
     trainer = PromptClassificationTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_rows.dataset,
-        eval_dataset=eval_rows.dataset if eval_rows is not None else None,
-        processing_class=tokenizer,
+        train_dataset=data.train_rows.dataset,
+        eval_dataset=data.eval_rows.dataset if data.eval_rows is not None else None,
+        processing_class=data.tokenizer,
         callbacks=run.lifecycle_callbacks(),
-        prompt_spec=spec,
-        scoring_rows=label_rows(eval_ds, spec) if eval_ds is not None else (),
-        scoring_labels=eval_ds["label"] if eval_ds is not None else (),
+        prompt_spec=data.spec,
+        scoring_rows=label_rows(data.evaluation, data.spec) if data.evaluation is not None else (),
+        scoring_labels=data.evaluation["label"] if data.evaluation is not None else (),
     )
     recipe, resume_from = run.prepare_output_dir(args)
 
     metrics: dict = {}
-    if training_args.eval_before_training and eval_ds is not None:
+    if training_args.eval_before_training and data.evaluation is not None:
         metrics["before"] = trainer.classification_report()
     result = run.train(trainer, resume_from)
     if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
         return trainer
     metrics["train"] = result.metrics
-    if eval_ds is not None:  # the model that is saved: the best checkpoint with load_best_model_at_end
+    if data.evaluation is not None:  # the model that is saved: the best checkpoint with load_best_model_at_end
         final = trainer.evaluate()
         metrics["eval"] = {**trainer.last_report, "loss": final["eval_loss"]}
         if training_args.compare_generation:
-            metrics["generation"] = generation_report(trainer, label_rows(eval_ds, spec), eval_ds["label"])
+            metrics["generation"] = generation_report(
+                trainer, label_rows(data.evaluation, data.spec), data.evaluation["label"]
+            )
 
     saved = export.export_trained_model(
         trainer, model_args, AutoModelForCausalLM, export_merged=run_args.export_merged
     )
     run.finish(
-        trainer, recipe, saved, write_prompt_classifier_files, spec, model_args, training_args, recipe, metrics, saved
+        trainer, recipe, saved, write_prompt_classifier_files, data.spec, model_args, training_args, recipe, metrics, saved
     )
     return trainer
 
 
-def _plan(model_args, training_args, spec, answer_ids, train_rows, eval_rows) -> dict:
+def _plan(model_args, training_args, data: PromptData) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
+    spec, train_rows, eval_rows = data.spec, data.train_rows, data.eval_rows
     return {
         "model": model_args.model_name_or_path
         + (f" ({model_args.gguf_file})" if model_args.gguf_file else ""),
         "prompt": f"{spec.format} prompt-completion, template columns {spec.text_columns}",
-        "labels -> answer tokens": answer_ids,
+        "labels -> answer tokens": data.answer_ids,
         "train rows": f"{len(train_rows.dataset)} (longest {train_rows.longest} tokens)",
         "eval rows": len(eval_rows.dataset) if eval_rows is not None else "none",
         "long texts": "; ".join(

@@ -16,19 +16,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from datasets import Dataset
 
 from data_utils import label_names_from_dataset, load
 from data_utils.tokenizer_inputs import (
     LongTextOptions,
+    check_long_text,
     encode_long_texts,
     head_tail_counts,
     text_budget,
     text_inputs,
 )
 from lorasmith.errors import ConfigError
+from train.classify.seqcls_trainer import class_weight_vector, reported_metrics
+from train.common import launch, learnable
 from train.common.args import DataArguments
-from train.common.run import first_rows, require_train_data
+from train.common.modeling import load_tokenizer
+from train.common.run import disable_evaluation_without_data, first_rows, require_train_data
 
 
 @dataclass
@@ -158,3 +164,39 @@ def _multi_hot(ids: list[int], num_labels: int) -> list[float]:
     for i in ids:
         vector[i] = 1.0
     return vector
+
+
+@dataclass
+class PreparedData:
+    """What ``train.seq_classify`` trains on, checked before any model weights are loaded."""
+
+    tokenizer: object
+    train: TokenizedSplit
+    evaluation: TokenizedSplit | None
+    label_names: list[str]
+    text_columns: list[str]
+    class_weights: torch.Tensor | None  # (num_labels,) loss weights, or None
+    long_text: LongTextOptions
+
+
+def prepare_data(data_args: DataArguments, model_args, training_args, world_size: int) -> PreparedData:
+    """Read, validate and tokenize both splits, in the order that reports bad data before the tokenizer and
+    bad settings before the model: labels, long-text options, single-class data, ``metric_for_best_model``
+    against the metrics evaluation reports, zero optimizer steps. Turns evaluation off without eval data."""
+    multi_label = training_args.multi_label
+    train_raw, eval_raw = load_splits(data_args, multi_label)
+    label_names, text_columns = label_names_from_dataset(train_raw), text_columns_of(train_raw)
+    tokenizer = load_tokenizer(model_args)
+    long_text = training_args.long_text_options()
+    check_long_text(long_text, tokenizer, model_args.max_length, text_columns)
+    train = tokenize_split(train_raw, tokenizer, model_args.max_length, multi_label, long_text)
+    evaluation = (
+        tokenize_split(eval_raw, tokenizer, model_args.max_length, multi_label, long_text) if eval_raw else None
+    )
+    train_labels = np.asarray(train.dataset["labels"]).astype(np.int64)
+    learnable.check_label_classes(train_labels, label_names, str(data_args.train_data), multi_label)
+    weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
+    disable_evaluation_without_data(training_args, evaluation is not None)
+    launch.check_best_metric(training_args, reported_metrics(label_names, multi_label))
+    learnable.check_optimizer_steps(len(train.dataset), training_args, world_size)
+    return PreparedData(tokenizer, train, evaluation, label_names, text_columns, weights, long_text)

@@ -31,8 +31,11 @@ from data_utils.prompts import (
     template_columns,
 )
 from lorasmith.errors import ConfigError, DataError
-from train.classify.sft_config import SFTClassifyConfig
+from train.classify.sft_config import SFTClassifyConfig, resolve_sft_config
+from train.classify.sft_trainer import reported_metrics
+from train.common import launch, learnable
 from train.common.args import DataArguments, ModelArguments, label_answers
+from train.common.modeling import load_tokenizer
 from train.common.run import first_rows
 
 
@@ -158,3 +161,37 @@ def build_sft_rows(dataset: Dataset, tokenizer, spec: PromptSpec, source: str) -
         completion_mask.append([0] * encoded.completion_start + [1] * len(encoded.completion_ids))
     dataset = Dataset.from_dict({"input_ids": input_ids, "completion_mask": completion_mask})
     return SFTRows(dataset, shortened, max(map(len, input_ids), default=0))
+
+
+@dataclass
+class PromptData:
+    """What ``train.sft_classify`` trains on, checked before any model weights are loaded."""
+
+    tokenizer: object
+    spec: PromptSpec
+    answer_ids: dict[str, list[int]]  # label -> its answer's token ids
+    train: Dataset  # labeled rows (``label`` a ClassLabel)
+    evaluation: Dataset | None
+    train_rows: SFTRows  # prompt-completion rows SFTTrainer trains on
+    eval_rows: SFTRows | None
+
+
+def prepare_prompt_data(data_args, model_args, training_args, world_size: int) -> PromptData:
+    """Read and check both splits, then build the prompts, in the order that reports bad data before the
+    tokenizer and bad settings before the model: template columns, ``metric_for_best_model`` against the
+    metrics evaluation reports, single-class data (a warning), label answers the tokenizer can score, prompts
+    that fit ``max_length``, zero optimizer steps. Fills the recipe's SFT defaults into ``training_args``."""
+    text_columns, template = prompt_columns(data_args, training_args)
+    resolve_sft_config(data_args, model_args, training_args)
+    train, evaluation = load_labeled_splits(data_args, text_columns)
+    label_names = train.features["label"].names
+    launch.check_best_metric(training_args, reported_metrics(label_names))
+    learnable.check_label_classes(train["label"], label_names, str(data_args.train_data), warn_only=True)
+
+    tokenizer = load_tokenizer(model_args)
+    spec = prompt_spec(template, label_names, data_args, model_args, training_args, tokenizer)
+    answer_ids = check_verbalizers(tokenizer, spec, label_rows(train.select([0]), spec)[0])
+    train_rows = build_sft_rows(train, tokenizer, spec, data_args.train_data)
+    eval_rows = build_sft_rows(evaluation, tokenizer, spec, data_args.eval_data) if evaluation is not None else None
+    learnable.check_optimizer_steps(len(train_rows.dataset), training_args, world_size)
+    return PromptData(tokenizer, spec, answer_ids, train, evaluation, train_rows, eval_rows)
