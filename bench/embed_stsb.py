@@ -186,10 +186,7 @@ def main() -> int:
             flush=True,
         )
     print(f"\nSTS-B: {len(train)} train pairs x {args.epochs:g} epoch(s), test 1,379 pairs; runs in {work}")
-    for trainer, problem in problems.items():
-        if problem:
-            print(f"NOT RUN: {trainer}: {problem}")
-    return 1 if any(problems.values()) else 0
+    return integrations.report_not_run(problems)
 
 
 if __name__ == "__main__":

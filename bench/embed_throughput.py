@@ -204,10 +204,7 @@ def main() -> int:
         print(f"\n{name}: {task}, {loss}, batch {batch}, max_length {max_length}, {steps} steps, {len(rows)} rows")
         print(format_table(["trainer", "pairs/s", "padding share", "vs sentence-transformers", "overhead"], table))
         print("targets: " + ", ".join(f"{key} {value}" for key, value in TARGETS.items()), flush=True)
-    for trainer, problem in problems.items():
-        if problem:
-            print(f"NOT RUN: {trainer}: {problem}")
-    return 1 if any(problems.values()) else 0
+    return integrations.report_not_run(problems)
 
 
 if __name__ == "__main__":

@@ -257,7 +257,6 @@ def main() -> None:
     dev = write_split(data_dir / "dev.tsv", "content", args.eval_rows, None, folder / "dev.csv")
     # before anything trains: a part that cannot run is named now, with why
     problems = check_dependencies()
-    skipped = [f"{name}: {problem}" for name, problem in problems.items() if problem]
     if problems[OURS]:
         args.skip_sft = True
     if any(problems.values()):
@@ -290,10 +289,7 @@ def main() -> None:
         print(
             f"overhead ratio sft_classify / plain TRL: {ours['median_s'] / plain['median_s']:.3f} (target <= 1.02)"
         )
-    for line in skipped:
-        print(f"NOT RUN: {line}")
-    if skipped:
-        sys.exit(1)
+    sys.exit(integrations.report_not_run(problems))
 
 
 if __name__ == "__main__":

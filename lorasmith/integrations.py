@@ -89,6 +89,15 @@ def check_comparisons(
     return problems
 
 
+def report_not_run(problems: dict[str, str | None], out: Callable[[str], Any] = print) -> int:
+    """After a benchmark's table: repeat each part ``check_comparisons`` found unable to run, with why; the exit
+    code (1 when a part did not run, else 0)."""
+    for name, problem in problems.items():
+        if problem:
+            out(f"NOT RUN: {name}: {problem}")
+    return 1 if any(problems.values()) else 0
+
+
 def tiny_bert():
     """A 2-layer, hidden-32 ``BertModel`` built from its config (no download, no tokenizer), for the checks."""
     import torch
