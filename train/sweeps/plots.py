@@ -44,7 +44,7 @@ def heatmap(matrix, row_labels: list[str], column_labels: list[str], path: Path)
             )
     axes.set_title("colour: rank of the cell within each column", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # long cell names must not clip the title
     plt.close(figure)
     return path
 

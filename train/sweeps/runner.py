@@ -12,6 +12,7 @@ exits); the sweep then stops without starting another cell, and a re-run continu
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import time
@@ -116,6 +117,21 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
+def _run_step(step, folder, log_path, stopper: Stopper, started: float) -> Outcome | None:
+    """Run one step of a cell (``step()`` -> exit code, its output appended to ``log_path``): the cell's outcome
+    when the step ends the cell (a stop was requested; a non-zero exit, recorded with the log lines it wrote),
+    None when it succeeded."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    returncode = step()
+    if stopper.requested:
+        return Outcome("interrupted", time.monotonic() - started)
+    if returncode != 0:
+        tail = state.log_tail(log_path, since=offset)
+        state.mark_failed(folder, returncode, tail)
+        return Outcome("failed", time.monotonic() - started, tail)
+    return None
+
+
 def run_cell(spec: SweepSpec, cell: Cell, stopper: Stopper) -> Outcome:
     """Train (or resume) one cell, evaluate its suite, mark it done or failed (see the module docstring)."""
     folder, log_only = cell.folder, not spec.save_model
@@ -131,25 +147,17 @@ def run_cell(spec: SweepSpec, cell: Cell, stopper: Stopper) -> Outcome:
     if not state.training_finished(folder, log_only):
         state.clear_failure(folder)
         state.write_cell_recipe(cell.recipe_path, cell.recipe)
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        returncode = stopper.run(cell_command(spec, cell), log_path)
-        if stopper.requested:
-            return Outcome("interrupted", time.monotonic() - started)
-        if returncode != 0:
-            tail = state.log_tail(log_path, since=offset)
-            state.mark_failed(folder, returncode, tail)
-            return Outcome("failed", time.monotonic() - started, tail)
+        train = functools.partial(stopper.run, cell_command(spec, cell), log_path)
+        ended = _run_step(train, folder, log_path, stopper, started)
+        if ended is not None:
+            return ended
         if not state.training_finished(folder, log_only):  # exit 0 after a signal: a checkpoint, no outputs
             return Outcome("interrupted", time.monotonic() - started)
     if spec.suite is not None and not log_only and not suite.suite_done(folder):
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        returncode = suite.evaluate_cell(folder, spec.suite, log_path)
-        if stopper.requested:
-            return Outcome("interrupted", time.monotonic() - started)
-        if returncode != 0:
-            tail = state.log_tail(log_path, since=offset)
-            state.mark_failed(folder, returncode, tail)
-            return Outcome("failed", time.monotonic() - started, tail)
+        evaluate = functools.partial(suite.evaluate_cell, folder, spec.suite, log_path)
+        ended = _run_step(evaluate, folder, log_path, stopper, started)
+        if ended is not None:
+            return ended
     seconds = time.monotonic() - started
     state.mark_done(
         folder, {"seconds": round(seconds, 1), "command": format_command(cell_command(spec, cell))}
