@@ -318,14 +318,26 @@ def _is_gz(path: Path) -> bool:
 
 def _raw(path: Path, name: str) -> bytes:
     """The whole (decompressed) content of ``path``."""
-    raw = path.read_bytes()
-    if _is_gz(path):
-        _check_gzip_magic(raw, name)
-        try:
+    try:
+        raw = path.read_bytes()
+        if _is_gz(path):
+            _check_gzip_magic(raw, name)
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+    except (OSError, EOFError) as error:
+        raise _read_failure(error, path, name) from error
     return raw
+
+
+def _read_failure(error: OSError | EOFError, path: Path, name: str) -> DataError:
+    """The DataError for a read that failed: a file this user may not read, a damaged gzip stream (only a
+    ``.gz`` can be one), or another operating-system error, in words."""
+    if isinstance(error, PermissionError):
+        return DataError(
+            "cannot be read: permission denied", source=name, expected="a file this user may read (see ls -l)"
+        )
+    if _is_gz(path) and not isinstance(error, (FileNotFoundError, IsADirectoryError)):
+        return DataError(f"is a damaged gzip file: {error}", source=name)
+    return DataError(f"cannot be read: {getattr(error, 'strerror', None) or error}", source=name)
 
 
 def _check_gzip_magic(raw: bytes, name: str) -> None:
@@ -339,14 +351,14 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 def _head(path: Path, name: str) -> bytes:
     """The first ``_HEAD_BYTES`` of the (decompressed) content, for sniffing and the first line."""
-    if _is_gz(path):
-        with path.open("rb") as stream:
-            _check_gzip_magic(stream.read(_HEAD_BYTES), name)
     try:
+        if _is_gz(path):
+            with path.open("rb") as stream:
+                _check_gzip_magic(stream.read(_HEAD_BYTES), name)
         with _open_binary(path) as stream:
             return stream.read(_HEAD_BYTES)
     except (OSError, EOFError) as error:
-        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+        raise _read_failure(error, path, name) from error
 
 
 def _is_blank(path: Path, name: str) -> bool:
@@ -355,7 +367,7 @@ def _is_blank(path: Path, name: str) -> bool:
         with _open_binary(path) as stream:
             return all(not chunk.strip() for chunk in iter(lambda: stream.read(1 << 20), b""))
     except (OSError, EOFError) as error:
-        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+        raise _read_failure(error, path, name) from error
 
 
 def _text_encoding(options: dict) -> str:
@@ -389,9 +401,7 @@ def _read_streamed(fmt: str, path: Path, head: bytes, name: str, options: dict):
         _decode(_raw(path, name), name, options)
         raise
     except (OSError, EOFError) as error:
-        if not _is_gz(path):
-            raise
-        raise DataError(f"is a damaged gzip file: {error}", source=name) from error
+        raise _read_failure(error, path, name) from error
 
 
 def _sniff(raw: bytes) -> str:

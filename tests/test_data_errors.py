@@ -397,3 +397,32 @@ def test_bad_label_names():
     assert "more than once" in str(config_error(dataset, task="labeled", label_names=["x", "x"]))
     assert "ids must be 0..1" in str(config_error(dataset, task="labeled", label_names={0: "x", 2: "y"}))
     assert "true or false" in str(config_error(dataset, task="labeled", multi_label="maybe"))
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl", "sentences.txt", "pairs.jsonl.gz"])
+def test_a_file_this_user_may_not_read_is_named_as_unreadable_not_as_damaged(tmp_path, monkeypatch, name):
+    """A permission error (which root never sees, so it is injected) is 'permission denied', never 'damaged gzip'."""
+    import gzip as gzip_module
+
+    import data_utils.readers as readers
+
+    path = tmp_path / name
+    content = b'{"anchor": "a", "positive": "b"}\n' if "pairs" in name else b"one sentence\n"
+    path.write_bytes(gzip_module.compress(content) if name.endswith(".gz") else content)
+
+    def refusing(original):
+        def call(target, *args, **kwargs):
+            if str(target) == str(path):
+                raise PermissionError(13, "Permission denied", str(path))
+            return original(target, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(readers.Path, "open", refusing(readers.Path.open))
+    monkeypatch.setattr(readers.Path, "read_bytes", refusing(readers.Path.read_bytes))
+    monkeypatch.setattr(readers.gzip, "open", refusing(readers.gzip.open))
+    monkeypatch.setenv("LORASMITH_DATA_CACHE", "off")
+    with pytest.raises(DataError) as caught:
+        load(str(path), task="pairs" if "pairs" in name else "sentences")
+    message = str(caught.value)
+    assert str(path) in message and "permission denied" in message and "gzip" not in message
