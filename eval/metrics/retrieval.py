@@ -182,6 +182,21 @@ def topk_retrieval_metrics(
     return _metrics_dict(judgments, len(kept), ks)
 
 
+def merge_topk(
+    best_scores: torch.Tensor, best_indices: torch.Tensor, block: torch.Tensor, block_start: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-``k`` after one more block of scores.
+
+    best_scores / best_indices: ``(Q, k')`` the top so far (k' <= k; ``(Q, 0)`` to start); block: ``(Q, c)`` scores of
+    the documents ``block_start .. block_start + c - 1``. Returns the new ``(Q, min(k, k' + c))`` scores and indices.
+    """
+    block_indices = torch.arange(block_start, block_start + block.shape[1], device=block.device)
+    merged_scores = torch.cat([best_scores, block], dim=1)
+    merged_indices = torch.cat([best_indices, block_indices.expand(block.shape[0], -1)], dim=1)
+    top_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+    return top_scores, merged_indices.gather(1, positions)
+
+
 def exact_topk(
     query_emb: torch.Tensor,
     corpus_emb: torch.Tensor,
@@ -211,11 +226,7 @@ def exact_topk(
         best_indices = torch.empty(queries.shape[0], 0, dtype=torch.long, device=queries.device)
         for c_start in range(0, corpus_emb.shape[0], chunk_size):
             block = queries @ corpus_emb[c_start : c_start + chunk_size].T  # (q, c)
-            block_indices = torch.arange(c_start, c_start + block.shape[1], device=block.device)
-            merged_scores = torch.cat([best_scores, block], dim=1)
-            merged_indices = torch.cat([best_indices, block_indices.expand(block.shape[0], -1)], dim=1)
-            best_scores, position = merged_scores.topk(min(depth, merged_scores.shape[1]), dim=1)
-            best_indices = merged_indices.gather(1, position)
+            best_scores, best_indices = merge_topk(best_scores, best_indices, block, c_start, depth)
         all_scores.append(best_scores)
         all_indices.append(best_indices)
     return torch.cat(all_scores), torch.cat(all_indices)

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from eval.metrics.retrieval import merge_topk
+
 MISSING = -1  # index of an empty slot (excluded document, or fewer than k documents)
 
 
@@ -73,16 +75,12 @@ def exact_topk(
     starts = range(0, corpus.shape[0], chunk_size)
     for start in tqdm(starts, desc="score", unit="chunk", disable=not progress or not blocks):
         chunk = corpus[start : start + chunk_size].to(device, torch.float32)  # (c, D)
-        chunk_indices = torch.arange(start, start + chunk.shape[0], device=device)
         for b in blocks:
             scores = local_queries[b] @ chunk.T  # (b, c)
             rows, documents = local_excluded[b]
             inside = (documents >= start) & (documents < start + chunk.shape[0])
             scores[rows[inside].to(device), (documents[inside] - start).to(device)] = float("-inf")
-            merged_scores = torch.cat([running[b][0], scores], dim=1)  # (b, k' + c)
-            merged_indices = torch.cat([running[b][1], chunk_indices.expand(scores.shape[0], -1)], dim=1)
-            top_scores, positions = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
-            running[b] = (top_scores, merged_indices.gather(1, positions))
+            running[b] = merge_topk(*running[b], scores, start, k)
     return {b: _canonical_order(*running[b]) for b in blocks}
 
 
