@@ -1,7 +1,7 @@
 """Matryoshka: STS-B test Spearman and SciFact test NDCG@10 at 384 / 256 / 128 / 64 dimensions, each trained with
 and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model loses < 2 points vs its full width).
 
-    python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact]
+    python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
@@ -23,23 +23,27 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import embed_scifact  # noqa: E402
 
-from eval.encoder import Embedder  # noqa: E402
+from eval.encoder import Embedder, truncate  # noqa: E402
 from eval.report import format_table  # noqa: E402
+from eval.retrieval import run_retrieval  # noqa: E402
 from eval.sts import evaluate_sts  # noqa: E402
 
 DIMS = (384, 256, 128, 64)
 MATRYOSHKA = ["--matryoshka_dims", *map(str, DIMS)]
 
 
-def stsb_rows(data: Path, out: Path, epochs: float) -> list[list]:
+def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = out / f"stsb_{label}"
-        command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
-                   "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
-                   "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",
-                   "--disable_tqdm", "true", "--seed", "42", *extra]  # fmt: skip
-        subprocess.run(command, cwd=REPO, env=embed_scifact.ENV, check=True)
+        if reuse and (run / "metrics.json").is_file():
+            print(f"reusing the finished run in {run}", flush=True)
+        else:
+            command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
+                       "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
+                       "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",
+                       "--disable_tqdm", "true", "--seed", "42", *extra]  # fmt: skip
+            subprocess.run(command, cwd=REPO, env=embed_scifact.ENV, check=True)
         scores = [
             evaluate_sts(
                 Embedder.load(str(run), show_progress=False, truncate_dim=d), str(data / "sts-test.csv")
@@ -50,12 +54,35 @@ def stsb_rows(data: Path, out: Path, epochs: float) -> list[list]:
     return rows
 
 
-def scifact_rows(data: Path, out: Path, epochs: float) -> list[list]:
+class TruncatedView:
+    """``embedder`` (full width) seen as ``Embedder(truncate_dim=dim)``: each text list is encoded once and every
+    width is its first ``dim`` columns re-normalised (equal, since normalising is scale-free), so the 5,183 SciFact
+    documents are embedded once per model, not once per width."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder, self.cache, self.dim = embedder, {}, None
+        self.query_prefix, self.document_prefix = embedder.query_prefix, embedder.document_prefix
+        self.normalize, self.device = embedder.normalize, embedder.device
+
+    def encode(self, texts, batch_size: int = 64, prefix: str = ""):
+        key = (tuple(texts), prefix)
+        if key not in self.cache:
+            self.cache[key] = self.embedder.encode(texts, batch_size=batch_size, prefix=prefix)
+        return truncate(self.cache[key], self.dim, self.normalize)
+
+
+def scifact_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
     files = embed_scifact.prepare(data, out / "scifact_data")
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
-        run = embed_scifact.train(out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra)
-        scores = [embed_scifact.evaluate(str(run), files["test"], d)["ndcg@10"] for d in DIMS]
+        run = embed_scifact.train(
+            out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra, reuse=reuse
+        )
+        view = TruncatedView(Embedder.load(str(run), show_progress=False))
+        scores = []
+        for dim in DIMS:
+            view.dim = dim
+            scores.append(run_retrieval(view, files["test"], ks=(10, 100), batch_size=64)["ndcg@10"])
         rows.append([f"SciFact NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
     return rows
 
@@ -68,6 +95,9 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--only", choices=("stsb", "scifact"), help="run one of the two datasets")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep trained runs already finished in --output-dir"
+    )
     args = parser.parse_args()
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
@@ -77,7 +107,7 @@ def main() -> int:
         if not folder.is_dir():
             print(f"note: {folder} not found; {name} skipped")
             continue
-        rows += build(folder, args.output_dir, args.epochs)
+        rows += build(folder, args.output_dir, args.epochs, args.reuse)
     if rows:
         print(format_table(["training / metric", *(f"{d}-d" for d in DIMS), "64-d minus 384-d"], rows))
     return 0
