@@ -1,18 +1,18 @@
 """Contrastive training throughput: train.embed (length-sorted chunks) vs sentence-transformers' trainer on the same
 run, and train.embed's framework overhead over a bare forward + backward loop. Prints one table per dataset.
 
-    python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 8] [--smoke]
+    python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 32] [--smoke]
 
 Runs (packaged MiniLM, LoRA r=16 alpha 32 dropout 0.05 on query/key/value/dense, lr 2e-4, seed 42, fp32, CPU):
 - STS-B train, CoSENT (temperature 0.05), batch 16, max length 128;
 - StackOverflow tags train (title -> tag), InfoNCE (sentence-transformers: MultipleNegativesRankingLoss on
   (title, tag) pairs), batch 32, max length 64.
-Each trainer trains ``--steps`` optimizer steps on the first ``steps x batch`` rows; pairs/s = rows / the trainer's
-``train_runtime``. Padding share = padded token slots / all slots the encoder runs on: train.embed's from its
-training log (``padding_share``), sentence-transformers' computed on the same batches in its layout (each column
-padded to its longest, i.e. train.embed's ``mini_batch_size: 0``). Overhead: the same steps as a bare PyTorch loop
-(the same EmbeddingModel, collated chunks, objective, AdamW; no Trainer) timed in this process; overhead = train.embed
-seconds per step / bare seconds per step. Targets from issue 12 are printed next to the numbers.
+Each trainer trains ``--steps`` optimizer steps on ``steps x batch`` rows drawn at random (seed 0) from the whole
+train set; pairs/s = rows / the trainer's ``train_runtime``. Padding share = padded token slots / all slots the
+encoder runs on: train.embed's from its training log (``padding_share``), sentence-transformers' computed on the
+same batches in its layout (each column padded to its longest, i.e. train.embed's ``mini_batch_size: 0``).
+Overhead: the same steps as a bare PyTorch loop (the same EmbeddingModel, collated chunks, objective, AdamW; no
+Trainer) timed in this process; overhead = train.embed seconds per step / bare seconds per step. Targets from issue 12 are printed next to the numbers.
 
 Dependencies are checked first (``lorasmith.integrations.check_comparisons``, as bench/embed_stsb.py); a trainer
 that cannot run is named with the reason and the rest still runs. ``--smoke`` runs 3 steps on 48 rows (seconds; the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -49,20 +50,17 @@ RUNS = {  # name -> (task, loss, batch, max_length)
 
 
 def load_rows(data_root: Path, name: str, limit: int) -> list[dict]:
-    """The first ``limit`` training rows of a run, in train.embed's schema."""
+    """``limit`` training rows of a run drawn at random (seed 0) from its whole train set, in train.embed's schema
+    and in file order: a sample with the dataset's spread of lengths (STS-B's first rows are all short captions)."""
     if name == "stsb":
         from eval.sts import load_sts_data
 
-        data = load_sts_data(str(data_root / "stsb" / "raw" / "sts-train.csv"))
-        return [dict(row) for row in data.select(range(min(limit, len(data))))]
-    rows = []
-    with open(data_root / "stackoverflow_tags" / "train.jsonl") as stream:
-        for line in stream:
-            row = json.loads(line)
-            rows.append({"text": row["title"], "tags": [row["tag"]]})
-            if len(rows) == limit:
-                break
-    return rows
+        rows = [dict(row) for row in load_sts_data(str(data_root / "stsb" / "raw" / "sts-train.csv"))]
+    else:
+        with open(data_root / "stackoverflow_tags" / "train.jsonl") as stream:
+            rows = [{"text": row["title"], "tags": [row["tag"]]} for row in map(json.loads, stream)]
+    keep = sorted(random.Random(0).sample(range(len(rows)), min(limit, len(rows))))
+    return [rows[i] for i in keep]
 
 
 def train_ours(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int) -> dict:
@@ -167,13 +165,17 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> floa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per trainer and run")
-    parser.add_argument("--mini-batch-size", type=int, default=8, help="train.embed's texts per forward")
+    parser.add_argument("--mini-batch-size", type=int, default=32, help="train.embed's most texts per forward")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--smoke", action="store_true", help="3 steps on the first rows: checks the script runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 steps on 3 batches of rows: checks the script runs"
+    )
     args = parser.parse_args()
     if not (args.data_root / "stsb").is_dir():
         print(f"note: {args.data_root} not found; nothing to benchmark")
@@ -181,7 +183,10 @@ def main() -> int:
     steps = 3 if args.smoke else args.steps
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     problems = integrations.check_comparisons(
-        {OURS: [integrations.check_peft_model, integrations.check_trainer], THEIRS: [sentence_transformers_trainer_ready]}
+        {
+            OURS: [integrations.check_peft_model, integrations.check_trainer],
+            THEIRS: [sentence_transformers_trainer_ready],
+        }
     )
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="embed-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -201,8 +206,14 @@ def main() -> int:
             if ours:
                 table[0][3] = ratio
         task, loss, batch, max_length = RUNS[name]
-        print(f"\n{name}: {task}, {loss}, batch {batch}, max_length {max_length}, {steps} steps, {len(rows)} rows")
-        print(format_table(["trainer", "pairs/s", "padding share", "vs sentence-transformers", "overhead"], table))
+        print(
+            f"\n{name}: {task}, {loss}, batch {batch}, max_length {max_length}, {steps} steps, {len(rows)} rows"
+        )
+        print(
+            format_table(
+                ["trainer", "pairs/s", "padding share", "vs sentence-transformers", "overhead"], table
+            )
+        )
         print("targets: " + ", ".join(f"{key} {value}" for key, value in TARGETS.items()), flush=True)
     return integrations.report_not_run(problems)
 

@@ -9,8 +9,10 @@ each chunk's dropout masks. The two-process (gathered, uneven shards) versions a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import re
 
 import pytest
@@ -23,7 +25,7 @@ from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.contrastive.cached import gradient_cache_step
 from train.contrastive.collator import ContrastiveCollator, length_sorted_chunks
-from train.contrastive.config import EmbedConfig, resolve_mini_batches
+from train.contrastive.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.model import build_embedding_model, in_text_order, set_dropout
 from train.contrastive.tasks import EMBED_TASKS
@@ -48,7 +50,10 @@ def task_rows(task: str) -> list[dict]:
             for i, (a, b) in enumerate(zip(texts, others, strict=True))
         ]
     if task == "tags":  # duplicate tags within the batch
-        return [{"text": t, "tags": [t.split()[1], "shared"] if i % 2 else [t.split()[1]]} for i, t in enumerate(texts)]
+        return [
+            {"text": t, "tags": [t.split()[1], "shared"] if i % 2 else [t.split()[1]]}
+            for i, t in enumerate(texts)
+        ]
     return [
         {"sentence1": a, "sentence2": b, "score": [0.1, 0.9, 0.5, 0.5, 0.3, 1.0][i]}
         for i, (a, b) in enumerate(zip(texts, others, strict=True))
@@ -78,7 +83,9 @@ def model(tiny_bert_dir):
 
 
 def batch_of(tokenizer, task: str, mini_batch_size: int) -> dict:
-    return ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)(task_rows(task))
+    return ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)(
+        task_rows(task)
+    )
 
 
 def loss_and_gradients(model, objective, task: str, batch: dict, *, cached: bool, seed: int = 0):
@@ -138,8 +145,53 @@ def test_the_cache_replays_dropout(model, tokenizer, task, loss):
 
 
 def test_length_sorted_chunks_put_similar_lengths_together():
-    assert length_sorted_chunks([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    unbounded = {"max_padding_share": 1.0}
+    # a huge forward cost: fewest forwards (3 of at most 2 texts), the least padding among those
+    assert length_sorted_chunks([4, 9, 1, 9, 5], 2, forward_cost=1e9, **unbounded) == [[1, 3], [4, 0], [2]]
+    # no forward cost: least padding, one chunk per distinct length
+    assert length_sorted_chunks([3, 9, 1, 9, 5], 8, forward_cost=0) == [[1, 3], [4], [0], [2]]
     assert length_sorted_chunks([4, 4, 4], 8) == [[0, 1, 2]]
+    # the cut goes where the length drops, not after max_size texts
+    assert length_sorted_chunks([30, 8, 29, 10, 28, 9], 6, forward_cost=5) == [[0, 2, 4], [3, 5, 1]]
+    # a padding bound makes forwards cheaper until it holds: [30, 29, 28] alone pads 3 of 90 slots
+    assert length_sorted_chunks([30, 8, 29, 28], 4, forward_cost=1e3, **unbounded) == [[0, 2, 3, 1]]
+    assert length_sorted_chunks([30, 8, 29, 28], 4, forward_cost=1e3, max_padding_share=0.1) == [[0, 2, 3], [1]]
+
+
+def chunking_cost(lengths, chunks, forward_cost):
+    return sum(len(chunk) * max(lengths[i] for i in chunk) + forward_cost for chunk in chunks)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_sorted_chunks_are_the_cheapest_cut_of_the_sorted_texts(seed):
+    """Against every way of cutting the sorted texts into consecutive chunks of at most max_size."""
+    generator = random.Random(seed)
+    lengths = [generator.randint(1, 40) for _ in range(generator.randint(1, 9))]
+    max_size, forward_cost = generator.randint(1, 5), generator.choice([0, 3, 12, 48])
+    chunks = length_sorted_chunks(lengths, max_size, forward_cost, max_padding_share=1.0)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    assert all(1 <= len(chunk) <= max_size for chunk in chunks)
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    assert [i for chunk in chunks for i in chunk] == order
+    cheapest = min(
+        chunking_cost(
+            lengths, [order[a:b] for a, b in itertools.pairwise((0, *cuts, len(order)))], forward_cost
+        )
+        for count in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), count)
+        if all(b - a <= max_size for a, b in itertools.pairwise((0, *cuts, len(order))))
+    )
+    assert chunking_cost(lengths, chunks, forward_cost) == cheapest
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_sorted_chunks_keep_padding_under_the_bound(seed):
+    generator = random.Random(seed)
+    lengths = [generator.randint(1, 128) for _ in range(generator.randint(1, 200))]
+    for max_padding_share in (0.0, 0.05, 0.1, 0.3):
+        chunks = length_sorted_chunks(lengths, generator.randint(1, 64), max_padding_share=max_padding_share)
+        slots = sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
+        assert 1 - sum(lengths) / slots <= max_padding_share + 1e-12
 
 
 def test_chunk_padding_matches_the_tokenizer_on_both_sides(tokenizer):
@@ -166,7 +218,7 @@ def test_sharded_forwards_refuse_chunks_and_the_cache_and_default_to_plain():
         assert config.mini_batch_size == 0
     config = EmbedConfig(gradient_cache=True)
     resolve_mini_batches(config, "deepspeed-zero2")
-    assert config.mini_batch_size == 8
+    assert config.mini_batch_size == DEFAULT_MINI_BATCH_SIZE == 32
     with pytest.raises(ConfigError, match="gradient_cache needs mini_batch_size > 0"):
         EmbedConfig(gradient_cache=True, mini_batch_size=0)
 
@@ -179,7 +231,7 @@ def test_the_plan_names_the_mode_and_the_mini_batch(tiny_bert_dir, tmp_path, cap
             "--mini_batch_size", "4", "--per_device_train_batch_size", "8"]  # fmt: skip
     assert run_main(main, argv) == 0
     plan = capsys.readouterr().out
-    assert "gradient cache: length-sorted chunks of 4 texts" in plan
+    assert "gradient cache: length-sorted chunks of <= 4 texts" in plan
     assert re.search(r"negatives per anchor +: 7 at most", plan)
 
 
@@ -192,8 +244,10 @@ def logged_losses(trainer) -> list[float]:
     "variant",
     [
         pytest.param(["--use_peft", "true", "--gradient_accumulation_steps", "2"], id="lora-accumulation"),
-        pytest.param(["--use_peft", "false", "--full_finetune", "true", "--activation_checkpointing", "true"],
-                     id="full-checkpointing"),  # fmt: skip
+        pytest.param(
+            ["--use_peft", "false", "--full_finetune", "true", "--activation_checkpointing", "true"],
+            id="full-checkpointing",
+        ),  # fmt: skip
         pytest.param(["--use_peft", "true", "--load_in_4bit", "true", "--pooling", "last"], id="qlora-4bit"),
     ],
 )

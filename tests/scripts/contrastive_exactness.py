@@ -8,7 +8,7 @@ the mean over ranks of the local losses equals the reference loss, the DDP-avera
 equal the reference gradients (both to 1e-6 relative), and components / telemetry equal the reference's.
 
 Every case runs in three ways (``VARIANTS``): ``plain`` (the rank's rows in one chunk, one DDP forward),
-``chunked`` (rows in length-sorted chunks of ``CHUNK`` texts, ``collator.length_sorted_chunks``, one DDP forward
+``chunked`` (rows in length-sorted chunks of at most ``CHUNK`` texts, ``collator.length_sorted_chunks``, one DDP forward
 of all chunks, embeddings put back with ``model.in_text_order``) and ``cached`` (``cached.gradient_cache_step``:
 no-grad pass on the unwrapped encoder, per-chunk re-encode under ``no_sync`` but the last); the ranks hold
 different numbers of chunks in the uneven cases. One more case turns dropout on and checks that the cached

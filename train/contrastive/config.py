@@ -32,12 +32,12 @@ from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.sampling import SAMPLING
 from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
 
-# Texts per forward when the recipe does not say. Measured padding share with the packaged MiniLM tokenizer
-# (share of padded token slots; 0 = today's one forward per role): STS-B batch 16: 0.55 plain, 0.09 / 0.21 / 0.38
-# with 4 / 8 / 16 texts per forward; batch 64: 0.64 plain, 0.08 with 8; StackOverflow tags batch 64: 0.54 plain,
-# 0.11 with 8. 8 removes most of the padding at the batch sizes recipes use while a forward still holds 8 full
-# texts; big-batch GPU runs set a larger value (64) and small-batch CPU runs a smaller one (4).
-DEFAULT_MINI_BATCH_SIZE = 8
+# Most texts per forward when the recipe does not say. The chunking (collator.length_sorted_chunks) picks the cuts
+# itself (fewest forwards at <= 10 % padding), so this is only a cap: bench/embed_throughput.py (MiniLM + LoRA,
+# 2 CPU cores, 150 steps of rows sampled from the whole train sets) measured with 32: STS-B batch 16 padding 0.08,
+# 1.48x sentence-transformers' pairs/s; StackOverflow tags batch 32 padding 0.08, 1.27x (fixed chunks of 8 left
+# 0.20 padding). Under gradient_cache the cap bounds activation memory: set it to what one forward may hold.
+DEFAULT_MINI_BATCH_SIZE = 32
 # Distributions whose forward runs collectives per layer: every process must run the same number of forwards.
 SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
 
@@ -73,9 +73,10 @@ class EmbedConfig(TrainingArguments):
     mini_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Texts per encoder forward inside a step: all of a step's texts (anchors, positives, negatives, "
-            "tags) are sorted by token length and encoded in chunks of this many, each padded only to its own "
-            "longest text; the loss still sees the whole batch (same negatives, same loss). 0 = one forward per "
+            "help": "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, negatives, "
+            "tags) are sorted by token length and encoded in chunks of at most this many, cut where the length "
+            "drops (padding saved vs one more forward), each padded only to its own longest text; the loss still "
+            "sees the whole batch (same negatives, same loss). With gradient_cache it bounds activation memory. 0 = one forward per "
             "role (anchors, candidates), each padded to its longest. Default: "
             f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
             "of forwards on every process)."
@@ -267,9 +268,9 @@ def encoding_mode(config: EmbedConfig) -> str:
     size = config.mini_batch_size
     if config.gradient_cache:
         return (
-            f"gradient cache: length-sorted chunks of {size} texts embedded without autograd, then re-encoded "
+            f"gradient cache: length-sorted chunks of <= {size} texts embedded without autograd, then re-encoded "
             f"with the full-batch gradient (activations of {size} texts at a time); {same}"
         )
     if size:
-        return f"chunked: length-sorted forwards of {size} texts, one backward per step; {same}"
+        return f"chunked: length-sorted forwards of <= {size} texts, one backward per step; {same}"
     return "plain: one forward per role (anchors, candidates), each padded to its longest text"
