@@ -1,9 +1,10 @@
 """What the libraries print on a lorasmith console: what helps a user stays, the rest is silenced at its source.
 
 Silenced (each by its logger name or message, nothing else from those libraries):
-- transformers' ``LOAD REPORT`` when every key it lists is an UNEXPECTED ``pooler.*`` weight: our encoders
-  pool themselves and load without the pooler. A report naming any other key (a MISSING weight is a randomly
-  initialised one; a MISMATCHED shape) is kept.
+- transformers' ``LOAD REPORT`` when every key it lists is a ``pooler.*`` weight, UNEXPECTED (a checkpoint
+  with a pooler loaded without one) or MISSING (a merged export saved without it, loaded by ``AutoModel``): our
+  encoders pool the token states themselves and never call the pooler. A report naming any other key (a
+  MISSING weight is a randomly initialised one that the model uses; a MISMATCHED shape) is kept.
 - bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community": an optional CPU kernel for
   4-bit layers, logged when peft is imported; bitsandbytes falls back to its own kernel.
 - transformers' "Loading weights" progress bar (one per model load, hence per evaluation); training and
@@ -40,12 +41,12 @@ class _DropMessages(logging.Filter):
 
 
 def is_pooler_only_load_report(message: str) -> bool:
-    """A transformers LOAD REPORT whose every key row is ``pooler.* | UNEXPECTED``."""
+    """A transformers LOAD REPORT whose every key row is ``pooler.* | UNEXPECTED`` or ``pooler.* | MISSING``."""
     if "LOAD REPORT" not in message:
         return False
     rows = [match.groups() for line in message.splitlines() if (match := _REPORT_ROW.match(line.strip()))]
     keys = [(key, status) for key, status in rows if key != "Key"]
-    return bool(keys) and all(key.startswith("pooler.") and status == "UNEXPECTED" for key, status in keys)
+    return bool(keys) and all(key.startswith("pooler.") and status in ("UNEXPECTED", "MISSING") for key, status in keys)
 
 
 def _is_kernels_warning(message: str) -> bool:

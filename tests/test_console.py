@@ -31,6 +31,8 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 def test_pooler_only_report_is_noise_and_a_missing_weight_is_not():
     assert is_pooler_only_load_report(REPORT.format(extra="pooler.dense.bias   | UNEXPECTED |  |"))
+    missing_pooler = REPORT.replace("UNEXPECTED", "MISSING").format(extra="pooler.dense.bias | MISSING |  |")
+    assert is_pooler_only_load_report(missing_pooler)
     assert not is_pooler_only_load_report(REPORT.format(extra="encoder.layer.0.weight | MISSING |  |"))
     assert not is_pooler_only_load_report("some other warning")
 
