@@ -46,7 +46,8 @@ def is_pooler_only_load_report(message: str) -> bool:
         return False
     rows = [match.groups() for line in message.splitlines() if (match := _REPORT_ROW.match(line.strip()))]
     keys = [(key, status) for key, status in rows if key != "Key"]
-    return bool(keys) and all(key.startswith("pooler.") and status in ("UNEXPECTED", "MISSING") for key, status in keys)
+    pooler_only = all(key.startswith("pooler.") and status in ("UNEXPECTED", "MISSING") for key, status in keys)
+    return bool(keys) and pooler_only
 
 
 def _is_kernels_warning(message: str) -> bool:

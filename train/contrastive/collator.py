@@ -22,7 +22,8 @@ key                     shape               meaning
 Chunking (``mini_batch_size``): 0 keeps the two role forwards (anchors, then candidates, each padded to its
 longest: ``text_order`` is the identity); ``k > 0`` sorts all ``N`` texts by token length (longest first, ties
 by position) and cuts them into chunks of at most ``k`` where the length drops (:func:`length_sorted_chunks`:
-fewest forwards for at most 10 % padding), so a chunk pads only to texts of similar length. The texts, their roles and therefore the loss are the same in both layouts.
+fewest forwards for at most 10 % padding), so a chunk pads only to texts of similar length. The texts, their
+roles and therefore the loss are the same in both layouts.
 
 Content ids are computed on the text *without* prefixes so that the same sentence is recognised wherever it
 appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds them.
@@ -55,7 +56,8 @@ def length_sorted_chunks(
 ) -> list[list[int]]:
     """Text numbers sorted by ``lengths`` (longest first, ties in text order) cut into consecutive chunks of at
     most ``max_size`` texts: the cut that minimises ``padded token slots + forward_cost x chunks``, with
-    ``forward_cost`` lowered in steps of 30 % (down to 0) until the padded share of the slots is at most ``max_padding_share``.
+    ``forward_cost`` lowered in steps of 30 % (down to 0) until the padded share of the slots is at most
+    ``max_padding_share``.
 
     A chunk pads to its first (longest) text, so cutting where the length drops saves padding and each cut costs
     one more forward: similar lengths share a large chunk, a long text does not drag short ones with it. At
@@ -92,7 +94,8 @@ def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: flo
 
 @dataclass
 class ContrastiveCollator:
-    """Callable ``rows -> batch`` for ``task``; at most ``mini_batch_size`` texts per chunk (0: one chunk per role)."""
+    """Callable ``rows -> batch`` for ``task``; at most ``mini_batch_size`` texts per chunk (0: one chunk per
+    role)."""
 
     tokenizer: object
     task: EmbedTask
