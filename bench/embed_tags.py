@@ -70,7 +70,7 @@ def main() -> int:
     train = metrics["train"]
     rows = [
         ["MiniLM zero-shot", *(metrics["before"][m] for m in METRICS)],
-        [f"MiniLM + LoRA ({Path(args.recipe).name})", *(metrics["after"][m] for m in METRICS)],
+        [f"MiniLM trained ({Path(args.recipe).name})", *(metrics["after"][m] for m in METRICS)],
     ]
     print(format_table(["model", *METRICS], rows))
     trained = args.max_train or 18000
