@@ -36,9 +36,7 @@ def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = out / f"stsb_{label}"
-        if reuse and (run / "metrics.json").is_file():
-            print(f"reusing the finished run in {run}", flush=True)
-        else:
+        if not (reuse and embed_scifact.finished_run(run)):
             command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
                        "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
                        "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",

@@ -94,13 +94,20 @@ def evaluate(model: str, task: RetrievalTask, truncate_dim: int | None = None) -
     return {metric: float(result[metric]) for metric in METRICS}
 
 
+def finished_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished train.embed run (its ``metrics.json``); says so when it does."""
+    if (folder / "metrics.json").is_file():
+        print(f"reusing the finished run in {folder}", flush=True)
+        return True
+    return False
+
+
 def train(
     output_dir: Path, task: str, train_file: Path, epochs: float, *extra: str, reuse: bool = False
 ) -> Path:
     """``python -m train.embed`` with the shared LoRA flags; returns the run folder. ``reuse``: a folder that
     already holds a finished run (its ``metrics.json``) is returned as it is."""
-    if reuse and (output_dir / "metrics.json").is_file():
-        print(f"reusing the finished run in {output_dir}", flush=True)
+    if reuse and finished_run(output_dir):
         return output_dir
     command = [sys.executable, "-m", "train.embed", "--task", task, "--train_data", str(train_file),
                "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), *TRAIN_FLAGS, *extra]  # fmt: skip
