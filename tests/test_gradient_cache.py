@@ -24,13 +24,7 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.contrastive.cached import gradient_cache_step
-from train.contrastive.collator import (
-    FORWARD_COST_TOKENS,
-    MAX_PADDING_SHARE,
-    ContrastiveCollator,
-    LengthSortedChunker,
-    length_sorted_chunks,
-)
+from train.contrastive.collator import ContrastiveCollator, length_sorted_chunks
 from train.contrastive.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.model import build_embedding_model, in_text_order, set_dropout
@@ -198,52 +192,6 @@ def test_length_sorted_chunks_keep_padding_under_the_bound(seed):
         chunks = length_sorted_chunks(lengths, generator.randint(1, 64), max_padding_share=max_padding_share)
         slots = sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
         assert 1 - sum(lengths) / slots <= max_padding_share + 1e-12
-
-
-def sentence_like_steps(seed: int, steps: int) -> list[list[int]]:
-    """Token lengths of ``steps`` steps of 24-96 texts: log-normal around 14 tokens, 3-128 (sentences, tags)."""
-    generator = random.Random(seed)
-    return [
-        [min(128, max(3, round(generator.lognormvariate(2.6, 0.6)))) for _ in range(generator.randint(24, 96))]
-        for _ in range(steps)
-    ]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_chunker_keeps_the_padding_of_all_its_steps_under_the_bound(seed):
-    generator = random.Random(seed)
-    max_padding_share, max_size = generator.choice([0.0, 0.05, 0.1, 0.3]), generator.randint(1, 64)
-    chunker, real, slots = LengthSortedChunker(max_size, max_padding_share), 0, 0
-    for lengths in sentence_like_steps(seed, 60):
-        chunks = chunker(lengths)
-        assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
-        assert all(1 <= len(chunk) <= max_size for chunk in chunks)
-        real += sum(lengths)
-        slots += sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
-        assert 1 - real / slots <= max_padding_share + 1e-12  # after every step, not only at the end
-
-
-def test_chunker_meets_the_bound_with_fewer_forwards_than_a_bound_per_step():
-    """One price for all steps (the running bound) is cheaper than each step meeting the bound alone."""
-    steps = sentence_like_steps(0, 200)
-    chunker = LengthSortedChunker(32)
-    running = [chunker(lengths) for lengths in steps]
-    per_step = [length_sorted_chunks(lengths, 32) for lengths in steps]
-
-    def padding_and_cost(all_chunks):
-        real = sum(map(sum, steps))
-        slots = sum(
-            len(chunk) * max(lengths[i] for i in chunk)
-            for lengths, chunks in zip(steps, all_chunks, strict=True)
-            for chunk in chunks
-        )
-        forwards = sum(map(len, all_chunks))
-        return 1 - real / slots, slots + FORWARD_COST_TOKENS * forwards
-
-    running_padding, running_cost = padding_and_cost(running)
-    per_step_padding, per_step_cost = padding_and_cost(per_step)
-    assert running_padding <= MAX_PADDING_SHARE + 1e-12 and per_step_padding <= MAX_PADDING_SHARE + 1e-12
-    assert running_cost < 0.99 * per_step_cost
 
 
 def test_chunk_padding_matches_the_tokenizer_on_both_sides(tokenizer):

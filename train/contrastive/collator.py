@@ -21,9 +21,9 @@ key                     shape               meaning
 
 Chunking (``mini_batch_size``): 0 keeps the two role forwards (anchors, then candidates, each padded to its
 longest: ``text_order`` is the identity); ``k > 0`` sorts all ``N`` texts by token length (longest first, ties
-by position) and cuts them into chunks of at most ``k`` where the length drops (:class:`LengthSortedChunker`:
-fewest forwards for at most 10 % padding over all the steps the collator has cut), so a chunk pads only to texts
-of similar length. The texts, their roles and therefore the loss are the same in both layouts.
+by position) and cuts them into chunks of at most ``k`` where the length drops (:func:`length_sorted_chunks`:
+fewest forwards for at most 10 % padding), so a chunk pads only to texts of similar length. The texts, their
+roles and therefore the loss are the same in both layouts.
 
 Content ids are computed on the text *without* prefixes so that the same sentence is recognised wherever it
 appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds them.
@@ -32,7 +32,6 @@ appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds t
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +44,7 @@ from train.contrastive.tasks import EmbedTask
 # Cost of one more encoder forward (+ its backward) in padded token slots: the fixed per-call work. Measured by
 # bench/chunk_cost.py on the packaged MiniLM + LoRA r=16, 2 CPU cores: 20 ms per forward / 0.35 ms per slot = 57.
 FORWARD_COST_TOKENS = 57
-# Padding the chunking accepts in exchange for fewer forwards, over all of a run's steps: above it, forwards are
-# priced lower until it holds.
+# Padding the chunking accepts in exchange for fewer forwards: above it, forwards are priced lower until it holds.
 MAX_PADDING_SHARE = 0.10
 
 
@@ -56,58 +54,25 @@ def length_sorted_chunks(
     forward_cost: float = FORWARD_COST_TOKENS,
     max_padding_share: float = MAX_PADDING_SHARE,
 ) -> list[list[int]]:
-    """One step cut on its own: :class:`LengthSortedChunker` with no earlier steps (the step's own padded share of
-    the slots is at most ``max_padding_share``)."""
-    return LengthSortedChunker(max_size, max_padding_share, forward_cost)(lengths)
+    """Text numbers sorted by ``lengths`` (longest first, ties in text order) cut into consecutive chunks of at
+    most ``max_size`` texts: the cut that minimises ``padded token slots + forward_cost x chunks``, with
+    ``forward_cost`` lowered in steps of 30 % (down to 0) until the padded share of the slots is at most
+    ``max_padding_share``.
 
-
-class LengthSortedChunker:
-    """Cuts each step's texts into length-sorted chunks of at most ``max_size`` texts, keeping the padded share
-    of the token slots of ALL the steps it has cut so far at most ``max_padding_share``.
-
-    A step's text numbers are sorted by length (longest first, ties in text order) and cut into consecutive
-    chunks: the cut that minimises ``padded slots + price x chunks`` (:func:`cheapest_cut`), where ``price`` is
-    ``forward_cost x 0.7^level`` (0 past the last level). A chunk pads to its first (longest) text, so cutting
-    where the length drops saves padding and each cut costs one more forward: similar lengths share a large
-    chunk, a long text does not drag short ones with it. Longest first: a step that does not fit in memory fails
-    on its first chunk.
-
-    The bound is kept over the steps, not per step: a step raises the level until the running totals (earlier
-    steps + this one) are within the bound, and the next step starts one level lower. The level settles where the
-    steps pad ``max_padding_share`` on average, one price for all of them — the cheapest way to meet an average
-    bound (a per-step bound makes steps with awkward lengths pay for many more forwards). At price 0 every
-    distinct length can have its own chunk (no padding), so a step always fits: the invariant holds after every
-    step, on every process and dataloader worker (each has its own chunker, so their union holds too).
+    A chunk pads to its first (longest) text, so cutting where the length drops saves padding and each cut costs
+    one more forward: similar lengths share a large chunk, a long text does not drag short ones with it. At
+    ``forward_cost`` 0 every distinct length can have its own chunk (no padding), so the bound always holds.
+    Longest first: a step that does not fit in memory fails on its first chunk.
     """
-
-    def __init__(
-        self,
-        max_size: int,
-        max_padding_share: float = MAX_PADDING_SHARE,
-        forward_cost: float = FORWARD_COST_TOKENS,
-    ):
-        self.max_size, self.max_padding_share, self.forward_cost = max_size, max_padding_share, forward_cost
-        self.free_level = 0 if forward_cost == 0 else math.ceil(math.log(1 / forward_cost, 0.7)) + 1
-        self.level = 0  # where the next step starts
-        self.real_tokens = self.token_slots = 0  # running totals of the steps cut so far
-
-    def price(self, level: int) -> float:
-        return 0.0 if level >= self.free_level else self.forward_cost * 0.7**level
-
-    def __call__(self, lengths: Sequence[int]) -> list[list[int]]:
-        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        sorted_lengths = [lengths[i] for i in order]
-        real = self.real_tokens + sum(lengths)
-        allowed = real / (1 - self.max_padding_share) if self.max_padding_share < 1 else float("inf")
-        level = self.level
-        while True:
-            starts = cheapest_cut(sorted_lengths, self.max_size, self.price(level))
-            slots = sum(sorted_lengths[a] * (b - a) for a, b in itertools.pairwise((*starts, len(order))))
-            if self.token_slots + slots <= allowed or level >= self.free_level:
-                break
-            level += 1
-        self.real_tokens, self.token_slots, self.level = real, self.token_slots + slots, max(level - 1, 0)
-        return [order[a:b] for a, b in itertools.pairwise((*starts, len(order)))]
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sorted_lengths = [lengths[i] for i in order]
+    allowed_slots = sum(lengths) / (1 - max_padding_share) if max_padding_share < 1 else float("inf")
+    while True:
+        starts = cheapest_cut(sorted_lengths, max_size, forward_cost)
+        slots = sum(sorted_lengths[a] * (b - a) for a, b in itertools.pairwise((*starts, len(order))))
+        if slots <= allowed_slots or forward_cost == 0:
+            return [order[a:b] for a, b in itertools.pairwise((*starts, len(order)))]
+        forward_cost = forward_cost * 0.7 if forward_cost > 1 else 0
 
 
 def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: float) -> list[int]:
@@ -142,7 +107,6 @@ class ContrastiveCollator:
     def __post_init__(self):
         if self.task.symmetric:
             self.query_prefix = self.document_prefix = ""
-        self.chunker = LengthSortedChunker(self.mini_batch_size) if self.mini_batch_size else None
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         roles = self.task.roles(rows)
@@ -152,8 +116,8 @@ class ContrastiveCollator:
             texts, truncation=True, max_length=self.max_length, add_special_tokens=True
         )["input_ids"]
         lengths = [len(ids) for ids in token_ids]
-        if self.chunker:
-            chunks = self.chunker(lengths)
+        if self.mini_batch_size:
+            chunks = length_sorted_chunks(lengths, self.mini_batch_size)
         else:
             b = len(roles.anchors)
             chunks = [list(range(b)), list(range(b, len(texts)))]
