@@ -33,15 +33,14 @@ from eval.report import format_table  # noqa: E402
 METRICS = ("recall@1", "recall@5", "ndcg@5")
 
 
-def test_metrics(model: str, test_file: Path) -> dict:
-    """Tag retrieval metrics (x 100) of ``model`` (a name or folder ``Embedder.load`` reads) on ``test_file``."""
+def score_on_test(models: list[str], test_file: Path) -> dict[str, dict]:
+    """Tag retrieval metrics (x 100) of each model (a name or folder ``Embedder.load`` reads) on ``test_file``,
+    read once."""
     from eval.encoder import Embedder
-    from eval.retrieval import evaluate_retrieval
+    from eval.retrieval import load_file_task, run_retrieval
 
-    embedder = Embedder.load(model, show_progress=False)
-    return evaluate_retrieval(
-        embedder, data=str(test_file), task="tags", columns="text=title,tags=tag", k=(1, 5, 10)
-    )
+    task = load_file_task(str(test_file), "tags", "text=title,tags=tag")
+    return {model: run_retrieval(Embedder.load(model, show_progress=False), task, (1, 5, 10)) for model in models}
 
 
 def main() -> int:
@@ -90,7 +89,7 @@ def main() -> int:
     subprocess.run(command, cwd=REPO, env=env, check=True)
 
     train = json.loads((output_dir / "metrics.json").read_text())["train"]
-    test = {model: test_metrics(model, data / "test.jsonl") for model in ("minilm", str(output_dir))}
+    test = score_on_test(["minilm", str(output_dir)], data / "test.jsonl")
     kept = "best validation epoch" if args.select == "best" else "last epoch"
     rows = [
         ["MiniLM zero-shot", *(test["minilm"][m] for m in METRICS)],

@@ -73,11 +73,11 @@ class EmbedConfig(TrainingArguments):
     mini_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, negatives, "
-            "tags) are sorted by token length and encoded in chunks of at most this many, cut where the length "
-            "drops (padding saved vs one more forward), each padded only to its own longest text; the loss still "
-            "sees the whole batch (same negatives, same loss). With gradient_cache it bounds activation memory. 0 = one forward per "
-            "role (anchors, candidates), each padded to its longest. Default: "
+            "help": "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, "
+            "negatives, tags) are sorted by token length and encoded in chunks of at most this many, cut where the "
+            "length drops (padding saved vs one more forward), each padded only to its own longest text; the loss "
+            "still sees the whole batch (same negatives, same loss). With gradient_cache it bounds activation "
+            "memory. 0 = one forward per role (anchors, candidates), each padded to its longest. Default: "
             f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
             "of forwards on every process)."
         },
