@@ -131,11 +131,12 @@ def train_sentence_transformers(name: str, rows: list[dict], work: Path, steps: 
 def role_padding_share(name: str, rows: list[dict]) -> float:
     """Padding share with every role padded to its longest per batch (sentence-transformers' layout)."""
     batches = list(collated(name, rows, mini_batch_size=0))
-    real = sum(int(b["real_tokens"]) for b in batches)
-    return 1 - real / sum(int(b["padded_tokens"]) for b in batches)
+    real = sum(int(b["real_tokens"]) for b, _ in batches)
+    return 1 - real / sum(chunk["attention_mask"].numel() for _, chunks in batches for chunk in chunks)
 
 
 def collated(name: str, rows: list[dict], mini_batch_size: int):
+    """(batch, its chunks) of the run's steps in order, cut as train.embed cuts them (one chunker for the run)."""
     from transformers import AutoTokenizer
 
     from train.contrastive.collator import ContrastiveCollator
@@ -144,8 +145,10 @@ def collated(name: str, rows: list[dict], mini_batch_size: int):
     task, _, batch, max_length = RUNS[name]
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_files("minilm")[0]))
     collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], max_length, mini_batch_size=mini_batch_size)
+    chunker = collator.chunker()
     for start in range(0, len(rows) - batch + 1, batch):
-        yield collator(rows[start : start + batch])
+        inputs = collator(rows[start : start + batch])
+        yield inputs, collator.chunks(inputs, chunker)
 
 
 def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> float:
@@ -169,11 +172,11 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> floa
     objective = build_objective(task, {loss: {"temperature": 0.05}})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     batches = list(collated(name, rows, mini_batch_size))
-    for step, batch in enumerate(batches):
+    for step, (batch, chunks) in enumerate(batches):
         if step == LOG_EVERY:
             start = time.perf_counter()
         b = batch["anchor_ids"].shape[0]
-        embeddings = in_text_order(model(batch["chunks"]), batch["text_order"])
+        embeddings = in_text_order(model(chunks), batch["text_order"])
         objective(embedded_batch(task, embeddings[:b], embeddings[b:], batch)).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

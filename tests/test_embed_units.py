@@ -29,9 +29,8 @@ def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(token
         {"text": "the cat likes the map", "tags": ["cat", "map"]},
         {"text": "a dog reads", "tags": ["dog", "cat"]},
     ]
-    batch = ContrastiveCollator(
-        tokenizer, EMBED_TASKS["tags"], 32, query_prefix="q: ", document_prefix="d: "
-    )(rows)
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS["tags"], 32, query_prefix="q: ", document_prefix="d: ")
+    batch = collator(rows)
 
     assert batch["candidate_ids"].shape[0] == 3  # cat, map, dog: the shared tag appears once
     assert batch["candidate_ids"].tolist() == text_ids(["cat", "map", "dog"]).tolist()  # ids of the raw tags
@@ -39,18 +38,14 @@ def test_tags_batch_has_distinct_tags_as_candidates_and_each_texts_tag_ids(token
     assert batch["positive_ids"].tolist() == [[cat, map_], [dog, cat]]
     decoded = tokenizer.decode(token_rows(batch)[2], skip_special_tokens=True)  # text 2 = candidate 0
     assert decoded.startswith("d :")  # document prefix on tags (the tokenizer splits ':')
-    masks = [chunk["attention_mask"] for chunk in batch["chunks"]]
-    assert int(batch["real_tokens"]) == int(sum(mask.sum() for mask in masks))
-    assert int(batch["padded_tokens"]) == sum(mask.numel() for mask in masks)
+    masks = [chunk["attention_mask"] for chunk in collator.chunks(batch)]
+    assert [mask.shape[0] for mask in masks] == [2, 3]  # role chunks: anchors, candidates
+    assert int(batch["real_tokens"]) == int(sum(mask.sum() for mask in masks)) == int(batch["lengths"].sum())
 
 
 def token_rows(batch) -> list[list[int]]:
     """Every text's unpadded token ids, in text order (anchors, then candidates)."""
-    rows = [
-        ids[mask.bool()].tolist()
-        for chunk in batch["chunks"]
-        for ids, mask in zip(chunk["input_ids"], chunk["attention_mask"], strict=True)
-    ]
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
     return [rows[j] for j in batch["text_order"].argsort().tolist()]
 
 

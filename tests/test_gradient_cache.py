@@ -24,7 +24,13 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.contrastive.cached import gradient_cache_step
-from train.contrastive.collator import ContrastiveCollator, length_sorted_chunks
+from train.contrastive.collator import (
+    FORWARD_COST_TOKENS,
+    MAX_PADDING_SHARE,
+    ContrastiveCollator,
+    LengthSortedChunker,
+    length_sorted_chunks,
+)
 from train.contrastive.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.model import build_embedding_model, in_text_order, set_dropout
@@ -83,9 +89,13 @@ def model(tiny_bert_dir):
 
 
 def batch_of(tokenizer, task: str, mini_batch_size: int) -> dict:
-    return ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)(
-        task_rows(task)
-    )
+    """The collated batch of ``task_rows(task)`` with its ``chunks`` (the step cut on its own) and their
+    ``padded_tokens``."""
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)
+    batch = collator(task_rows(task))
+    batch["chunks"] = collator.chunks(batch)
+    batch["padded_tokens"] = sum(chunk["attention_mask"].numel() for chunk in batch["chunks"])
+    return batch
 
 
 def loss_and_gradients(model, objective, task: str, batch: dict, *, cached: bool, seed: int = 0):
@@ -194,16 +204,90 @@ def test_length_sorted_chunks_keep_padding_under_the_bound(seed):
         assert 1 - sum(lengths) / slots <= max_padding_share + 1e-12
 
 
+def sentence_like_steps(seed: int, steps: int) -> list[list[int]]:
+    """Token lengths of ``steps`` steps of 24-96 texts: log-normal around 14 tokens, 3-128 (sentences, tags)."""
+    generator = random.Random(seed)
+    return [
+        [min(128, max(3, round(generator.lognormvariate(2.6, 0.6)))) for _ in range(generator.randint(24, 96))]
+        for _ in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_chunker_keeps_the_padding_of_all_its_steps_under_the_bound(seed):
+    generator = random.Random(seed)
+    max_padding_share, max_size = generator.choice([0.0, 0.05, 0.1, 0.3]), generator.randint(1, 64)
+    chunker, real, slots = LengthSortedChunker(max_size, max_padding_share), 0, 0
+    for lengths in sentence_like_steps(seed, 60):
+        chunks = chunker(lengths)
+        assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+        assert all(1 <= len(chunk) <= max_size for chunk in chunks)
+        real += sum(lengths)
+        slots += sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
+        assert 1 - real / slots <= max_padding_share + 1e-12  # after every step, not only at the end
+
+
+def test_chunker_meets_the_bound_with_fewer_forwards_than_a_bound_per_step():
+    """One price for all steps (the running bound) is cheaper than each step meeting the bound alone."""
+    steps = sentence_like_steps(0, 200)
+    chunker = LengthSortedChunker(32)
+    running = [chunker(lengths) for lengths in steps]
+    per_step = [length_sorted_chunks(lengths, 32) for lengths in steps]
+
+    def padding_and_cost(all_chunks):
+        real = sum(map(sum, steps))
+        slots = sum(
+            len(chunk) * max(lengths[i] for i in chunk)
+            for lengths, chunks in zip(steps, all_chunks, strict=True)
+            for chunk in chunks
+        )
+        forwards = sum(map(len, all_chunks))
+        return 1 - real / slots, slots + FORWARD_COST_TOKENS * forwards
+
+    running_padding, running_cost = padding_and_cost(running)
+    per_step_padding, per_step_cost = padding_and_cost(per_step)
+    assert running_padding <= MAX_PADDING_SHARE + 1e-12 and per_step_padding <= MAX_PADDING_SHARE + 1e-12
+    assert running_cost < 0.99 * per_step_cost
+
+
+def test_a_chunker_loaded_from_a_state_cuts_the_next_steps_as_the_one_that_saved_it():
+    """What a checkpoint keeps (``state_dict``) is all a resumed run needs to cut its steps the same way."""
+    steps = sentence_like_steps(1, 80)
+    uninterrupted = LengthSortedChunker(16)
+    cuts = [uninterrupted(lengths) for lengths in steps]
+    saved = LengthSortedChunker(16)
+    for lengths in steps[:37]:
+        saved(lengths)
+    resumed = LengthSortedChunker(16)
+    resumed.load_state_dict(json.loads(json.dumps(saved.state_dict())))
+    assert [resumed(lengths) for lengths in steps[37:]] == cuts[37:]
+    assert LengthSortedChunker(16).state_dict() != saved.state_dict()
+    fresh = LengthSortedChunker(16)  # without the state the cuts differ: the state is not decoration
+    assert [fresh(lengths) for lengths in steps[37:]] != cuts[37:]
+
+
 def test_chunk_padding_matches_the_tokenizer_on_both_sides(tokenizer):
-    texts = ["a dog reads", "the cat likes the map and a good book", "my friend"]
-    collator = ContrastiveCollator(tokenizer, EMBED_TASKS["simcse_unsup"], 32)
+    texts = ["a dog reads", "the cat likes the map and a good book", "my friend", "my friend too", "a"]
+    rows = [{"text": text} for text in texts]
     for side in ("right", "left"):
         tokenizer.padding_side = side
         ids = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
         expected = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-        chunk = collator.pad(ids)
-        assert torch.equal(chunk["input_ids"], expected["input_ids"])
-        assert torch.equal(chunk["attention_mask"], expected["attention_mask"])
+        collator = ContrastiveCollator(tokenizer, EMBED_TASKS["simcse_unsup"], 32, mini_batch_size=2)
+        padded = collator.pad(ids)
+        assert torch.equal(padded["input_ids"], expected["input_ids"])
+        assert torch.equal(padded["attention_mask"], expected["attention_mask"])
+        batch = collator(rows)  # 10 texts (two views), longest first
+        chunks = collator.chunks(batch, LengthSortedChunker(2, forward_cost=0))
+        row = 0
+        for chunk in chunks:  # each chunk = its rows padded on their own, as the tokenizer pads them
+            n = chunk["input_ids"].shape[0]
+            own = [texts[i % len(texts)] for i in batch["text_order"][row : row + n].tolist()]
+            alone = tokenizer(own, padding=True, truncation=True, max_length=32, return_tensors="pt")
+            assert torch.equal(chunk["input_ids"], alone["input_ids"])
+            assert torch.equal(chunk["attention_mask"], alone["attention_mask"])
+            row += n
+        assert row == 10 and len(chunks) > 2
     tokenizer.padding_side = "right"
 
 

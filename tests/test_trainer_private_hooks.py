@@ -38,6 +38,9 @@ HOOKS = [
         id="ContrastiveTrainer._load_from_checkpoint",
     ),
     pytest.param(Trainer, "_load_best_model", ("self",), id="ContrastiveTrainer._load_best_model"),
+    # private: each process's chunker state is saved and restored with its RNG state (exact resume)
+    pytest.param(Trainer, "_save_rng_state", ("self", "output_dir"), id="ContrastiveTrainer._save_rng_state"),
+    pytest.param(Trainer, "_load_rng_state", ("self", "checkpoint"), id="ContrastiveTrainer._load_rng_state"),
 ]
 
 # (Trainer method, the private override it must still call): otherwise the override would be silently dead
@@ -45,6 +48,8 @@ PRIVATE_CALLS = [
     ("save_model", "self._save("),
     ("train", "self._load_from_checkpoint("),
     ("_finalize_training", "self._load_best_model("),
+    ("_save_checkpoint", "self._save_rng_state("),
+    ("_run_epoch", "self._load_rng_state("),
 ]
 
 

@@ -1,5 +1,5 @@
-"""Rows of a task's dataset -> one training batch: every text of the step tokenized in length-sorted chunks,
-plus content ids.
+"""Rows of a task's dataset -> one training batch (every text of the step tokenized, padded once to the step's
+longest text, plus content ids), and the cut of that batch into the chunks the encoder runs on.
 
 A batch is a dict (``Trainer`` moves its tensors to the device); which texts play which role is the task's
 ``EmbedTask.roles`` (``tasks.py``). The step's ``N = B + M`` texts are numbered anchors first (``0..B-1``),
@@ -8,22 +8,25 @@ then candidates in ``EmbeddedBatch`` order (``B..N-1``):
 ======================  ==================  ====================================================================
 key                     shape               meaning
 ======================  ==================  ====================================================================
-``chunks``              list of dicts       ``input_ids`` / ``attention_mask`` ``(n_c, T_c)`` per chunk, each
-                                            padded to its own longest text; the encoder runs once per chunk
-``text_order``          ``(N,)``            text number of each row of the chunks concatenated (a permutation)
+``input_ids``           ``(N, T)``          every text's tokens, padded to the step's longest ``T`` with the
+``attention_mask``      ``(N, T)``          tokenizer's pad token on its padding side; rows in ``text_order``
+``lengths``             ``(N,)``            tokens of each row (non-increasing when ``mini_batch_size > 0``)
+``text_order``          ``(N,)``            text number of each row (a permutation)
 ``anchor_ids``          ``(B,)``            content ids of the anchors (``text_ids`` of the raw text)
 ``candidate_ids``       ``(M,)``            content ids of the candidates
 ``positive_ids``        ``(B, P)``          tasks that are not aligned: each anchor's positive ids, -1 pad
 ``scores``              ``(B,)``            scored tasks: gold similarity in [0, 1]
 ``real_tokens``         ``()``              non-padding tokens of the step
-``padded_tokens``       ``()``              token slots the encoder runs on (sum over chunks of ``n_c x T_c``)
 ======================  ==================  ====================================================================
 
-Chunking (``mini_batch_size``): 0 keeps the two role forwards (anchors, then candidates, each padded to its
-longest: ``text_order`` is the identity); ``k > 0`` sorts all ``N`` texts by token length (longest first, ties
-by position) and cuts them into chunks of at most ``k`` where the length drops (:func:`length_sorted_chunks`:
-fewest forwards for at most 10 % padding), so a chunk pads only to texts of similar length. The texts, their
-roles and therefore the loss are the same in both layouts.
+Chunking (``mini_batch_size``): 0 keeps the two role forwards (rows in text order; anchors, then candidates,
+each padded to its longest). ``k > 0`` sorts the rows by token length (longest first, ties by text number) and
+:meth:`ContrastiveCollator.chunks` cuts them into consecutive chunks of at most ``k`` where the length drops, as a
+:class:`LengthSortedChunker` decides (fewest forwards for at most 10 % padding over all the steps it has cut), so
+a chunk pads only to texts of similar length. The texts, their roles and therefore the loss are the same in both
+layouts. The collator itself keeps no state (it may run in dataloader workers, ahead of the step); the chunker's
+running totals belong to the training step, which cuts its batches in order and saves the chunker with each
+checkpoint (``ContrastiveTrainer``), so a resumed run cuts its steps as the uninterrupted run did.
 
 Content ids are computed on the text *without* prefixes so that the same sentence is recognised wherever it
 appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds them.
@@ -32,6 +35,7 @@ appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds t
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +48,8 @@ from train.contrastive.tasks import EmbedTask
 # Cost of one more encoder forward (+ its backward) in padded token slots: the fixed per-call work. Measured by
 # bench/chunk_cost.py on the packaged MiniLM + LoRA r=16, 2 CPU cores: 20 ms per forward / 0.35 ms per slot = 57.
 FORWARD_COST_TOKENS = 57
-# Padding the chunking accepts in exchange for fewer forwards: above it, forwards are priced lower until it holds.
+# Padding the chunking accepts in exchange for fewer forwards, over all of a run's steps: above it, forwards are
+# priced lower until it holds.
 MAX_PADDING_SHARE = 0.10
 
 
@@ -54,25 +59,65 @@ def length_sorted_chunks(
     forward_cost: float = FORWARD_COST_TOKENS,
     max_padding_share: float = MAX_PADDING_SHARE,
 ) -> list[list[int]]:
-    """Text numbers sorted by ``lengths`` (longest first, ties in text order) cut into consecutive chunks of at
-    most ``max_size`` texts: the cut that minimises ``padded token slots + forward_cost x chunks``, with
-    ``forward_cost`` lowered in steps of 30 % (down to 0) until the padded share of the slots is at most
-    ``max_padding_share``.
+    """One step cut on its own: :class:`LengthSortedChunker` with no earlier steps (the step's own padded share of
+    the slots is at most ``max_padding_share``)."""
+    return LengthSortedChunker(max_size, max_padding_share, forward_cost)(lengths)
 
-    A chunk pads to its first (longest) text, so cutting where the length drops saves padding and each cut costs
-    one more forward: similar lengths share a large chunk, a long text does not drag short ones with it. At
-    ``forward_cost`` 0 every distinct length can have its own chunk (no padding), so the bound always holds.
-    Longest first: a step that does not fit in memory fails on its first chunk.
+
+class LengthSortedChunker:
+    """Cuts each step's texts into length-sorted chunks of at most ``max_size`` texts, keeping the padded share
+    of the token slots of ALL the steps it has cut so far at most ``max_padding_share``.
+
+    A step's text numbers are sorted by length (longest first, ties in text order) and cut into consecutive
+    chunks: the cut that minimises ``padded slots + price x chunks`` (:func:`cheapest_cut`), where ``price`` is
+    ``forward_cost x 0.7^level`` (0 past the last level). A chunk pads to its first (longest) text, so cutting
+    where the length drops saves padding and each cut costs one more forward: similar lengths share a large
+    chunk, a long text does not drag short ones with it. Longest first: a step that does not fit in memory fails
+    on its first chunk.
+
+    The bound is kept over the steps, not per step: a step raises the level until the running totals (earlier
+    steps + this one) are within the bound, and the next step starts one level lower. The level settles where the
+    steps pad ``max_padding_share`` on average, one price for all of them — the cheapest way to meet an average
+    bound (a per-step bound makes steps with awkward lengths pay for many more forwards). At price 0 every
+    distinct length can have its own chunk (no padding), so a step always fits: the invariant holds after every
+    step. The cut of a step depends on the steps before it, so the state (:meth:`state_dict`) goes into
+    checkpoints and a resumed run loads it back (:meth:`load_state_dict`).
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    sorted_lengths = [lengths[i] for i in order]
-    allowed_slots = sum(lengths) / (1 - max_padding_share) if max_padding_share < 1 else float("inf")
-    while True:
-        starts = cheapest_cut(sorted_lengths, max_size, forward_cost)
-        slots = sum(sorted_lengths[a] * (b - a) for a, b in itertools.pairwise((*starts, len(order))))
-        if slots <= allowed_slots or forward_cost == 0:
-            return [order[a:b] for a, b in itertools.pairwise((*starts, len(order)))]
-        forward_cost = forward_cost * 0.7 if forward_cost > 1 else 0
+
+    def __init__(
+        self,
+        max_size: int,
+        max_padding_share: float = MAX_PADDING_SHARE,
+        forward_cost: float = FORWARD_COST_TOKENS,
+    ):
+        self.max_size, self.max_padding_share, self.forward_cost = max_size, max_padding_share, forward_cost
+        self.free_level = 0 if forward_cost == 0 else math.ceil(math.log(1 / forward_cost, 0.7)) + 1
+        self.level = 0  # where the next step starts
+        self.real_tokens = self.token_slots = 0  # running totals of the steps cut so far
+
+    def state_dict(self) -> dict[str, int]:
+        return {"level": self.level, "real_tokens": self.real_tokens, "token_slots": self.token_slots}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.level, self.real_tokens, self.token_slots = state["level"], state["real_tokens"], state["token_slots"]
+
+    def price(self, level: int) -> float:
+        return 0.0 if level >= self.free_level else self.forward_cost * 0.7**level
+
+    def __call__(self, lengths: Sequence[int]) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        sorted_lengths = [lengths[i] for i in order]
+        real = self.real_tokens + sum(lengths)
+        allowed = real / (1 - self.max_padding_share) if self.max_padding_share < 1 else float("inf")
+        level = self.level
+        while True:
+            starts = cheapest_cut(sorted_lengths, self.max_size, self.price(level))
+            slots = sum(sorted_lengths[a] * (b - a) for a, b in itertools.pairwise((*starts, len(order))))
+            if self.token_slots + slots <= allowed or level >= self.free_level:
+                break
+            level += 1
+        self.real_tokens, self.token_slots, self.level = real, self.token_slots + slots, max(level - 1, 0)
+        return [order[a:b] for a, b in itertools.pairwise((*starts, len(order)))]
 
 
 def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: float) -> list[int]:
@@ -94,8 +139,8 @@ def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: flo
 
 @dataclass
 class ContrastiveCollator:
-    """Callable ``rows -> batch`` for ``task``; at most ``mini_batch_size`` texts per chunk (0: one chunk per
-    role)."""
+    """Callable ``rows -> batch`` for ``task`` (rows length-sorted when ``mini_batch_size > 0``), and
+    :meth:`chunks` ``batch -> chunks`` of at most ``mini_batch_size`` texts (0: one chunk per role)."""
 
     tokenizer: object
     task: EmbedTask
@@ -115,20 +160,16 @@ class ContrastiveCollator:
         token_ids = self.tokenizer(
             texts, truncation=True, max_length=self.max_length, add_special_tokens=True
         )["input_ids"]
-        lengths = [len(ids) for ids in token_ids]
+        text_order = list(range(len(texts)))
         if self.mini_batch_size:
-            chunks = length_sorted_chunks(lengths, self.mini_batch_size)
-        else:
-            b = len(roles.anchors)
-            chunks = [list(range(b)), list(range(b, len(texts)))]
-        padded = [self.pad([token_ids[i] for i in chunk]) for chunk in chunks]
+            text_order.sort(key=lambda i: -len(token_ids[i]))  # stable: ties keep text order
         batch = {
-            "chunks": padded,
-            "text_order": torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.int64),
+            **self.pad([token_ids[i] for i in text_order]),
+            "lengths": torch.tensor([len(token_ids[i]) for i in text_order], dtype=torch.int64),
+            "text_order": torch.tensor(text_order, dtype=torch.int64),
             "anchor_ids": text_ids(roles.anchors),
             "candidate_ids": text_ids(roles.candidates),
-            "real_tokens": torch.tensor(sum(lengths)),
-            "padded_tokens": torch.tensor(sum(chunk["attention_mask"].numel() for chunk in padded)),
+            "real_tokens": torch.tensor(sum(map(len, token_ids))),
         }
         if roles.positives is not None:
             width = max(len(texts) for texts in roles.positives)
@@ -139,9 +180,33 @@ class ContrastiveCollator:
             batch["scores"] = torch.tensor(roles.scores, dtype=torch.float32)
         return batch
 
+    def chunker(self) -> LengthSortedChunker | None:
+        """A fresh chunker for this collator's batches (None with ``mini_batch_size`` 0: role chunks)."""
+        return LengthSortedChunker(self.mini_batch_size) if self.mini_batch_size else None
+
+    def chunks(self, batch: dict, chunker: LengthSortedChunker | None = None) -> list[dict[str, Tensor]]:
+        """The chunks the encoder runs on, in row order: ``input_ids`` / ``attention_mask`` ``(n_c, T_c)``, each
+        the batch's rows ``[a, b)`` padded to their own longest (slices of the batch's tensors, on its device).
+
+        ``chunker`` cuts the length-sorted rows and advances its running totals (the training step passes its
+        own, in step order); None: a fresh chunker, i.e. the step cut on its own. With ``mini_batch_size`` 0
+        the chunks are the anchors and the candidates."""
+        lengths = batch["lengths"].tolist()
+        if self.mini_batch_size:
+            starts = [chunk[0] for chunk in (chunker or self.chunker())(lengths)]
+        else:
+            starts = [0, batch["anchor_ids"].shape[0]]
+        left = self.tokenizer.padding_side == "left"
+        width = batch["input_ids"].shape[1]
+        chunks = []
+        for a, b in itertools.pairwise((*starts, len(lengths))):
+            columns = slice(width - max(lengths[a:b]), width) if left else slice(0, max(lengths[a:b]))
+            chunks.append({key: batch[key][a:b, columns] for key in ("input_ids", "attention_mask")})
+        return chunks
+
     def pad(self, token_ids: list[list[int]]) -> dict[str, Tensor]:
-        """One chunk: ``input_ids`` / ``attention_mask`` ``(n, T)`` padded to its longest text with the tokenizer's
-        pad token on its padding side (the tensors ``eval.encoder.Embedder.tokenize`` gives for these texts)."""
+        """``input_ids`` / ``attention_mask`` ``(n, T)`` padded to the longest text with the tokenizer's pad token
+        on its padding side (the tensors ``eval.encoder.Embedder.tokenize`` gives for these texts)."""
         width = max(len(ids) for ids in token_ids)
         input_ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.int64)
         attention_mask = torch.zeros((len(token_ids), width), dtype=torch.int64)

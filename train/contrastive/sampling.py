@@ -36,7 +36,7 @@ for the batch's task and for the per-dataset loss in the logs (``loss/<name>``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,11 +242,18 @@ class MixCollator:
     """``[(k, row), ...]`` (one dataset ``k``) -> that dataset's collated batch plus ``dataset``: ``()`` int64 ``k``.
 
     ``main`` is the collator of the recipe's task: its ``max_length`` and prefixes are the run's (evaluation,
-    export), as in a single-dataset run.
+    export), as in a single-dataset run. Batches of every dataset are cut by one chunker, the run's
+    (:meth:`chunker`, :meth:`chunks`).
     """
 
-    collators: Sequence[Callable[[Sequence[dict]], dict]]
+    collators: Sequence[ContrastiveCollator]
     main: ContrastiveCollator
+
+    def chunker(self):
+        return self.main.chunker()
+
+    def chunks(self, batch: dict, chunker=None) -> list[dict]:
+        return self.collators[int(batch["dataset"])].chunks(batch, chunker)
 
     @property
     def max_length(self) -> int:

@@ -4,8 +4,9 @@ telemetry, and checkpoints that hold the LoRA adapter.
 What changes compared with ``Trainer`` (everything else — DDP, DeepSpeed, schedulers, gradient accumulation,
 resume, TensorBoard/W&B — is the ecosystem's):
 
-- ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step over the collator's
-  chunks (length-sorted mini-batches, ``mini_batch_size``), the embeddings put back in text order, an
+- ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step over the batch's
+  chunks (length-sorted mini-batches, ``mini_batch_size``, cut by the trainer's own
+  :class:`~train.contrastive.collator.LengthSortedChunker`), the embeddings put back in text order, an
   :class:`~train.contrastive.batch.EmbeddedBatch` per task, the objective's loss. That loss is this process's
   *share* of the big-batch loss (mean over processes = big-batch loss), which is exactly how ``Trainer`` logs
   (all-gather + mean) and how DDP averages gradients. The model takes no ``**kwargs`` so
@@ -30,11 +31,15 @@ resume, TensorBoard/W&B — is the ecosystem's):
   hands the DeepSpeed-consolidated state dict only to ``_save``), so ``_save``, ``_load_from_checkpoint`` and
   ``_load_best_model`` are overridden; ``tests/test_trainer_private_hooks.py`` fails if transformers renames
   them, changes their parameters or stops calling them.
+- the chunker's running totals decide how the next step is cut, so each process saves them next to its RNG state
+  (``chunker_state_<process>.json``, ``_save_rng_state``) and loads them back where Trainer restores the RNG on
+  resume (``_load_rng_state``): a resumed run cuts, and so computes, its steps as the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections import defaultdict
@@ -112,13 +117,14 @@ class ContrastiveTrainer(Trainer):
         self._window: dict[str, float] = defaultdict(float)
         self._window_steps = 0
         self._window_start: float | None = None
+        self.chunker = self.data_collator.chunker()  # cuts every batch of this process, in step order
 
     # ---- training ----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """This process's share of the big-batch loss of ``inputs`` (see module docstring)."""
         self._start_window()
-        embeddings = in_text_order(model(inputs["chunks"]), inputs["text_order"])  # (B + M, D)
+        embeddings = in_text_order(model(self._chunks(inputs)), inputs["text_order"])  # (B + M, D)
         output = self._objective_of(embeddings, inputs)
         self._record(output, inputs)
         if not return_outputs:
@@ -156,7 +162,7 @@ class ContrastiveTrainer(Trainer):
 
         scale = 1 / self.current_gradient_accumulation_steps
         output = gradient_cache_step(
-            inputs["chunks"],
+            self._chunks(inputs),
             inputs["text_order"],
             encode=encode,
             encode_without_grad=lambda chunk: encode(chunk, unwrapped),
@@ -167,6 +173,12 @@ class ContrastiveTrainer(Trainer):
         )
         self._record(output, inputs)
         return output.loss.detach() * scale
+
+    def _chunks(self, inputs: dict) -> list[dict]:
+        """The batch's chunks, cut by this process's chunker (its padded token slots go to the window)."""
+        chunks = self.data_collator.chunks(inputs, self.chunker)
+        self._window["padded_tokens"] += sum(chunk["attention_mask"].numel() for chunk in chunks)
+        return chunks
 
     def _objective_of(self, embeddings: torch.Tensor, inputs: dict) -> ObjectiveOutput:
         """The objective on ``(B + M, D)`` embeddings in text order (anchors, then candidates)."""
@@ -198,7 +210,6 @@ class ContrastiveTrainer(Trainer):
         for name, value in output.telemetry.items():
             self._window[name] += value
         self._window["real_tokens"] += float(inputs["real_tokens"])
-        self._window["padded_tokens"] += float(inputs["padded_tokens"])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs (those with ``loss``) get the window's telemetry; called on every process."""
@@ -317,6 +328,21 @@ class ContrastiveTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if not self._load_adapter(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _chunker_state_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"chunker_state_{self.args.process_index}.json")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.chunker is not None:
+            with open(self._chunker_state_file(output_dir), "w") as stream:
+                json.dump(self.chunker.state_dict(), stream)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if self.chunker is not None and checkpoint and os.path.isfile(self._chunker_state_file(checkpoint)):
+            with open(self._chunker_state_file(checkpoint)) as stream:
+                self.chunker.load_state_dict(json.load(stream))
 
     def _load_best_model(self):
         if self.is_deepspeed_enabled or not self._load_adapter(self.state.best_model_checkpoint):
