@@ -32,11 +32,13 @@ from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.sampling import SAMPLING
 from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
 
-# Most texts per forward when the recipe does not say. The chunking (collator.length_sorted_chunks) picks the cuts
-# itself (fewest forwards at <= 10 % padding), so this is only a cap: bench/embed_throughput.py (MiniLM + LoRA,
-# 2 CPU cores, 150 steps of rows sampled from the whole train sets) measured with 32: STS-B batch 16 padding 0.08,
-# 1.48x sentence-transformers' pairs/s; StackOverflow tags batch 32 padding 0.08, 1.27x (fixed chunks of 8 left
-# 0.20 padding). Under gradient_cache the cap bounds activation memory: set it to what one forward may hold.
+# Most texts per forward when the recipe does not say. The chunking (collator.LengthSortedChunker) picks the cuts
+# itself (fewest forwards at <= 10 % padding over the run), so this is only a cap: bench/embed_throughput.py
+# (MiniLM + LoRA, 2 CPU cores, 150 steps of rows sampled from the whole train sets) measured with 32: STS-B batch 16
+# padding 0.10, 1.42x sentence-transformers' pairs/s; StackOverflow tags batch 32 (texts of ~6 tokens, where the
+# fixed cost of each forward weighs most) padding 0.10, 1.06x-1.42x over three runs on a noisy machine (fixed
+# chunks of 8 left 0.20 padding). Under gradient_cache the cap bounds activation memory: set it to what one
+# forward may hold.
 DEFAULT_MINI_BATCH_SIZE = 32
 # Distributions whose forward runs collectives per layer: every process must run the same number of forwards.
 SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
