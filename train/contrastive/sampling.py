@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import TrainerCallback
 
 from lorasmith.errors import ConfigError
-from train.contrastive.collator import ContrastiveCollator
+from train.contrastive.collator import ContrastiveCollator, LengthSortedChunker
 from train.contrastive.loss_spec import LOSSES
 from train.contrastive.tasks import EmbedTask, closest_hint
 
@@ -249,10 +249,10 @@ class MixCollator:
     collators: Sequence[ContrastiveCollator]
     main: ContrastiveCollator
 
-    def chunker(self):
+    def chunker(self) -> LengthSortedChunker | None:
         return self.main.chunker()
 
-    def chunks(self, batch: dict, chunker=None) -> list[dict]:
+    def chunks(self, batch: dict, chunker: LengthSortedChunker | None = None) -> list[dict]:
         return self.collators[int(batch["dataset"])].chunks(batch, chunker)
 
     @property
