@@ -1,7 +1,8 @@
 """Contrastive training throughput: train.embed (length-sorted chunks) vs sentence-transformers' trainer on the same
 run, and train.embed's framework overhead over a bare forward + backward loop. Prints one table per dataset.
 
-    python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 32] [--smoke]
+    python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 32] [--repeats 1]
+        [--runs stsb stackoverflow_tags] [--smoke]
 
 Runs (packaged MiniLM, LoRA r=16 alpha 32 dropout 0.05 on query/key/value/dense, lr 2e-4, seed 42, fp32, CPU):
 - STS-B train, CoSENT (temperature 0.05), batch 16, max length 128;
@@ -17,6 +18,9 @@ Overhead: train.embed reads the rows in order (``train_sampling_strategy: sequen
 overhead = train.embed's seconds for steps 11-N (its logged windows of 10 steps: data, forward, backward,
 optimizer; the first window, with the one-time warm-up, left out) / the bare loop's seconds for the same steps
 (batches collated before the clock starts). Targets from issue 12 are printed next to the numbers.
+``--repeats R`` runs the three R times in turn (train.embed, bare loop, sentence-transformers, again...) and prints
+the medians, with the speed ratio of each repeat: on a shared machine identical runs differ by +-10 %, so the
+median of paired ratios is the number to quote.
 
 Dependencies are checked first (``lorasmith.integrations.check_comparisons``, as bench/embed_stsb.py); a trainer
 that cannot run is named with the reason and the rest still runs. ``--smoke`` runs 20 steps (two logging windows;
@@ -31,6 +35,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,6 +188,19 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> floa
     return time.perf_counter() - start
 
 
+def measure_once(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int, problems) -> dict:
+    """One repeat of the runnable trainers in turn: seconds (``runtime``: train.embed's train_runtime, ``steady``:
+    its steps 11-N, ``bare``: the bare loop's, ``theirs``: sentence-transformers') and train.embed's padding."""
+    run = {}
+    if not problems[OURS]:
+        ours = train_ours(name, rows, work, steps, mini_batch_size)
+        run.update(runtime=ours["runtime"], steady=ours["steady_seconds"], padding_share=ours["padding_share"])
+        run["bare"] = bare_loop_seconds(name, rows, mini_batch_size)
+    if not problems[THEIRS]:
+        run["theirs"] = train_sentence_transformers(name, rows, work, steps)
+    return run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,6 +209,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per trainer and run")
     parser.add_argument("--mini-batch-size", type=int, default=32, help="train.embed's most texts per forward")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer, in turn; medians are printed")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument(
         "--smoke", action="store_true", help=f"{2 * LOG_EVERY} steps: checks the script runs"
@@ -213,20 +232,22 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
         rows = load_rows(args.data_root, name, steps * RUNS[name][2])
+        runs = [measure_once(name, rows, work, steps, args.mini_batch_size, problems) for _ in range(args.repeats)]
         table, ours = [], None
         if not problems[OURS]:
-            ours = train_ours(name, rows, work, steps, args.mini_batch_size)
-            bare = bare_loop_seconds(name, rows, args.mini_batch_size)
+            ours = {key: statistics.median(run[key] for run in runs) for key in ("runtime", "steady", "bare")}
             steady_rows = len(rows) - LOG_EVERY * RUNS[name][2]
             table.append([f"{OURS} (mini_batch_size {args.mini_batch_size})", len(rows) / ours["runtime"],
-                          ours["padding_share"], "", f"{ours['steady_seconds'] / bare:.2f}x"])  # fmt: skip
-            table.append(["bare forward+backward, same batches (steps 11-N)", steady_rows / bare, "", "", "1.00x"])
+                          runs[0]["padding_share"], "",
+                          f"{statistics.median(run['steady'] / run['bare'] for run in runs):.2f}x"])  # fmt: skip
+            table.append(["bare forward+backward, same batches (steps 11-N)", steady_rows / ours["bare"], "", "",
+                          "1.00x"])  # fmt: skip
         if not problems[THEIRS]:
-            theirs = train_sentence_transformers(name, rows, work, steps)
-            ratio = f"{theirs / ours['runtime']:.2f}x" if ours else ""
+            theirs = statistics.median(run["theirs"] for run in runs)
             table.append([THEIRS, len(rows) / theirs, role_padding_share(name, rows), "1.00x", ""])
             if ours:
-                table[0][3] = ratio
+                ratios = [run["theirs"] / run["runtime"] for run in runs]
+                table[0][3] = f"{statistics.median(ratios):.2f}x"
         task, loss, batch, max_length = RUNS[name]
         print(
             f"\n{name}: {task}, {loss}, batch {batch}, max_length {max_length}, {steps} steps, {len(rows)} rows"
@@ -236,6 +257,8 @@ def main() -> int:
                 ["trainer", "pairs/s", "padding share", "vs sentence-transformers", "overhead"], table
             )
         )
+        if ours and not problems[THEIRS] and args.repeats > 1:
+            print("vs sentence-transformers per repeat: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios))
         print("targets: " + ", ".join(f"{key} {value}" for key, value in TARGETS.items()), flush=True)
     return integrations.report_not_run(problems)
 
