@@ -13,8 +13,9 @@ Approaches (b, c, d train with the real entrypoints and the shipped recipes; onl
   scored by label likelihood.
 
 Datasets (``../shared/data``): SST-2, 2,000 training rows sampled with seed 0 -> the full dev set (872); IMDb
-train_1k -> validation_1k (reviews: max_length 256 with head_tail for every trained approach). Training never sees
-the evaluation rows (no evaluation during training, no best-checkpoint selection): they are the test set here.
+train_1k -> validation_1k (reviews: max_length 256 with head_tail for every trained approach, except a recipe with
+``long_documents: chunks``, which reads whole reviews as its windows of 256). Training never sees the evaluation rows
+(no evaluation during training, no best-checkpoint selection): they are the test set here.
 
 Metrics, identical for every cell (``eval.metrics.classification.classification_metrics`` on the predictions of the
 saved model reloaded by ``eval.classifiers.load_classifier``, the probe's in memory): accuracy, macro-F1, ECE
@@ -129,11 +130,16 @@ def run_entrypoint(
     """(b, c, d) train with the approach's recipe on ``train``, reload the saved model, time and score it."""
     import importlib
 
+    import yaml
+
     from eval.classifiers import load_classifier
     from train.common.modeling import count_parameters
 
     module, recipe = RECIPES[approach]
     max_length, truncation = DATASETS[dataset][4], DATASETS[dataset][5]
+    chunks = yaml.safe_load((REPO / recipe).read_text()).get("long_documents") == "chunks"
+    if chunks:
+        truncation = "end"  # the recipe's windows read whole texts (head_tail cannot apply with chunks)
     output_dir = folder / f"{dataset}_{approach}"
     overrides = {
         "train_data": str(train),
@@ -154,6 +160,8 @@ def run_entrypoint(
     }
     if smoke:
         overrides.update(max_steps=str(SMOKE_STEPS), max_length="64")
+        if chunks:
+            overrides["chunk_overlap"] = "16"  # the recipe's overlap is for its own longer windows
     argv = ["--config", str(REPO / recipe)] + [
         item for key, value in overrides.items() for item in (f"--{key}", value)
     ]
@@ -171,7 +179,8 @@ def run_entrypoint(
         "train_s": metrics["train"]["train_runtime"],
         "predict_s_per_1k": 1000 * predict_s / len(rows),
         "trainable_parameters": int(trainable),
-        "settings": f"{recipe}, max_length {overrides['max_length']}, truncation {truncation}",
+        "settings": f"{recipe}, max_length {overrides['max_length']}, truncation {truncation}"
+        + (", long_documents chunks" if chunks else ""),
     }
 
 
