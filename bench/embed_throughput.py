@@ -136,8 +136,10 @@ def train_sentence_transformers(name: str, rows: list[dict], work: Path, steps: 
 def role_padding_share(name: str, rows: list[dict]) -> float:
     """Padding share with every role padded to its longest per batch (sentence-transformers' layout)."""
     batches = list(collated(name, rows, mini_batch_size=0))
+    from train.contrastive.collator import token_slots
+
     real = sum(int(b["real_tokens"]) for b, _ in batches)
-    return 1 - real / sum(chunk["attention_mask"].numel() for _, chunks in batches for chunk in chunks)
+    return 1 - real / sum(token_slots(chunks) for _, chunks in batches)
 
 
 def collated(name: str, rows: list[dict], mini_batch_size: int):

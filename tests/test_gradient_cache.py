@@ -30,6 +30,7 @@ from train.contrastive.collator import (
     ContrastiveCollator,
     LengthSortedChunker,
     length_sorted_chunks,
+    token_slots,
 )
 from train.contrastive.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
 from train.contrastive.loss_spec import build_objective
@@ -94,7 +95,7 @@ def batch_of(tokenizer, task: str, mini_batch_size: int) -> dict:
     collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)
     batch = collator(task_rows(task))
     batch["chunks"] = collator.chunks(batch)
-    batch["padded_tokens"] = sum(chunk["attention_mask"].numel() for chunk in batch["chunks"])
+    batch["padded_tokens"] = token_slots(batch["chunks"])
     return batch
 
 

@@ -120,6 +120,11 @@ class LengthSortedChunker:
         return [order[a:b] for a, b in itertools.pairwise((*starts, len(order)))]
 
 
+def token_slots(chunks: Sequence[dict[str, Tensor]]) -> int:
+    """Token slots the encoder runs on for ``chunks`` (real + padding: the sum of ``n_c x T_c``)."""
+    return sum(chunk["attention_mask"].numel() for chunk in chunks)
+
+
 def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: float) -> list[int]:
     """Start positions of the chunks of ``sorted_lengths`` (non-increasing) that minimise padded slots +
     ``forward_cost`` per chunk, chunks of at most ``max_size``: exact dynamic programme, ``O(N x max_size)``."""

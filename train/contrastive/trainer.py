@@ -54,6 +54,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from eval.encoder import Embedder
 from train.contrastive.batch import EmbeddedBatch
 from train.contrastive.cached import gradient_cache_step
+from train.contrastive.collator import token_slots
 from train.contrastive.evaluation import embedding_metrics
 from train.contrastive.model import EmbeddingModel, in_text_order
 from train.contrastive.objective import ContrastiveObjective, ObjectiveOutput
@@ -177,7 +178,7 @@ class ContrastiveTrainer(Trainer):
     def _chunks(self, inputs: dict) -> list[dict]:
         """The batch's chunks, cut by this process's chunker (its padded token slots go to the window)."""
         chunks = self.data_collator.chunks(inputs, self.chunker)
-        self._window["padded_tokens"] += sum(chunk["attention_mask"].numel() for chunk in chunks)
+        self._window["padded_tokens"] += token_slots(chunks)
         return chunks
 
     def _objective_of(self, embeddings: torch.Tensor, inputs: dict) -> ObjectiveOutput:
