@@ -243,7 +243,8 @@ class MixCollator:
 
     ``main`` is the collator of the recipe's task: its ``max_length`` and prefixes are the run's (evaluation,
     export), as in a single-dataset run. Batches of every dataset are cut by one chunker, the run's
-    (:meth:`chunker`, :meth:`chunks`).
+    (:meth:`chunker`, :meth:`chunks`): the cut depends only on ``mini_batch_size`` and the tokenizer, which every
+    dataset's collator shares with ``main``.
     """
 
     collators: Sequence[ContrastiveCollator]
@@ -253,7 +254,7 @@ class MixCollator:
         return self.main.chunker()
 
     def chunks(self, batch: dict, chunker: LengthSortedChunker | None = None) -> list[dict]:
-        return self.collators[int(batch["dataset"])].chunks(batch, chunker)
+        return self.main.chunks(batch, chunker)
 
     @property
     def max_length(self) -> int:
