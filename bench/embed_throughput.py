@@ -1,13 +1,16 @@
-"""Contrastive training throughput: train.embed (length-sorted chunks) vs sentence-transformers' trainer on the same
-run, and train.embed's framework overhead over a bare forward + backward loop. Prints one table per dataset.
+"""Contrastive training throughput: train.embed (packed forwards, or length-sorted chunks with ``--packing false``)
+vs sentence-transformers' trainer on the same run, and train.embed's framework overhead over a bare forward +
+backward loop. Prints one table per dataset.
 
     python bench/embed_throughput.py [--data-root ../shared/data] [--steps 150] [--mini-batch-size 32] [--repeats 1]
-        [--runs stsb stackoverflow_tags] [--smoke]
+        [--packing true] [--runs stsb stackoverflow_tags] [--smoke]
 
 Runs (packaged MiniLM, LoRA r=16 alpha 32 dropout 0.05 on query/key/value/dense, lr 2e-4, seed 42, fp32, CPU):
 - STS-B train, CoSENT (temperature 0.05), batch 16, max length 128;
 - StackOverflow tags train (title -> tag), InfoNCE (sentence-transformers: MultipleNegativesRankingLoss on
   (title, tag) pairs), batch 32, max length 64.
+train.embed runs with its defaults: packed forwards (``--packing false``: length-sorted padded chunks) of at most
+``--mini-batch-size`` x max_length token slots.
 Each trainer trains ``--steps`` optimizer steps on ``steps x batch`` rows drawn at random (seed 0) from the whole
 train set, in a random order; pairs/s = rows / the trainer's ``train_runtime``. Padding share = padded token slots
 / all slots the encoder runs on: train.embed's from its training log (``real_tokens`` / ``padded_tokens`` summed
@@ -73,7 +76,7 @@ def load_rows(data_root: Path, name: str, limit: int) -> list[dict]:
     return [rows[i] for i in random.Random(0).sample(range(len(rows)), min(limit, len(rows)))]
 
 
-def train_ours(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int) -> dict:
+def train_ours(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int, packing: bool) -> dict:
     """``python -m train.embed`` on ``rows`` in order; its train_runtime, padding share (real / padded tokens summed
     over the logged windows) and the seconds of its steps after the first logging window (``LOG_EVERY`` steps)."""
     task, loss, batch, max_length = RUNS[name]
@@ -86,6 +89,7 @@ def train_ours(name: str, rows: list[dict], work: Path, steps: int, mini_batch_s
         "--lora_dropout", str(LORA["lora_dropout"]), "--lora_target_modules", *LORA["target_modules"],
         "--learning_rate", "2e-4", "--per_device_train_batch_size", str(batch), "--max_length", str(max_length),
         "--max_steps", str(steps), "--seed", "42", "--mini_batch_size", str(mini_batch_size), "--eval_data", "",
+        "--packing", str(packing).lower(),
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--export_merged", "false",
         "--logging_steps", str(LOG_EVERY), "--train_sampling_strategy", "sequential", "--report_to", "none",
         "--disable_tqdm", "true", "--bf16", "false",
@@ -135,14 +139,14 @@ def train_sentence_transformers(name: str, rows: list[dict], work: Path, steps: 
 
 def role_padding_share(name: str, rows: list[dict]) -> float:
     """Padding share with every role padded to its longest per batch (sentence-transformers' layout)."""
-    batches = list(collated(name, rows, mini_batch_size=0))
+    batches = list(collated(name, rows, mini_batch_size=0, packing=False))
     from train.contrastive.collator import token_slots
 
     real = sum(int(b["real_tokens"]) for b, _ in batches)
     return 1 - real / sum(token_slots(chunks) for _, chunks in batches)
 
 
-def collated(name: str, rows: list[dict], mini_batch_size: int):
+def collated(name: str, rows: list[dict], mini_batch_size: int, packing: bool):
     """(batch, its chunks) of the run's steps in order, cut as train.embed cuts them (one chunker for the run)."""
     from transformers import AutoTokenizer
 
@@ -151,14 +155,16 @@ def collated(name: str, rows: list[dict], mini_batch_size: int):
 
     task, _, batch, max_length = RUNS[name]
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_files("minilm")[0]))
-    collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], max_length, mini_batch_size=mini_batch_size)
+    collator = ContrastiveCollator(
+        tokenizer, EMBED_TASKS[task], max_length, mini_batch_size=mini_batch_size, packing=packing
+    )
     chunker = collator.chunker()
     for start in range(0, len(rows) - batch + 1, batch):
         inputs = collator(rows[start : start + batch])
         yield inputs, collator.chunks(inputs, chunker)
 
 
-def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> float:
+def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int, packing: bool) -> float:
     """Seconds of a bare PyTorch loop over the same collated batches (forward, objective, backward, AdamW step),
     steps after the first ``LOG_EVERY`` (the warm-up train.embed's measure leaves out too)."""
     import torch
@@ -178,7 +184,7 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> floa
     model = build_embedding_model(args, "mean", True).train()
     objective = build_objective(task, {loss: {"temperature": 0.05}})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    batches = list(collated(name, rows, mini_batch_size))
+    batches = list(collated(name, rows, mini_batch_size, packing))
     for step, (batch, chunks) in enumerate(batches):
         if step == LOG_EVERY:
             start = time.perf_counter()
@@ -190,14 +196,15 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int) -> floa
     return time.perf_counter() - start
 
 
-def measure_once(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int, problems) -> dict:
+def measure_once(name: str, rows: list[dict], work: Path, steps: int, mini_batch_size: int, packing: bool,
+                 problems) -> dict:
     """One repeat of the runnable trainers in turn: seconds (``runtime``: train.embed's train_runtime, ``steady``:
     its steps 11-N, ``bare``: the bare loop's, ``theirs``: sentence-transformers') and train.embed's padding."""
     run = {}
     if not problems[OURS]:
-        ours = train_ours(name, rows, work, steps, mini_batch_size)
+        ours = train_ours(name, rows, work, steps, mini_batch_size, packing)
         run.update(runtime=ours["runtime"], steady=ours["steady_seconds"], padding_share=ours["padding_share"])
-        run["bare"] = bare_loop_seconds(name, rows, mini_batch_size)
+        run["bare"] = bare_loop_seconds(name, rows, mini_batch_size, packing)
     if not problems[THEIRS]:
         run["theirs"] = train_sentence_transformers(name, rows, work, steps)
     return run
@@ -210,6 +217,7 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per trainer and run")
     parser.add_argument("--mini-batch-size", type=int, default=32, help="train.embed's most texts per forward")
+    parser.add_argument("--packing", choices=("true", "false"), default="true", help="train.embed's packing")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer, in turn; medians are printed")
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -234,12 +242,15 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
         rows = load_rows(args.data_root, name, steps * RUNS[name][2])
-        runs = [measure_once(name, rows, work, steps, args.mini_batch_size, problems) for _ in range(args.repeats)]
+        packing = args.packing == "true"
+        runs = [measure_once(name, rows, work, steps, args.mini_batch_size, packing, problems)
+                for _ in range(args.repeats)]  # fmt: skip
         table, ours = [], None
         if not problems[OURS]:
             ours = {key: statistics.median(run[key] for run in runs) for key in ("runtime", "steady", "bare")}
             steady_rows = len(rows) - LOG_EVERY * RUNS[name][2]
-            table.append([f"{OURS} (mini_batch_size {args.mini_batch_size})", len(rows) / ours["runtime"],
+            mode = f"mini_batch_size {args.mini_batch_size}" + (", packing" if packing else "")
+            table.append([f"{OURS} ({mode})", len(rows) / ours["runtime"],
                           runs[0]["padding_share"], "",
                           f"{statistics.median(run['steady'] / run['bare'] for run in runs):.2f}x"])  # fmt: skip
             table.append(["bare forward+backward, same batches (steps 11-N)", steady_rows / ours["bare"], "", "",

@@ -85,7 +85,8 @@ def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
 
 @pytest.mark.slow
 def test_two_processes_with_the_gradient_cache_log_the_losses_of_one_plain_process(tiny_bert_dir, tmp_path):
-    """2 processes x 8 with ``gradient_cache: true, mini_batch_size: 2`` == 1 process x 16 in one forward per role."""
+    """2 processes x 8 with ``gradient_cache: true, mini_batch_size: 2`` (packed) == 1 process x 16 in one forward
+    per role."""
     texts = sentences(16 * STEPS)
     rows = [{"anchor": a, "positive": b} for a, b in zip(texts, sentences(len(texts), offset=3), strict=True)]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
@@ -106,5 +107,7 @@ def test_two_processes_with_the_gradient_cache_log_the_losses_of_one_plain_proce
     for step_plain, step_cached in zip(plain, cached, strict=True):
         assert step_cached["global_batch_size"] == step_plain["global_batch_size"] == 16
         assert step_cached["loss"] == pytest.approx(step_plain["loss"], abs=1e-4)
-        assert step_cached["padding_share"] < step_plain["padding_share"]  # chunks of 2 pad less than roles
+        # packed forwards (the default) of <= 2 x 32 slots with the cache, gathered: the same losses; padding
+        # counted over the packed rows (a packed row ends with less than one text of room)
+        assert 0 <= step_cached["padding_share"] < 0.2
     assert len({round(step["loss"], 4) for step in plain}) > 1

@@ -89,10 +89,10 @@ def model(tiny_bert_dir):
     return model
 
 
-def batch_of(tokenizer, task: str, mini_batch_size: int) -> dict:
+def batch_of(tokenizer, task: str, mini_batch_size: int, packing: bool = False) -> dict:
     """The collated batch of ``task_rows(task)`` with its ``chunks`` (the step cut on its own) and their
     ``padded_tokens``."""
-    collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size)
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS[task], 64, mini_batch_size=mini_batch_size, packing=packing)
     batch = collator(task_rows(task))
     batch["chunks"] = collator.chunks(batch)
     batch["padded_tokens"] = token_slots(batch["chunks"])
@@ -125,15 +125,19 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(("task", "loss"), CASES, ids=[task for task, _ in CASES])
-def test_chunked_and_cached_steps_equal_the_plain_step(model, tokenizer, task, loss):
+def test_chunked_packed_and_cached_steps_equal_the_plain_step(model, tokenizer, task, loss):
     set_dropout(model.encoder, 0.0)
     objective = build_objective(EMBED_TASKS[task], loss)
     plain_batch, chunked_batch = batch_of(tokenizer, task, 0), batch_of(tokenizer, task, 2)
+    packed_batch = batch_of(tokenizer, task, 1, packing=True)  # forwards of <= 1 x 64 token slots
     assert len(chunked_batch["chunks"]) > 2 and chunked_batch["padded_tokens"] < plain_batch["padded_tokens"]
+    assert len(packed_batch["chunks"]) > 1 and "segments" in packed_batch["chunks"][0]
 
     plain_loss, plain = loss_and_gradients(model, objective, task, plain_batch, cached=False)
     assert plain.norm() > 0
-    for batch, cached in ((chunked_batch, False), (chunked_batch, True), (plain_batch, True)):
+    cases = ((chunked_batch, False), (chunked_batch, True), (plain_batch, True), (packed_batch, False),
+             (packed_batch, True))  # fmt: skip
+    for batch, cached in cases:
         loss, gradients = loss_and_gradients(model, objective, task, batch, cached=cached)
         assert loss == pytest.approx(plain_loss, rel=TOLERANCE)
         assert relative(gradients, plain) <= TOLERANCE
@@ -316,7 +320,7 @@ def test_the_plan_names_the_mode_and_the_mini_batch(tiny_bert_dir, tmp_path, cap
             "--mini_batch_size", "4", "--per_device_train_batch_size", "8"]  # fmt: skip
     assert run_main(main, argv) == 0
     plan = capsys.readouterr().out
-    assert "gradient cache: length-sorted chunks of <= 4 texts" in plan
+    assert "gradient cache: packed forwards of <= 4 x max_length token slots" in plan
     assert re.search(r"negatives per anchor +: 7 at most", plan)
 
 

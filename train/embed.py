@@ -40,6 +40,7 @@ from train.contrastive.loss_spec import build_objective
 from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import build_embedding_model
 from train.contrastive.objective import ContrastiveObjective
+from train.contrastive.packing import resolve_packing
 from train.contrastive.sampling import (
     DatasetMix,
     MixCollator,
@@ -124,9 +125,12 @@ def check_source_tasks(sources: list[TrainSource] | None, task: EmbedTask, confi
             raise ConfigError(f"train_data '{source.name}' (task {source.task}): {error}") from None
 
 
-def training_batches(train_ds, tokenizer, task: EmbedTask, model_args, config: EmbedConfig, world_size: int):
+def training_batches(
+    train_ds, tokenizer, task: EmbedTask, model_args, config: EmbedConfig, world_size: int, packing: bool
+):
     """(collator, batch sampler or None, extra callbacks): one dataset -> the task's collator and Trainer's
-    sampling; a ``DatasetMix`` -> single-dataset batches (``sampling.py``) collated by each dataset's task."""
+    sampling; a ``DatasetMix`` -> single-dataset batches (``sampling.py``) collated by each dataset's task.
+    ``packing``: the run packs its forwards (``packing.resolve_packing``)."""
 
     def collator(for_task):
         return ContrastiveCollator(
@@ -136,6 +140,7 @@ def training_batches(train_ds, tokenizer, task: EmbedTask, model_args, config: E
             config.query_prefix,
             config.document_prefix,
             config.mini_batch_size,
+            packing,
         )
 
     if not isinstance(train_ds, DatasetMix):
@@ -171,11 +176,14 @@ def main(argv=None):
     )
     if objective.matryoshka is not None:
         objective.matryoshka.check_width(model.hidden_size())
+    packing = resolve_packing(config, model, tokenizer, model_args.max_length)
     collator, train_batches, batch_callbacks = training_batches(
-        train_ds, tokenizer, task, model_args, config, world_size
+        train_ds, tokenizer, task, model_args, config, world_size, packing
     )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
-    plan.update(_plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size, train_batches))
+    plan.update(
+        _plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size, train_batches, packing)
+    )
     print_plan("train.embed", plan)
     if run_args.dry_run:
         return None
@@ -213,7 +221,7 @@ def main(argv=None):
 
 
 def _plan(
-    data_args, model_args, config, objective, train_ds, eval_ds, world_size: int, train_batches
+    data_args, model_args, config, objective, train_ds, eval_ds, world_size: int, train_batches, packing: bool
 ) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     global_anchors = config.per_device_train_batch_size * world_size
@@ -247,7 +255,7 @@ def _plan(
         "model": model_args.model_name_or_path,
         "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()) + widths,
         "negatives per anchor": negatives,
-        "encoding": encoding_mode(config),
+        "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,

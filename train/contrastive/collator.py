@@ -28,6 +28,11 @@ layouts. The collator itself keeps no state (it may run in dataloader workers, a
 running totals belong to the training step, which cuts its batches in order and saves the chunker with each
 checkpoint (``ContrastiveTrainer``), so a resumed run cuts its steps as the uninterrupted run did.
 
+Packing (``packing``, the default with ``mini_batch_size > 0`` where the model supports it):
+:meth:`ContrastiveCollator.chunks` lays the sorted texts several to a row instead (``packing.py``): forwards of at
+most ``mini_batch_size x max_length`` token slots (the memory of ``mini_batch_size`` full-length texts), little
+padding, and far fewer forwards when texts are short. Its cut depends on the step alone (no chunker).
+
 Content ids are computed on the text *without* prefixes so that the same sentence is recognised wherever it
 appears. Symmetric tasks (SimCSE, STS) get no prefixes, as ``eval.sts`` embeds them.
 """
@@ -43,6 +48,7 @@ import torch
 from torch import Tensor
 
 from train.contrastive.batch import PAD_ID, text_ids
+from train.contrastive.packing import cheapest_cut, pack_chunk, pack_steps
 from train.contrastive.tasks import EmbedTask
 
 # Cost of one more encoder forward (+ its backward) in padded token slots: the fixed per-call work. Measured by
@@ -121,31 +127,15 @@ class LengthSortedChunker:
 
 
 def token_slots(chunks: Sequence[dict[str, Tensor]]) -> int:
-    """Token slots the encoder runs on for ``chunks`` (real + padding: the sum of ``n_c x T_c``)."""
-    return sum(chunk["attention_mask"].numel() for chunk in chunks)
-
-
-def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: float) -> list[int]:
-    """Start positions of the chunks of ``sorted_lengths`` (non-increasing) that minimise padded slots +
-    ``forward_cost`` per chunk, chunks of at most ``max_size``: exact dynamic programme, ``O(N x max_size)``."""
-    # best[j]: least cost of the first j texts; start[j]: where the last chunk of that cover begins
-    best, start = [0.0] + [float("inf")] * len(sorted_lengths), [0] * (len(sorted_lengths) + 1)
-    for end in range(1, len(sorted_lengths) + 1):
-        for begin in range(max(0, end - max_size), end):
-            cost = best[begin] + (end - begin) * sorted_lengths[begin] + forward_cost
-            if cost < best[end]:
-                best[end], start[end] = cost, begin
-    starts, end = [], len(sorted_lengths)
-    while end:
-        end = start[end]
-        starts.append(end)
-    return starts[::-1]
+    """Token slots the encoder runs on for ``chunks`` (real + padding: the sum of ``rows x row length``)."""
+    return sum(chunk["input_ids"].numel() for chunk in chunks)
 
 
 @dataclass
 class ContrastiveCollator:
     """Callable ``rows -> batch`` for ``task`` (rows length-sorted when ``mini_batch_size > 0``), and
-    :meth:`chunks` ``batch -> chunks`` of at most ``mini_batch_size`` texts (0: one chunk per role)."""
+    :meth:`chunks` ``batch -> chunks`` of at most ``mini_batch_size`` texts (0: one chunk per role; with
+    ``packing``, packed chunks of at most ``mini_batch_size x max_length`` token slots)."""
 
     tokenizer: object
     task: EmbedTask
@@ -153,10 +143,13 @@ class ContrastiveCollator:
     query_prefix: str = ""
     document_prefix: str = ""
     mini_batch_size: int = 0
+    packing: bool = False
 
     def __post_init__(self):
         if self.task.symmetric:
             self.query_prefix = self.document_prefix = ""
+        if self.packing and not self.mini_batch_size:
+            raise ValueError("packing needs mini_batch_size > 0 (the length-sorted rows it packs)")
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         roles = self.task.roles(rows)
@@ -186,8 +179,9 @@ class ContrastiveCollator:
         return batch
 
     def chunker(self) -> LengthSortedChunker | None:
-        """A fresh chunker for this collator's batches (None with ``mini_batch_size`` 0: role chunks)."""
-        return LengthSortedChunker(self.mini_batch_size) if self.mini_batch_size else None
+        """A fresh chunker for this collator's batches (None with ``mini_batch_size`` 0 or ``packing``: the cut
+        depends on the step alone)."""
+        return LengthSortedChunker(self.mini_batch_size) if self.mini_batch_size and not self.packing else None
 
     def chunks(self, batch: dict, chunker: LengthSortedChunker | None = None) -> list[dict[str, Tensor]]:
         """The chunks the encoder runs on, in row order: ``input_ids`` / ``attention_mask`` ``(n_c, T_c)``, each
@@ -195,13 +189,20 @@ class ContrastiveCollator:
 
         ``chunker`` cuts the length-sorted rows and advances its running totals (the training step passes its
         own, in step order); None: a fresh chunker, i.e. the step cut on its own. With ``mini_batch_size`` 0
-        the chunks are the anchors and the candidates."""
+        the chunks are the anchors and the candidates; with ``packing``, packed chunks (``packing.py``)."""
         lengths = batch["lengths"].tolist()
+        left = self.tokenizer.padding_side == "left"
+        if self.packing:
+            slots = self.mini_batch_size * self.max_length
+            forwards = pack_steps(lengths, slots, self.max_length, FORWARD_COST_TOKENS, self.mini_batch_size)
+            return [
+                pack_chunk(batch["input_ids"], lengths, first, rows, left, self.tokenizer.pad_token_id)
+                for first, rows in forwards
+            ]
         if self.mini_batch_size:
             starts = [chunk[0] for chunk in (chunker or self.chunker())(lengths)]
         else:
             starts = [0, batch["anchor_ids"].shape[0]]
-        left = self.tokenizer.padding_side == "left"
         width = batch["input_ids"].shape[1]
         chunks = []
         for a, b in itertools.pairwise((*starts, len(lengths))):

@@ -78,10 +78,22 @@ class EmbedConfig(TrainingArguments):
             "help": "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, "
             "negatives, tags) are sorted by token length and encoded in chunks of at most this many, cut where the "
             "length drops (padding saved vs one more forward), each padded only to its own longest text; the loss "
-            "still sees the whole batch (same negatives, same loss). With gradient_cache it bounds activation "
-            "memory. 0 = one forward per role (anchors, candidates), each padded to its longest. Default: "
+            "still sees the whole batch (same negatives, same loss). With packing (the default where the model "
+            "supports it) a forward holds up to mini_batch_size x max_length token slots instead, several texts per "
+            "row. With gradient_cache it bounds activation memory. 0 = one forward per role (anchors, candidates), each padded to its longest. Default: "
             f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
             "of forwards on every process)."
+        },
+    )
+    packing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pack several texts into each row of a forward (each with its own positions, attention "
+            "block-diagonal: the same embeddings as padded rows, checked on the model at start): forwards of at "
+            "most mini_batch_size x max_length token slots, little padding, and far fewer forwards when texts are "
+            "short (titles, tags). Needs mini_batch_size > 0 and a model whose attention takes position_ids and a "
+            "4D mask (BERT/RoBERTa-like encoders, Llama-like decoders; sdpa or eager attention). Default: on where "
+            "the start-up check passes, else length-sorted padded chunks; true makes a failed check an error."
         },
     )
     gradient_cache: bool = field(
@@ -207,6 +219,8 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(f"mini_batch_size must be >= 0 (0 = one forward per role); got {self.mini_batch_size}")
         if self.gradient_cache and self.mini_batch_size == 0:
             raise ConfigError("gradient_cache needs mini_batch_size > 0 (the texts per re-encoded chunk)")
+        if self.packing and self.mini_batch_size == 0:
+            raise ConfigError("packing needs mini_batch_size > 0 (it packs the length-sorted texts of a step)")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
         matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
@@ -252,27 +266,33 @@ def resolve_mini_batches(config: EmbedConfig, distribution: str) -> None:
     """
     if distribution in SHARDED_FORWARD:
         name = "DeepSpeed ZeRO-3" if distribution == "deepspeed-zero3" else "FSDP"
-        if config.gradient_cache or config.mini_batch_size:
+        if config.gradient_cache or config.mini_batch_size or config.packing:
             raise ConfigError(
-                f"gradient_cache and mini_batch_size > 0 cannot run under {name}: its sharded forwards need the "
-                "same number of forwards on every process, and length-sorted chunks differ per process. Use "
-                "accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and keeps "
-                "the cache), or set gradient_cache: false and mini_batch_size: 0"
+                f"gradient_cache, packing and mini_batch_size > 0 cannot run under {name}: its sharded forwards "
+                "need the same number of forwards on every process, and length-sorted chunks differ per process. "
+                "Use accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and "
+                "keeps the cache), or set gradient_cache: false, packing: false and mini_batch_size: 0"
             )
         config.mini_batch_size = 0
     elif config.mini_batch_size is None:
         config.mini_batch_size = DEFAULT_MINI_BATCH_SIZE
 
 
-def encoding_mode(config: EmbedConfig) -> str:
-    """The plan's description of how a step is encoded (after :func:`resolve_mini_batches`)."""
+def encoding_mode(config: EmbedConfig, packing: bool) -> str:
+    """The plan's description of how a step is encoded (after :func:`resolve_mini_batches`; ``packing``: what
+    ``packing.resolve_packing`` decided)."""
     same = "negatives per anchor unchanged (the loss sees the whole global batch)"
     size = config.mini_batch_size
+    chunks = (
+        f"packed forwards of <= {size} x max_length token slots (several texts per row, block-diagonal attention)"
+        if packing
+        else f"length-sorted chunks of <= {size} texts"
+    )
     if config.gradient_cache:
         return (
-            f"gradient cache: length-sorted chunks of <= {size} texts embedded without autograd, then re-encoded "
-            f"with the full-batch gradient (activations of {size} texts at a time); {same}"
+            f"gradient cache: {chunks} embedded without autograd, then re-encoded with the full-batch gradient "
+            f"(activations of one chunk at a time); {same}"
         )
     if size:
-        return f"chunked: length-sorted forwards of <= {size} texts, one backward per step; {same}"
+        return f"chunked: {chunks}, one backward per step; {same}"
     return "plain: one forward per role (anchors, candidates), each padded to its longest text"

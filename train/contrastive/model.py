@@ -2,7 +2,8 @@
 
 ``EmbeddingModel`` is the ONE ``nn.Module`` that ``Trainer`` prepares (DDP / DeepSpeed wrap it), so every
 trainable parameter is used in each forward (DDP requirement). Its forward embeds a list of chunks (the
-collator's ``chunks``: every text of the step, in length-sorted mini-batches or one chunk per role) and returns
+collator's ``chunks``: every text of the step, packed several to a row, in length-sorted mini-batches or one chunk
+per role) and returns
 their embeddings in chunk order; :func:`in_text_order` puts them back in the step's text order. A plain step
 is one forward of all chunks; the gradient cache (``cached.py``) calls it once per chunk.
 
@@ -23,6 +24,7 @@ from transformers import AutoModel, PreTrainedModel
 from eval.pooling import pool, validate_pooling_mode
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model
+from train.contrastive.packing import packed_attention_mask
 
 
 class EmbeddingModel(nn.Module):
@@ -40,22 +42,46 @@ class EmbeddingModel(nn.Module):
         self.encoder = encoder
         self.pooling = validate_pooling_mode(pooling)
         self.normalize = normalize
+        # decoder models attend to earlier tokens only; packed rows must keep that (packing.packed_attention_mask)
+        self.causal = any(getattr(module, "is_causal", False) is True for module in encoder.modules())
+        self.first_position = first_position(encoder)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(N, T)`` token ids and mask -> ``(N, D)`` pooled (and normalised) embeddings, differentiable."""
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state  # (N, T, D)
-        embeddings = pool(hidden, attention_mask, self.pooling)  # (N, D)
+        return self.finish(pool(hidden, attention_mask, self.pooling))
+
+    def embed_packed(self, chunk: dict[str, Tensor]) -> Tensor:
+        """A packed chunk (``packing.py``: ``n`` texts in ``R`` rows of ``L`` tokens) -> ``(n, D)`` embeddings,
+        differentiable: one encoder call with per-text positions and block-diagonal attention, then each text's
+        token states gathered into the padded per-text layout ``(n, T, D)`` that :func:`eval.pooling.pool` reads."""
+        mask = packed_attention_mask(self.base_model.config, chunk["segments"], self.embedding_dtype(), self.causal)
+        positions = chunk["position_ids"] + self.first_position
+        hidden = self.encoder(
+            input_ids=chunk["input_ids"], attention_mask=mask, position_ids=positions
+        ).last_hidden_state  # (R, L, D)
+        per_text = hidden.reshape(-1, hidden.shape[-1])[chunk["token_index"]]  # (n, T, D)
+        return self.finish(pool(per_text, chunk["attention_mask"], self.pooling))
+
+    def finish(self, embeddings: Tensor) -> Tensor:
+        """``(N, D)`` pooled -> L2-normalised when ``normalize``."""
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
     def forward(self, chunks: list[dict[str, Tensor]]) -> Tensor:
-        """Chunks of tokenized texts (``input_ids`` / ``attention_mask`` ``(n_c, T_c)`` each) -> ``(sum n_c, D)``
-        embeddings in chunk order: one encoder call per chunk, each padded only to its own longest text.
+        """Chunks of tokenized texts -> ``(sum n_c, D)`` embeddings in chunk order, one encoder call per chunk:
+        padded chunks (``input_ids`` / ``attention_mask`` ``(n_c, T_c)``, each padded only to its own longest
+        text) or packed ones (with ``segments``: several texts per row, ``packing.py``).
 
         For unsupervised SimCSE every text occurs twice among the chunks, so dropout gives the two views.
         """
-        return torch.cat([self.embed(chunk["input_ids"], chunk["attention_mask"]) for chunk in chunks])
+        return torch.cat(
+            [
+                self.embed_packed(chunk) if "segments" in chunk else self.embed(chunk["input_ids"], chunk["attention_mask"])
+                for chunk in chunks
+            ]
+        )
 
     # ---- what Trainer asks of a model ----
 
@@ -75,9 +101,23 @@ class EmbeddingModel(nn.Module):
         """The transformer's token embeddings (the start-up check of LoRA + checkpointing inspects them)."""
         return self.base_model.get_input_embeddings()
 
+    def embedding_dtype(self) -> torch.dtype:
+        """dtype of the token embeddings: the one transformers builds additive attention masks in."""
+        return self.get_input_embeddings().weight.dtype
+
     def hidden_size(self) -> int:
         """``D``: width of the embeddings (the transformer's hidden size)."""
         return self.base_model.config.hidden_size
+
+
+def first_position(encoder: nn.Module) -> int:
+    """Position id of a text's first token: ``padding_idx + 1`` for models whose learned position embeddings
+    reserve the padding index (RoBERTa, XLM-R: positions count from ``pad_token_id + 1``), else 0."""
+    for module in encoder.modules():
+        positions = getattr(module, "position_embeddings", None)
+        if isinstance(positions, nn.Embedding):
+            return 0 if positions.padding_idx is None else positions.padding_idx + 1
+    return 0
 
 
 def in_text_order(embeddings: Tensor, text_order: Tensor) -> Tensor:

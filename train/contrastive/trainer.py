@@ -5,8 +5,8 @@ What changes compared with ``Trainer`` (everything else — DDP, DeepSpeed, sche
 resume, TensorBoard/W&B — is the ecosystem's):
 
 - ``compute_loss``: one forward of :class:`~train.contrastive.model.EmbeddingModel` per step over the batch's
-  chunks (length-sorted mini-batches, ``mini_batch_size``, cut by the trainer's own
-  :class:`~train.contrastive.collator.LengthSortedChunker`), the embeddings put back in text order, an
+  chunks (packed forwards, ``packing.py``; or length-sorted mini-batches, ``mini_batch_size``, cut by the
+  trainer's own :class:`~train.contrastive.collator.LengthSortedChunker`), the embeddings put back in text order, an
   :class:`~train.contrastive.batch.EmbeddedBatch` per task, the objective's loss. That loss is this process's
   *share* of the big-batch loss (mean over processes = big-batch loss), which is exactly how ``Trainer`` logs
   (all-gather + mean) and how DDP averages gradients. The model takes no ``**kwargs`` so
@@ -31,7 +31,8 @@ resume, TensorBoard/W&B — is the ecosystem's):
   hands the DeepSpeed-consolidated state dict only to ``_save``), so ``_save``, ``_load_from_checkpoint`` and
   ``_load_best_model`` are overridden; ``tests/test_trainer_private_hooks.py`` fails if transformers renames
   them, changes their parameters or stops calling them.
-- the chunker's running totals decide how the next step is cut, so each process saves them next to its RNG state
+- the chunker's running totals (padded chunks; packing needs none) decide how the next step is cut, so each
+  process saves them next to its RNG state
   (``chunker_state_<process>.json``, ``_save_rng_state``) and loads them back where Trainer restores the RNG on
   resume (``_load_rng_state``): a resumed run cuts, and so computes, its steps as the uninterrupted run.
 """
