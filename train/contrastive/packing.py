@@ -1,5 +1,5 @@
-"""Packed forwards: several texts share one row of the encoder's input, so a step runs few forwards and almost no
-padding whatever its texts' lengths (``packing: true``).
+"""Packed forwards: several texts share one row of the encoder's input, so a step runs few forwards and little
+padding whatever its texts' lengths (``packing``: on by default where the model supports it).
 
 A contrastive step's texts are often short (a title, a tag): padded one per row they need either many forwards
 (each with a fixed cost) or much padding. Packed, a row holds consecutive texts, each with its own positions
