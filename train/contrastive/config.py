@@ -80,7 +80,8 @@ class EmbedConfig(TrainingArguments):
             "length drops (padding saved vs one more forward), each padded only to its own longest text; the loss "
             "still sees the whole batch (same negatives, same loss). With packing (the default where the model "
             "supports it) a forward holds up to mini_batch_size x max_length token slots instead, several texts per "
-            "row. With gradient_cache it bounds activation memory. 0 = one forward per role (anchors, candidates), each padded to its longest. Default: "
+            "row. With gradient_cache it bounds activation memory. 0 = one forward per role (anchors, candidates), "
+            "each padded to its longest. Default: "
             f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
             "of forwards on every process)."
         },

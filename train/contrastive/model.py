@@ -76,12 +76,13 @@ class EmbeddingModel(nn.Module):
 
         For unsupervised SimCSE every text occurs twice among the chunks, so dropout gives the two views.
         """
-        return torch.cat(
-            [
-                self.embed_packed(chunk) if "segments" in chunk else self.embed(chunk["input_ids"], chunk["attention_mask"])
-                for chunk in chunks
-            ]
-        )
+        return torch.cat([self.embed_chunk(chunk) for chunk in chunks])
+
+    def embed_chunk(self, chunk: dict[str, Tensor]) -> Tensor:
+        """One chunk, packed (with ``segments``) or padded -> its ``(n_c, D)`` embeddings."""
+        if "segments" in chunk:
+            return self.embed_packed(chunk)
+        return self.embed(chunk["input_ids"], chunk["attention_mask"])
 
     # ---- what Trainer asks of a model ----
 

@@ -25,12 +25,13 @@ Positions count from 0, or from ``padding_idx + 1`` where the model's position e
 index (RoBERTa; ``EmbeddingModel.first_position``).
 
 ``T`` is the chunk's longest text, ``L >= T`` its fullest row. Texts arrive longest first (the collator sorts a
-step's rows), and first-fit in that order is first-fit decreasing, so rows fill well; :func:`pack_steps` also
+step's rows), and best-fit in that order is best-fit decreasing, so rows fill well; :func:`pack_steps` also
 tries rows wider than the longest text, which leave less room unused at their ends.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Sequence
 
@@ -65,7 +66,7 @@ def pack_steps(
     """Packed forwards of a step's texts, longest first: ``[(first text, rows)]`` where ``rows`` lists, row by row,
     the positions (in ``sorted_lengths``) of the texts laid in it.
 
-    Of the layouts :func:`first_fit` gives for each of :data:`WIDTH_FACTORS` (and, with
+    Of the layouts :func:`best_fit` gives for each of :data:`WIDTH_FACTORS` (and, with
     ``texts_per_padded_forward``, the :func:`cheapest_cut` of one text per row, at most that many per forward:
     what packing falls back to when texts too long to share rows would leave them half empty), the one with the
     fewest token slots (rows x their longest fill) + ``forward_cost`` per forward. Rows are at most ``max_width``
@@ -75,7 +76,7 @@ def pack_steps(
     def cost(forwards) -> float:
         return sum(len(rows) * row_width(rows, sorted_lengths) + forward_cost for _, rows in forwards)
 
-    layouts = [first_fit(sorted_lengths, slots_per_forward, max_width, factor) for factor in WIDTH_FACTORS]
+    layouts = [best_fit(sorted_lengths, slots_per_forward, max_width, factor) for factor in WIDTH_FACTORS]
     if texts_per_padded_forward:
         starts = cheapest_cut(sorted_lengths, texts_per_padded_forward, forward_cost)
         ends = [*starts[1:], len(sorted_lengths)]
@@ -100,33 +101,38 @@ def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: flo
     return starts[::-1]
 
 
-
 def row_width(rows: list[list[int]], lengths: Sequence[int]) -> int:
     """Length of a forward's rows: its fullest row."""
     return max(sum(lengths[text] for text in row) for row in rows)
 
 
-def first_fit(sorted_lengths: Sequence[int], slots_per_forward: int, max_width: int, width_factor: float):
-    """First-fit of the texts, in order (longest first: first-fit decreasing), into rows ``width_factor`` x the
-    forward's first text long (at least that text, at most ``max_width`` and ``slots_per_forward``); when no row of the current
-    forward has room and another row would exceed ``slots_per_forward`` (rows x row length), a new forward starts.
-    Each forward covers consecutive texts, so the concatenated outputs keep the step's order. A text longer than
-    ``slots_per_forward`` still gets a forward of its own."""
+def best_fit(sorted_lengths: Sequence[int], slots_per_forward: int, max_width: int, width_factor: float):
+    """Best-fit of the texts, in order (longest first: best-fit decreasing), into rows ``width_factor`` x the
+    forward's first text long (at least that text, at most ``max_width`` and ``slots_per_forward``): each text
+    goes into the row of the current forward with the least room that holds it (free rooms kept sorted: a
+    binary search per text, so batches of thousands of texts pack in milliseconds); when no row has room and
+    another would exceed ``slots_per_forward`` (rows x row length), a new forward starts. Each forward covers
+    consecutive texts, so the concatenated outputs keep the step's order. A text longer than ``slots_per_forward``
+    still gets a forward of its own."""
     forwards: list[tuple[int, list[list[int]]]] = []
-    room: list[int] = []  # free slots of each row of the current forward
+    free: list[tuple[int, int]] = []  # (free slots, row) of the current forward's rows with room, sorted
     width = max_rows = 0
     for position, length in enumerate(sorted_lengths):
-        row = next((r for r, free in enumerate(room) if free >= length), None)
-        if row is None and len(room) >= max_rows:
+        at = bisect.bisect_left(free, (length, -1))  # the least room >= length
+        if at == len(free) and len(forwards[-1][1] if forwards else ()) >= max_rows:
             width = max(length, min(int(width_factor * length), max_width, slots_per_forward))
-            room, max_rows = [], max(slots_per_forward // width, 1)
+            free, max_rows = [], max(slots_per_forward // width, 1)
             forwards.append((position, []))
-        if row is None:
-            room.append(width)
-            forwards[-1][1].append([])
-            row = len(room) - 1
-        room[row] -= length
-        forwards[-1][1][row].append(position)
+            at = 0
+        rows = forwards[-1][1]
+        if at == len(free):  # a new row
+            room, row = width, len(rows)
+            rows.append([])
+        else:
+            room, row = free.pop(at)
+        rows[row].append(position)
+        if room > length:
+            bisect.insort(free, (room - length, row))
     return forwards
 
 
