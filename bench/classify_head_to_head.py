@@ -137,7 +137,8 @@ def run_entrypoint(
 
     module, recipe = RECIPES[approach]
     max_length, truncation = DATASETS[dataset][4], DATASETS[dataset][5]
-    chunks = yaml.safe_load((REPO / recipe).read_text()).get("long_documents") == "chunks"
+    recipe_values = yaml.safe_load((REPO / recipe).read_text())
+    chunks = recipe_values.get("long_documents") == "chunks"
     if chunks:
         truncation = "end"  # the recipe's windows read whole texts (head_tail cannot apply with chunks)
     output_dir = folder / f"{dataset}_{approach}"
@@ -180,7 +181,8 @@ def run_entrypoint(
         "predict_s_per_1k": 1000 * predict_s / len(rows),
         "trainable_parameters": int(trainable),
         "settings": f"{recipe}, max_length {overrides['max_length']}, truncation {truncation}"
-        + (", long_documents chunks" if chunks else ""),
+        + (", long_documents chunks" if chunks else "")
+        + (", head_pooling mean" if recipe_values.get("head_pooling") == "mean" else ""),
     }
 
 

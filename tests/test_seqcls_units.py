@@ -15,7 +15,7 @@ from data_utils import load, sample_path
 from eval.classifiers.sequence import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError, DataError
 from train.classify.seqcls_data import load_splits, tokenize_split
-from train.classify.seqcls_model import build_classifier, head_module_names
+from train.classify.seqcls_model import build_classifier, classification_skeleton, head_module_names
 from train.classify.seqcls_trainer import ClassificationLoss, class_weight_vector
 from train.common.args import DataArguments, ModelArguments
 
@@ -95,7 +95,7 @@ def test_probabilities_and_decisions():
     ids=["bert", "distilbert", "deberta", "llama"],
 )
 def test_head_modules_are_found_for_every_architecture(config, head):
-    assert head_module_names(config) == head
+    assert head_module_names(classification_skeleton(config)) == head
 
 
 def test_pair_inputs_are_encoded_as_pairs_and_truncation_is_counted(tiny_bert_dir):

@@ -62,6 +62,7 @@ def main(argv=None):
         training_args.hf_problem_type,
         data.tokenizer.pad_token_id,
         gradient_checkpointing=training_args.activation_checkpointing,
+        head_pooling=training_args.head_pooling,
     )
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
     plan.update(_plan(data_args, model_args, training_args, data, built))
@@ -95,7 +96,7 @@ def main(argv=None):
     saved = export_classifier(trainer, model_args, built.load_kwargs, export_merged=run_args.export_merged)
     manifest = classifier_manifest(
         model_args, saved, data.label_names, data.text_columns, multi_label=multi_label, threshold=threshold,
-        long_text=long_text,
+        long_text=long_text, head_pooling=training_args.head_pooling,
     )
     run.finish(
         trainer, recipe, saved, write_classifier_files, training_args.output_dir, manifest, model_args, recipe, metrics
@@ -116,6 +117,9 @@ def _plan(data_args, model_args, training_args, data: PreparedData, built) -> di
         if data.evaluation
         else "none (no evaluation)",
         "max_length": f"{model_args.max_length} tokens",
+        "head reads": "the mean of the token states (head_pooling: mean)"
+        if training_args.head_pooling == "mean"
+        else "the model's own token (first for encoders, last for decoders)",
         "long texts": "; ".join(
             long_rows_summary(split, name, data.long_text, data.tokenizer, model_args.max_length)
             for name, split in splits

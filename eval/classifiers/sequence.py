@@ -8,7 +8,8 @@ What is loaded from a lorasmith output folder (manifest ``lorasmith.json``, kind
 ``merged/`` when present (a plain transformers model with its head), otherwise the base model
 ``AutoModelForSequenceClassification(base_model)`` plus the PEFT adapter in ``adapter/`` — the adapter carries
 the trained head through PEFT ``modules_to_save``. Label names, input columns, multi-label flag, threshold and
-``max_length`` come from the manifest. A folder without a manifest is read as a plain transformers classifier
+``max_length`` come from the manifest, and ``head_pooling: mean`` hooks the model again
+(``eval.classifiers.head_pooling``). A folder without a manifest is read as a plain transformers classifier
 (label names from ``config.id2label``, one input column ``text``).
 
 Inputs are built as in training (``data_utils.tokenizer_inputs.text_inputs``). Without a ``max_length`` in the
@@ -33,6 +34,7 @@ from data_utils.tokenizer_inputs import (
 )
 from eval.artifacts import load_trained_model, read_manifest
 from eval.classifiers.base import check_input_rows
+from eval.classifiers.head_pooling import pool_mean_into_first_position
 from lorasmith.errors import ConfigError
 
 KIND = "seq_classifier"
@@ -129,6 +131,8 @@ class SequenceClassifier:
                 f"{folder} holds a {manifest.get('kind')!r} model, not a sequence classifier ({KIND})"
             )
         model, tokenizer = _load_model(folder, manifest)
+        if manifest.get("head_pooling") == "mean":  # the head was trained on the mean of the token states
+            pool_mean_into_first_position(model)
         return cls(
             model.to(device or PartialState().device),
             tokenizer,

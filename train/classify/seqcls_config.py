@@ -8,6 +8,9 @@ Fields added for sequence classification:
 |                 | labels per row, sigmoid + binary cross-entropy per label)                                 |
 | `threshold`     | multi-label: a label is predicted when its probability is >= threshold                    |
 | `class_weights` | `balanced`, or one weight per label in id order (`[1.0, 3.0]` / `"1,3"`); see below        |
+| `head_pooling`  | what an encoder's head reads: `model` (its own: the first token, [CLS]) or `mean` (the      |
+|                 | mean of the token states, as sentence-transformers models are trained; see                |
+|                 | ``eval.classifiers.head_pooling``)                                                        |
 
 Long texts (fields inherited from ``data_utils.tokenizer_inputs.LongTextOptions``, recorded in ``lorasmith.json``
 so that prediction reads texts the same way):
@@ -39,6 +42,7 @@ from transformers import IntervalStrategy, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
 from data_utils.tokenizer_inputs import LongTextOptions
+from eval.classifiers.head_pooling import HEAD_POOLINGS
 from lorasmith.errors import ConfigError
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
@@ -62,6 +66,14 @@ class SeqClassifyConfig(TrainingArguments, LongTextOptions):
         default=None,
         metadata={
             "help": "Loss weights: 'balanced' or one weight per label in id order ([1, 3] or '1,3'); none by default."
+        },
+    )
+    head_pooling: str = field(
+        default="model",
+        metadata={
+            "help": "What an encoder's head reads: 'model' (its own, the first token [CLS]) or 'mean' (the mean of the "
+            "token states, as sentence-transformers models are trained). Decoders read their last token.",
+            "choices": list(HEAD_POOLINGS),
         },
     )
 
@@ -102,6 +114,8 @@ class SeqClassifyConfig(TrainingArguments, LongTextOptions):
             raise ConfigError(
                 f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {self.problem_type!r}"
             )
+        if self.head_pooling not in HEAD_POOLINGS:
+            raise ConfigError(f"head_pooling must be one of {', '.join(HEAD_POOLINGS)}; got {self.head_pooling!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
         self.check_long_text()

@@ -6,7 +6,8 @@
   ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
   fully fine-tuned runs save only this (gathered from the shards under ZeRO-3);
 - ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length, and
-  ``long_text``: truncation / chunks, which ``SequenceClassifier`` applies again at prediction),
+  ``long_text``: truncation / chunks, and ``head_pooling``, which ``SequenceClassifier`` applies again at
+  prediction),
   ``metrics.json`` and the ``README.md`` model card; ``recipe.yaml`` comes from ``train.common.run.prepare_output_dir``.
 """
 
@@ -43,6 +44,7 @@ def classifier_manifest(
     multi_label: bool,
     threshold: float,
     long_text: LongTextOptions | None = None,
+    head_pooling: str = "model",
 ) -> dict:
     """``lorasmith.json`` of kind ``seq_classifier`` (how ``eval.classifiers.sequence.SequenceClassifier`` reloads it)."""
     return {
@@ -53,6 +55,7 @@ def classifier_manifest(
         "threshold": threshold,
         "max_length": model_args.max_length,
         "long_text": (long_text or LongTextOptions()).as_manifest(),
+        "head_pooling": head_pooling,
     }
 
 
@@ -81,18 +84,7 @@ rows = [{{{example}}}]
 classifier.predict(rows)        # label names, e.g. {manifest["labels"][0]!r}
 classifier.predict_proba(rows)  # (N, {len(manifest["labels"])}) probabilities, columns in label id order
 ```
-""" + (
-        f"""
-With plain transformers (merged model, label map in its config):
-
-```python
-from transformers import pipeline
-classify = pipeline("text-classification", model="{Path(output_dir) / MERGED_DIR}")
-```
-"""
-        if manifest.get("merged")
-        else ""
-    )
+""" + _plain_transformers_usage(output_dir, manifest)
     kind = "multi-label" if manifest["multi_label"] else f"{len(manifest['labels'])}-class"
     write_model_card(
         output_dir,
@@ -105,3 +97,24 @@ classify = pipeline("text-classification", model="{Path(output_dir) / MERGED_DIR
     )
     if card_metrics:
         print_plan("evaluation", {k: round(v, 4) for k, v in card_metrics["eval"].items()})
+
+
+def _plain_transformers_usage(output_dir: str | Path, manifest: dict) -> str:
+    """The model card's paragraph on loading ``merged/`` with transformers alone ("" without a merged model)."""
+    if not manifest.get("merged"):
+        return ""
+    merged = Path(output_dir) / MERGED_DIR
+    if manifest.get("head_pooling") == "mean":
+        return f"""
+`{merged}` holds the trained weights, but its head was trained on the mean of the token states
+(`head_pooling: mean`), which `SequenceClassifier` applies and transformers' own `pipeline` does not (it would
+read the first token): load it with `SequenceClassifier.load("{output_dir}")`.
+"""
+    return f"""
+With plain transformers (merged model, label map in its config):
+
+```python
+from transformers import pipeline
+classify = pipeline("text-classification", model="{merged}")
+```
+"""

@@ -12,6 +12,9 @@ The head is found generically, so any backbone works (BERT ``classifier``; Disti
 Both go to PEFT ``modules_to_save``: trained in full precision and saved inside the adapter. (PEFT's own
 SEQ_CLS default only saves modules named ``classifier``/``score``; a head under another name would silently be
 re-initialized at every reload.)
+
+With ``head_pooling: mean`` the backbone is hooked (``eval.classifiers.head_pooling``) before PEFT wraps it, so the
+head reads the mean of the token states; a decoder is refused on the skeleton, before any weight is loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.modeling_utils import set_zero3_state
 
+from eval.classifiers.head_pooling import check_encoder, pool_mean_into_first_position
 from lorasmith.errors import ConfigError
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model, resolve_model_source
@@ -60,18 +64,21 @@ def classifier_load_kwargs(
     return kwargs
 
 
-def head_module_names(config, trust_remote_code: bool = False) -> list[str]:
-    """Names of the sequence-classification head modules of ``config``'s architecture (no weights are loaded)."""
-    try:  # a meta-device skeleton; set_zero3_state keeps ZeRO-3's zero.Init (which cannot init meta) out of it
+def classification_skeleton(config, trust_remote_code: bool = False) -> PreTrainedModel:
+    """``AutoModelForSequenceClassification`` of ``config`` on the meta device: its structure, no weights."""
+    try:  # set_zero3_state keeps ZeRO-3's zero.Init (which cannot init meta) out of it
         with torch.device("meta"), set_zero3_state():
-            skeleton = AutoModelForSequenceClassification.from_config(
-                config, trust_remote_code=trust_remote_code
-            )
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
     except ValueError as error:
         raise ConfigError(
             f"model type {config.model_type!r} has no sequence-classification head in transformers ({error}). "
             "Use an encoder (BERT, DistilBERT, RoBERTa, DeBERTa, MiniLM) or a decoder (Llama, Qwen, Mistral...)"
         ) from None
+
+
+def head_module_names(skeleton: PreTrainedModel) -> list[str]:
+    """Names of the head modules of a sequence-classification ``skeleton``: its children that hold parameters,
+    except the backbone."""
     backbone = skeleton.base_model_prefix
     return [
         name
@@ -92,13 +99,18 @@ def build_classifier(
     hf_problem_type: str,
     pad_token_id: int | None,
     gradient_checkpointing: bool = False,
+    head_pooling: str = "model",
 ) -> ClassifierModel:
-    """Load the backbone with a head for ``label_names`` and make it trainable as the recipe says (LoRA / full / QLoRA)."""
+    """Load the backbone with a head for ``label_names`` and make it trainable as the recipe says (LoRA / full / QLoRA);
+    ``head_pooling`` ``mean`` makes an encoder's head read the mean of the token states."""
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
     config = AutoConfig.from_pretrained(
         source.path, gguf_file=source.gguf_file, trust_remote_code=model_args.trust_remote_code
     )
-    head = head_module_names(config, model_args.trust_remote_code)
+    skeleton = classification_skeleton(config, model_args.trust_remote_code)
+    head = head_module_names(skeleton)
+    if head_pooling == "mean":
+        check_encoder(skeleton)
     load_kwargs = classifier_load_kwargs(config, label_names, hf_problem_type, pad_token_id)
     model, info = load_model(
         model_args,
@@ -112,6 +124,8 @@ def build_classifier(
         for name in newly_initialized_modules(model, info["missing_keys"])
         if name.split(".")[0] not in head
     ]
+    if head_pooling == "mean":
+        pool_mean_into_first_position(model)
     trained = list(dict.fromkeys([*head, *new, *(model_args.lora_modules_to_save or [])]))
     tuned_args = dataclasses.replace(
         model_args, lora_modules_to_save=list(trained)
