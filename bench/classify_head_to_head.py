@@ -13,8 +13,8 @@ Approaches (b, c, d train with the real entrypoints and the shipped recipes; onl
   scored by label likelihood.
 
 Datasets (``../shared/data``): SST-2, 2,000 training rows sampled with seed 0 -> the full dev set (872); IMDb
-train_1k -> validation_1k (reviews: max_length 256 with head_tail for every trained approach, except a recipe with
-``long_documents: chunks``, which reads whole reviews as its windows of 256). Training never sees the evaluation rows
+train_1k -> validation_1k (reviews: head_tail at max_length 256, or the recipe's own max_length when it is larger
+(the MiniLM recipe reads 512), except a recipe with ``long_documents: chunks``, which reads whole reviews as windows). Training never sees the evaluation rows
 (no evaluation during training, no best-checkpoint selection): they are the test set here.
 
 Metrics, identical for every cell (``eval.metrics.classification.classification_metrics`` on the predictions of the
@@ -136,8 +136,9 @@ def run_entrypoint(
     from train.common.modeling import count_parameters
 
     module, recipe = RECIPES[approach]
-    max_length, truncation = DATASETS[dataset][4], DATASETS[dataset][5]
     recipe_values = yaml.safe_load((REPO / recipe).read_text())
+    max_length = max(DATASETS[dataset][4], recipe_values.get("max_length", 0))  # a larger recipe budget is kept
+    truncation = DATASETS[dataset][5]
     chunks = recipe_values.get("long_documents") == "chunks"
     if chunks:
         truncation = "end"  # the recipe's windows read whole texts (head_tail cannot apply with chunks)
