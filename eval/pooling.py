@@ -20,6 +20,11 @@ def validate_pooling_mode(mode: str) -> str:
     return mode
 
 
+def is_causal(model: torch.nn.Module) -> bool:
+    """True for a decoder: one of its attention modules is causal (works on a meta-device skeleton too)."""
+    return any(getattr(module, "is_causal", False) is True for module in model.modules())
+
+
 def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) position of the first non-padding token of each row."""
     return attention_mask.to(torch.int32).argmax(dim=1)

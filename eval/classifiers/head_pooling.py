@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from eval.pooling import is_causal, pool
 from lorasmith.errors import ConfigError
 
 HEAD_POOLINGS = ("model", "mean")  # model: the architecture's own (first token for encoders, last for decoders)
-
-
-def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) states and (B, T) 0/1 mask -> (B, H) mean over the unmasked positions (0 for an empty row)."""
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def classification_backbone(model: torch.nn.Module) -> torch.nn.Module:
@@ -44,7 +39,7 @@ def classification_backbone(model: torch.nn.Module) -> torch.nn.Module:
 def check_encoder(model: torch.nn.Module) -> None:
     """Raise ConfigError when ``model`` is a decoder (one of its attention modules is causal); works on a
     meta-device skeleton, before any weight is loaded."""
-    if any(getattr(module, "is_causal", False) is True for module in model.modules()):
+    if is_causal(model):
         raise ConfigError(
             f"head_pooling: mean is for encoders, whose head reads the first token; {type(model).__name__} is a "
             "decoder, whose head reads the last token (which already sees the whole text). Remove head_pooling"
@@ -70,7 +65,7 @@ def pool_mean_into_first_position(model: torch.nn.Module) -> torch.utils.hooks.R
             raise ValueError(
                 f"head_pooling: mean needs a (batch, tokens) attention_mask; got shape {tuple(attention_mask.shape)}"
             )
-        mean = masked_mean(hidden, attention_mask.to(hidden.device))
+        mean = pool(hidden, attention_mask.to(hidden.device), "mean")  # eval.pooling: the one mean pooling
         hidden = torch.cat([mean.unsqueeze(1), hidden[:, 1:]], dim=1)
         pooler = getattr(module, "pooler", None)  # looked up now: PEFT may have wrapped it (modules_to_save)
         if isinstance(output, tuple):

@@ -3,7 +3,8 @@
 - ``adapter/``: LoRA adapter + the head (PEFT ``modules_to_save``) + tokenizer, written through
   ``Trainer.save_model`` so DeepSpeed consolidates weights first;
 - ``merged/``: the adapter merged into an unquantized base with the same head shape and label map — a plain
-  ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works);
+  ``AutoModelForSequenceClassification`` folder (``pipeline("text-classification", model=...)`` works, except
+  for a ``head_pooling: mean`` head, which only ``SequenceClassifier`` applies);
   fully fine-tuned runs save only this (gathered from the shards under ZeRO-3);
 - ``lorasmith.json`` (kind ``seq_classifier``: labels, text columns, multi-label, threshold, max length, and
   ``long_text``: truncation / chunks, and ``head_pooling``, which ``SequenceClassifier`` applies again at

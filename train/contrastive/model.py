@@ -21,7 +21,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
-from eval.pooling import pool, validate_pooling_mode
+from eval.pooling import is_causal, pool, validate_pooling_mode
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model
 from train.contrastive.packing import packed_attention_mask
@@ -43,7 +43,7 @@ class EmbeddingModel(nn.Module):
         self.pooling = validate_pooling_mode(pooling)
         self.normalize = normalize
         # decoder models attend to earlier tokens only; packed rows must keep that (packing.packed_attention_mask)
-        self.causal = any(getattr(module, "is_causal", False) is True for module in encoder.modules())
+        self.causal = is_causal(encoder)
         self.first_position = first_position(encoder)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
