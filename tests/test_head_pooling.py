@@ -136,3 +136,24 @@ def test_seq_classify_trains_a_mean_pooled_head_and_every_reload_applies_it(tiny
     with torch.no_grad():
         first_token = plain(**tokenizer(list(dataset["text"]), padding=True, return_tensors="pt")).logits
     assert not np.allclose(first_token.numpy(), trained, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_with_a_mean_head_reloads_from_merged(tiny_bert_dir, tmp_path):
+    from train.seq_classify import main
+
+    out = tmp_path / "full"
+    trainer = main([
+        "--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(out),
+        "--train_data", str(sample_path("labeled_sentiment.csv")),
+        "--eval_data", str(sample_path("labeled_sentiment_eval.csv")),
+        "--use_peft", "false", "--full_finetune", "true", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--report_to", "none",
+        "--disable_tqdm", "true", "--seed", "0", "--max_length", "64", "--head_pooling", "mean",
+    ])  # fmt: skip
+    manifest = json.loads((out / "lorasmith.json").read_text())
+    assert manifest["head_pooling"] == "mean" and manifest["adapter"] is None and manifest["merged"] == "merged"
+    dataset = load(sample_path("labeled_sentiment_eval.csv"), task="labeled", label_names=manifest["labels"])
+    trained = trainer.predict(trainer.eval_dataset).predictions
+    reloaded = SequenceClassifier.load(out).logits([{"text": text} for text in dataset["text"]])
+    np.testing.assert_allclose(reloaded, trained, atol=1e-5)
