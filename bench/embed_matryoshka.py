@@ -2,17 +2,20 @@
 and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model loses < 2 points vs its full width).
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
+        [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
 negatives, train queries minus its held-out share). Every truncated score is the first d dimensions re-normalised
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
-width, plus the loss of 64-d vs full. Exits 0 with a note when a data folder is absent.
+width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
+fine-tuning, Matryoshka weights). Exits 0 with a note when a data folder is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ DIMS = (384, 256, 128, 64)
 MATRYOSHKA = ["--matryoshka_dims", *map(str, DIMS)]
 
 
-def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
+def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool, flags: list[str]) -> list[list]:
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = out / f"stsb_{label}"
@@ -40,7 +43,7 @@ def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
             command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
                        "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
                        "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",
-                       "--disable_tqdm", "true", "--seed", "42", *extra]  # fmt: skip
+                       "--disable_tqdm", "true", "--seed", "42", *extra, *flags]  # fmt: skip
             subprocess.run(command, cwd=REPO, env=embed_scifact.ENV, check=True)
         scores = [
             evaluate_sts(
@@ -69,12 +72,12 @@ class TruncatedView:
         return truncate(self.cache[key], self.dim, self.normalize)
 
 
-def scifact_rows(data: Path, out: Path, epochs: float, reuse: bool) -> list[list]:
+def scifact_rows(data: Path, out: Path, epochs: float, reuse: bool, flags: list[str]) -> list[list]:
     files = embed_scifact.prepare(data, out / "scifact_data")
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = embed_scifact.train(
-            out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra, reuse=reuse
+            out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra, *flags, reuse=reuse
         )
         view = TruncatedView(Embedder.load(str(run), show_progress=False))
         scores = []
@@ -92,6 +95,7 @@ def main() -> int:
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--flags", default="", help="train.embed flags added to every run (one quoted string)")
     parser.add_argument("--only", choices=("stsb", "scifact"), help="run one of the two datasets")
     parser.add_argument(
         "--reuse", action="store_true", help="keep trained runs already finished in --output-dir"
@@ -105,7 +109,7 @@ def main() -> int:
         if not folder.is_dir():
             print(f"note: {folder} not found; {name} skipped")
             continue
-        rows += build(folder, args.output_dir, args.epochs, args.reuse)
+        rows += build(folder, args.output_dir, args.epochs, args.reuse, shlex.split(args.flags))
     if rows:
         print(format_table(["training / metric", *(f"{d}-d" for d in DIMS), "64-d minus 384-d"], rows))
     return 0
