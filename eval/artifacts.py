@@ -8,7 +8,9 @@ A lorasmith ``output_dir`` looks like::
       adapter/              PEFT adapter (adapter_config.json, adapter_model.safetensors) + tokenizer
       merged/               full model with the adapter merged + tokenizer; for embeddings also the
                             sentence-transformers files (modules.json, 1_Pooling/config.json,
-                            sentence_bert_config.json, 2_Normalize/ when normalized)
+                            sentence_bert_config.json, 2_Dense/ when rotated, then the Normalize module when
+                            normalized)
+      rotation.safetensors  embeddings of a ``pca_rotation`` run: the (D, D) rotation applied after pooling
       metrics.json          final evaluation metrics
       README.md             model card
       recipe.yaml           the recipe that produced the folder
@@ -23,7 +25,8 @@ Manifest (``lorasmith.json``) keys:
     adapter             "adapter" or null (path relative to the output folder)
     merged              "merged" or null (path relative to the output folder)
     embedding           kind "embedding": {"pooling", "normalize", "max_length", "query_prefix",
-                        "document_prefix"}
+                        "document_prefix", "matryoshka_dims", "rotation" (file name relative to the output
+                        folder, or null)}
     labels              classifiers: label names in id order
     text_columns        classifiers: input columns, in prompt / pair order
     multi_label         classifiers: bool
@@ -37,6 +40,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from eval.pooling import SENTENCE_TRANSFORMERS_MODES, validate_pooling_mode
 from lorasmith.errors import ConfigError
 from lorasmith.files import write_atomic
@@ -46,6 +52,7 @@ ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 METRICS_NAME = "metrics.json"
 MODEL_CARD_NAME = "README.md"
+ROTATION_NAME = "rotation.safetensors"
 RECIPE_NAME = "recipe.yaml"
 # what a manifest's ``kind`` may be (the classifier kinds are ``eval.classifiers.CLASSIFIER_TYPES``' keys)
 MODEL_KINDS = ("embedding", "seq_classifier", "prompt_classifier")
@@ -78,9 +85,13 @@ def write_sentence_transformers_files(
     max_length: int,
     hidden_size: int,
     prompts: dict[str, str] | None = None,
+    rotation: torch.Tensor | None = None,
 ) -> None:
     """Add the sentence-transformers module files to a saved HF model folder so that
-    ``SentenceTransformer(folder)`` rebuilds Transformer -> Pooling(pooling) [-> Normalize].
+    ``SentenceTransformer(folder)`` rebuilds Transformer -> Pooling(pooling) [-> Dense(rotation)] [-> Normalize].
+
+    ``rotation`` (``(D, D)``, embeddings ``pooled @ rotation``) becomes a ``Dense`` module without bias or
+    activation (its ``linear.weight`` is ``rotation.T``).
 
     ``prompts`` (e.g. ``{"query": "query: ", "document": "passage: "}``, the prefixes the model was trained
     with) go to ``config_sentence_transformers.json``: ``model.encode(texts, prompt_name="query")`` prepends them.
@@ -93,11 +104,17 @@ def write_sentence_transformers_files(
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
+    if rotation is not None:
+        dense = folder / "2_Dense"
+        modules.append({"idx": 2, "name": "2", "path": dense.name, "type": "sentence_transformers.models.Dense"})
+        dense.mkdir(parents=True, exist_ok=True)
+        _write_json(dense / "config.json", {**_DENSE_CONFIG, "in_features": hidden_size, "out_features": hidden_size})
+        save_file({"linear.weight": rotation.T.contiguous().float().cpu()}, str(dense / _DENSE_WEIGHTS))
     if normalize:
-        modules.append(
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-        )
-        (folder / "2_Normalize").mkdir(parents=True, exist_ok=True)
+        index = len(modules)
+        path, kind = f"{index}_Normalize", "sentence_transformers.models.Normalize"
+        modules.append({"idx": index, "name": str(index), "path": path, "type": kind})
+        (folder / path).mkdir(parents=True, exist_ok=True)
     st_mode = SENTENCE_TRANSFORMERS_MODES[pooling]
     pooling_config = {"word_embedding_dimension": hidden_size}
     pooling_config.update({key: mode == st_mode for key, mode in _LEGACY_POOLING_KEYS.items()})
@@ -112,8 +129,10 @@ def write_sentence_transformers_files(
 
 
 def read_sentence_transformers_config(folder: str | Path) -> dict | None:
-    """``{"pooling", "normalize", "max_length", "transformer_path"}`` of a sentence-transformers folder
-    (None when ``folder`` has no modules.json). Pooling modes lorasmith cannot reproduce raise ValueError."""
+    """``{"pooling", "normalize", "max_length", "transformer_path", "rotation"}`` of a sentence-transformers folder
+    (None when ``folder`` has no modules.json). ``rotation``: the ``(D, D)`` map of a square ``Dense`` module
+    without bias or activation after pooling (``pooled @ rotation``), else None. What lorasmith cannot reproduce
+    (other pooling modes, other Dense modules, any other module) raises ValueError."""
     folder = Path(folder)
     if not (folder / "modules.json").is_file():
         return None
@@ -121,6 +140,9 @@ def read_sentence_transformers_config(folder: str | Path) -> dict | None:
     by_kind = {module["type"].rsplit(".", 1)[-1]: module for module in modules}
     if "Transformer" not in by_kind:
         raise ValueError(f"{folder}/modules.json has no Transformer module")
+    unknown = sorted(set(by_kind) - {"Transformer", "Pooling", "Dense", "Normalize"})
+    if unknown:
+        raise ValueError(f"{folder}/modules.json lists modules lorasmith cannot reproduce: {unknown}")
     transformer_path = folder / by_kind["Transformer"].get("path", "")
     pooling = "cls"  # sentence-transformers without a Pooling module: the first token (CLS)
     if "Pooling" in by_kind:
@@ -139,7 +161,47 @@ def read_sentence_transformers_config(folder: str | Path) -> dict | None:
         "normalize": "Normalize" in by_kind,
         "max_length": max_length,
         "transformer_path": str(transformer_path),
+        "rotation": _read_dense(folder / by_kind["Dense"]["path"]) if "Dense" in by_kind else None,
     }
+
+
+def write_rotation(folder: str | Path, rotation: torch.Tensor) -> Path:
+    """``folder/rotation.safetensors`` (key ``rotation``, ``(D, D)`` fp32) of a ``pca_rotation`` run."""
+    path = Path(folder) / ROTATION_NAME
+    save_file({"rotation": rotation.contiguous().float().cpu()}, str(path))
+    return path
+
+
+def read_rotation(path: str | Path) -> torch.Tensor:
+    """The ``(D, D)`` rotation that :func:`write_rotation` wrote (ConfigError when the file is missing)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} is missing: lorasmith.json says the embeddings are rotated by it")
+    return load_file(str(path))["rotation"]
+
+
+_DENSE_CONFIG = {"bias": False, "activation_function": "torch.nn.modules.linear.Identity"}
+_DENSE_WEIGHTS = "model.safetensors"
+
+
+def _read_dense(folder: Path) -> torch.Tensor:
+    """``(D, D)`` map of a sentence-transformers Dense folder that is linear and square (no bias, identity
+    activation); ValueError for any other Dense module."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    linear = config.get("activation_function", "torch.nn.modules.activation.Tanh") == _DENSE_CONFIG[
+        "activation_function"
+    ] and not config.get("bias", True)
+    if not linear or config.get("in_features") != config.get("out_features"):
+        raise ValueError(
+            f"{folder}: only a square Dense module without bias or activation can be reproduced by lorasmith; "
+            f"got {config}"
+        )
+    weights = folder / _DENSE_WEIGHTS
+    if weights.is_file():
+        weight = load_file(str(weights))["linear.weight"]
+    else:
+        weight = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        weight = weight["linear.weight"]
+    return weight.T.float()
 
 
 _LEGACY_POOLING_KEYS = {

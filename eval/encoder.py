@@ -6,9 +6,10 @@
    pooling, normalized).
 2. a lorasmith output folder (has ``lorasmith.json``, kind ``embedding``): ``merged/`` when present, else
    ``base_model`` (+ ``gguf_file``) with the PEFT adapter from ``adapter/``; pooling, normalisation,
-   max length and query/document prefixes from the manifest.
+   max length, query/document prefixes and the rotation of a ``pca_rotation`` run from the manifest.
 3. a sentence-transformers folder (has ``modules.json``): pooling from ``1_Pooling/config.json``,
-   normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``.
+   normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``, a square
+   linear ``Dense`` module as ``rotation`` (any other module is refused: it could not be reproduced).
 4. any other HF model folder or hub id: mean pooling, normalized, max length the tokenizer's stated limit
    (``data_utils.tokenizer_inputs.model_max_length``; 512 when it states none).
 
@@ -30,7 +31,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from data_utils.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length
-from eval.artifacts import MERGED_DIR, read_manifest, read_sentence_transformers_config
+from eval.artifacts import MERGED_DIR, read_manifest, read_rotation, read_sentence_transformers_config
 from eval.distributed import split_and_gather
 from eval.pooling import pool, validate_pooling_mode
 from lorasmith.embedded_models import embedded_model_files
@@ -53,7 +54,9 @@ class Embedder:
 
     Attributes: ``model`` (HF model returning ``last_hidden_state``), ``tokenizer``, ``pooling`` (one of
     ``eval.pooling.POOLING_MODES``), ``normalize``, ``max_length``, ``query_prefix``, ``document_prefix``,
-    ``truncate_dim`` (None = the model's full width).
+    ``truncate_dim`` (None = the model's full width), ``rotation`` (``(D, D)`` fp32 or None: pooled vectors are
+    multiplied by it before normalisation and truncation; a ``pca_rotation`` run's, or a sentence-transformers
+    ``Dense`` module without bias or activation).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class Embedder:
         document_prefix: str = "",
         show_progress: bool = True,
         truncate_dim: int | None = None,
+        rotation: torch.Tensor | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -83,6 +87,9 @@ class Embedder:
                 f"truncate_dim must be between 1 and the model's embedding width {width}; got {truncate_dim}"
             )
         self.truncate_dim = truncate_dim
+        if rotation is not None and tuple(rotation.shape) != (width, width):
+            raise ConfigError(f"rotation must be ({width}, {width}) for this model; got {tuple(rotation.shape)}")
+        self.rotation = None if rotation is None else rotation.detach().float().cpu()
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS; pooling reads the attention mask
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -93,7 +100,7 @@ class Embedder:
         cls, model, tokenizer, pooling: str, normalize: bool, max_length: int, **options
     ) -> Embedder:
         """Wrap an in-memory model (left on its device and dtype; its train/eval mode is restored after
-        each ``encode``). ``options``: query_prefix, document_prefix, show_progress, truncate_dim."""
+        each ``encode``). ``options``: query_prefix, document_prefix, show_progress, truncate_dim, rotation."""
         return cls(model, tokenizer, pooling=pooling, normalize=normalize, max_length=max_length, **options)
 
     @classmethod
@@ -129,6 +136,7 @@ class Embedder:
             document_prefix=settings.get("document_prefix") or "",
             show_progress=show_progress,
             truncate_dim=truncate_dim,
+            rotation=settings.get("rotation"),
         )
 
     # ---- encoding ----
@@ -156,6 +164,8 @@ class Embedder:
         attention_mask = batch["attention_mask"].to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         embeddings = pool(hidden, attention_mask, self.pooling).float()
+        if self.rotation is not None:
+            embeddings = embeddings @ self.rotation.to(embeddings.device)
         if self.normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return truncate(embeddings, self.truncate_dim, self.normalize).cpu()
@@ -210,7 +220,7 @@ def _resolve_settings(model: str) -> dict:
     """Where the weights are and how to pool, from what ``model`` names (see module docstring).
 
     Returns keys: path, adapter (or None), gguf_file (or None), pooling, normalize, max_length,
-    query_prefix, document_prefix (None = not stated by the source).
+    query_prefix, document_prefix (None = not stated by the source), rotation (absent or None: none).
     """
     settings = {"path": model, "adapter": None, "gguf_file": None}
     embedded = embedded_model_files(model)
@@ -246,6 +256,8 @@ def _settings_from_manifest(folder: Path, manifest: dict) -> dict:
         key: embedding.get(key)
         for key in ("pooling", "normalize", "max_length", "query_prefix", "document_prefix")
     }
+    if embedding.get("rotation"):
+        settings["rotation"] = read_rotation(folder / embedding["rotation"])
     if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
         settings.update(path=str(folder / manifest["merged"]), adapter=None, gguf_file=None)
     elif manifest.get("adapter") and (folder / manifest["adapter"]).is_dir():

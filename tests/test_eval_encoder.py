@@ -137,6 +137,7 @@ def test_legacy_and_new_sentence_transformers_pooling_configs(tmp_path):
         "normalize": False,
         "max_length": None,
         "transformer_path": str(tmp_path / ""),
+        "rotation": None,
     }
     (tmp_path / "1_Pooling" / "config.json").write_text(
         json.dumps({"pooling_mode_mean_sqrt_len_tokens": True})

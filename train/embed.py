@@ -41,6 +41,7 @@ from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import build_embedding_model
 from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.packing import resolve_packing
+from train.contrastive.rotation import fit_rotation
 from train.contrastive.sampling import (
     DatasetMix,
     MixCollator,
@@ -210,6 +211,8 @@ def main(argv=None):
     if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
         return trainer
     metrics["train"] = result.metrics
+    if config.pca_rotation:  # after training (and the best-model reload), before the final evaluation
+        fit_rotation(trainer, train_ds, task, config.pca_rotation_samples, config.seed)
     if eval_ds is not None:
         metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
 
@@ -256,7 +259,8 @@ def _plan(
         "objective": ", ".join(f"{name} x{weight:g}" for name, weight in objective.weights.items()) + widths,
         "negatives per anchor": negatives,
         "encoding": encoding_mode(config, packing),
-        "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}",
+        "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
+        + (f", PCA rotation after training (fit on {config.pca_rotation_samples} rows)" if config.pca_rotation else ""),
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,
     }
@@ -278,7 +282,13 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
     all_metrics = outputs.write_metrics(output_dir, metrics)
     write_embedding_manifest(trainer, model_args, saved)
     write_embedding_card(
-        output_dir, model_args, task, recipe, _headline(all_metrics), trainer.args.matryoshka_dims
+        output_dir,
+        model_args,
+        task,
+        recipe,
+        _headline(all_metrics),
+        trainer.args.matryoshka_dims,
+        rotated=trainer.args.pca_rotation,
     )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)

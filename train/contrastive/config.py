@@ -158,6 +158,17 @@ class EmbedConfig(TrainingArguments):
         default=None,
         metadata={"help": "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1."},
     )
+    pca_rotation: bool = field(
+        default=False,
+        metadata={
+            "help": "Once training has ended, rotate the embedding space onto the principal axes of the training "
+            "texts' embeddings (an orthogonal map: full-width cosines unchanged; the first dimensions carry the most "
+            "variance, so truncated embeddings keep more). Saved with the model; see train/contrastive/rotation.py."
+        },
+    )
+    pca_rotation_samples: int = field(
+        default=20000, metadata={"help": "Training rows whose texts the pca_rotation is fitted on (seeded sample)."}
+    )
     dataset_sampling: str = field(
         default="proportional",
         metadata={
@@ -225,6 +236,8 @@ class EmbedConfig(TrainingArguments):
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
         matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
+        if self.pca_rotation_samples < 2:
+            raise ConfigError(f"pca_rotation_samples must be >= 2; got {self.pca_rotation_samples}")
         if self.dataset_sampling not in SAMPLING:
             raise ConfigError(f"dataset_sampling must be one of {', '.join(SAMPLING)}; got {self.dataset_sampling!r}")
 

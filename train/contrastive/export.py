@@ -5,7 +5,8 @@
 - ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
   gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
   ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
-- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths),
+- ``rotation.safetensors`` (``pca_rotation`` runs; also a ``Dense`` module of ``merged/``),
+- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths, rotation),
   ``README.md`` model card (with ``truncate_dim`` usage when the run trained Matryoshka widths).
 ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoModel
 
-from eval.artifacts import write_manifest, write_sentence_transformers_files
+from eval.artifacts import ROTATION_NAME, write_manifest, write_rotation, write_sentence_transformers_files
 from train.common.args import ModelArguments
 from train.common.export import MERGED_DIR, export_trained_model
 from train.common.outputs import write_model_card
@@ -45,8 +46,11 @@ def export_embedding_model(
                 for name, prefix in (("query", settings["query_prefix"]), ("document", settings["document_prefix"]))
                 if prefix
             },
+            rotation=model.rotation,
         )
 
+    if model.rotation is not None and trainer.accelerator.is_main_process:
+        write_rotation(trainer.args.output_dir, model.rotation)
     return export_trained_model(
         trainer,
         model_args,
@@ -60,8 +64,9 @@ def export_embedding_model(
 
 def embedding_settings(trainer) -> dict:
     """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
-    max length, the prefixes actually used (symmetric tasks use none) and the Matryoshka widths trained
-    (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``)."""
+    max length, the prefixes actually used (symmetric tasks use none), the Matryoshka widths trained
+    (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``) and the rotation file
+    (``rotation``, None without ``pca_rotation``)."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     collator = trainer.data_collator
     return {
@@ -71,6 +76,7 @@ def embedding_settings(trainer) -> dict:
         "query_prefix": collator.query_prefix,
         "document_prefix": collator.document_prefix,
         "matryoshka_dims": trainer.args.matryoshka_dims,
+        "rotation": ROTATION_NAME if model.rotation is not None else None,
     }
 
 
@@ -87,9 +93,11 @@ def write_embedding_card(
     recipe: dict,
     metrics: dict,
     matryoshka_dims: list[int] | None = None,
+    *,
+    rotated: bool = False,
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
-    width when ``matryoshka_dims``), metrics, recipe."""
+    width when ``matryoshka_dims``; the rotation explained when ``rotated``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -105,6 +113,13 @@ or `python -m eval.sts --model {output_dir} --data FILE`."""
 Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
 `SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
 `normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
+    if rotated:
+        usage += """
+
+The embeddings are rotated onto the principal axes of the training texts' embeddings (`pca_rotation`: an
+orthogonal map, so full-width cosines are unchanged and the first dimensions carry the most variance); the
+rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load.
+Truncate with `truncate_dim` as above."""
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",

@@ -35,6 +35,9 @@ class EmbeddingModel(nn.Module):
             ``PeftModel`` around one.
         pooling: one of ``eval.pooling.POOLING_MODES``.
         normalize: L2-normalise the pooled vectors (rows of the outputs have norm 1).
+
+    ``rotation`` (``(D, D)`` or None): an orthogonal map applied to the pooled vectors before normalisation
+    (``rotation.py``, installed by :meth:`set_rotation` once training has ended; None while training).
     """
 
     def __init__(self, encoder: PreTrainedModel | PeftModel, pooling: str, normalize: bool):
@@ -45,6 +48,7 @@ class EmbeddingModel(nn.Module):
         # decoder models attend to earlier tokens only; packed rows must keep that (packing.packed_attention_mask)
         self.causal = is_causal(encoder)
         self.first_position = first_position(encoder)
+        self.register_buffer("rotation", None, persistent=False)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(N, T)`` token ids and mask -> ``(N, D)`` pooled (and normalised) embeddings, differentiable."""
@@ -66,8 +70,14 @@ class EmbeddingModel(nn.Module):
         return self.finish(pool(per_text, chunk["attention_mask"], self.pooling))
 
     def finish(self, embeddings: Tensor) -> Tensor:
-        """``(N, D)`` pooled -> L2-normalised when ``normalize``."""
+        """``(N, D)`` pooled -> rotated (when a rotation is set) -> L2-normalised when ``normalize``."""
+        if self.rotation is not None:
+            embeddings = embeddings @ self.rotation.to(embeddings.dtype)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
+
+    def set_rotation(self, rotation: Tensor) -> None:
+        """Install a ``(D, D)`` rotation (``rotation.py``) on the encoder's device."""
+        self.rotation = rotation.to(next(self.encoder.parameters()).device)
 
     def forward(self, chunks: list[dict[str, Tensor]]) -> Tensor:
         """Chunks of tokenized texts -> ``(sum n_c, D)`` embeddings in chunk order, one encoder call per chunk:

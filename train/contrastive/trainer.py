@@ -269,6 +269,7 @@ class ContrastiveTrainer(Trainer):
             query_prefix=self.data_collator.query_prefix,
             document_prefix=self.data_collator.document_prefix,
             show_progress=False,
+            rotation=model.rotation,
         )
 
     def evaluate(

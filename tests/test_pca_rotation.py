@@ -1,0 +1,152 @@
+"""PCA rotation (``pca_rotation: true``): the fitted matrix is orthogonal and ordered by variance, it is fitted on
+the training texts in their roles and prefixes, a finished run keeps every full-width cosine and metric while its
+truncated embeddings are the first principal components, and every way of loading the run (lorasmith manifest with
+merged/ or adapter only, the merged/ folder, sentence-transformers) applies the same rotation. Folders with modules
+lorasmith cannot reproduce are refused instead of silently embedding differently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from test_embed_train import FAST, data_files, sentences
+
+from eval.encoder import Embedder
+from eval.sts import load_sts_data
+from lorasmith.errors import ConfigError
+from lorasmith.process import run_main
+from train.contrastive.evaluation import embedding_metrics
+from train.contrastive.rotation import pca_rotation, rotation_texts
+from train.contrastive.sampling import DatasetMix
+from train.contrastive.tasks import embed_task
+from train.embed import main
+
+
+def anisotropic(rows: int = 2000, width: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, axes): rows spread with standard deviations 32, 16, ..., 1 along the columns of a random
+    orthogonal ``axes``, around a non-zero mean."""
+    generator = torch.Generator().manual_seed(0)
+    axes, _ = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+    spread = torch.randn(rows, width, generator=generator, dtype=torch.float64) * 2.0 ** torch.arange(width - 1, -1, -1)
+    return spread @ axes.T + 3.0, axes
+
+
+def test_rotation_is_orthogonal_ordered_by_variance_and_signed_deterministically():
+    embeddings, axes = anisotropic()
+    rotation = pca_rotation(embeddings)
+    assert rotation.dtype == torch.float32 and rotation.shape == (6, 6)
+    assert torch.allclose(rotation.T @ rotation, torch.eye(6), atol=1e-5)
+    # the columns are the true axes up to sign (a sample of rows: close, not exact)
+    assert (rotation.double().T @ axes).abs().diagonal().min() > 0.98
+    variances = (embeddings.float() @ rotation).var(dim=0)
+    assert torch.all(variances[:-1] > variances[1:])
+    largest = rotation.gather(0, rotation.abs().argmax(dim=0, keepdim=True))
+    assert torch.all(largest > 0)
+    assert torch.allclose(pca_rotation(embeddings.flip(0)), rotation, atol=1e-6)  # same rows, same matrix
+    with pytest.raises(ValueError, match="N >= 2"):
+        pca_rotation(embeddings[:1])
+
+
+def test_rotation_texts_take_each_role_with_its_training_prefix():
+    pairs = Dataset.from_list([{"anchor": f"question {i}", "positive": f"answer {i}"} for i in range(10)])
+    texts = rotation_texts(pairs, embed_task("pairs"), "query: ", "passage: ", limit=4, seed=0)
+    assert len(texts) == 8
+    asked = sorted(text.removeprefix("query: ").split()[1] for text in texts if text.startswith("query: "))
+    answered = sorted(text.removeprefix("passage: ").split()[1] for text in texts if text.startswith("passage: "))
+    assert asked == answered and len(asked) == 4  # both texts of the same 4 sampled rows
+    assert rotation_texts(pairs, embed_task("pairs"), "query: ", "passage: ", limit=4, seed=0) == texts
+
+    scored = Dataset.from_list([{"sentence1": "a b", "sentence2": "c d", "score": 0.5}] * 3)
+    assert rotation_texts(scored, embed_task("scored_pairs"), "q: ", "d: ", limit=10, seed=0) == ["a b", "c d"]
+
+    tags = Dataset.from_list([{"text": f"title {i}", "tags": ["x", "y"]} for i in range(30)])
+    mix = DatasetMix(["pairs", "tags"], [pairs, tags], [embed_task("pairs"), embed_task("tags")])
+    mixed = rotation_texts(mix, embed_task("pairs"), "", "", limit=8, seed=1)
+    assert sum(text.startswith("question") for text in mixed) == 2  # 10 of 40 rows -> 2 of 8
+    assert sum(text.startswith("title") for text in mixed) == 6 and {"x", "y"} <= set(mixed)
+
+
+@pytest.mark.parametrize("export_merged", ["true", "false"])
+def test_rotated_run_keeps_full_width_cosines_and_every_loader_applies_the_rotation(
+    tiny_bert_dir, tmp_path, export_merged
+):
+    data = data_files(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
+            "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
+            "--matryoshka_dims", "32", "8", "--pca_rotation", "true", "--export_merged", export_merged]  # fmt: skip
+    assert run_main(main, argv) == 0
+    manifest = json.loads((out / "lorasmith.json").read_text())
+    assert manifest["embedding"]["rotation"] == "rotation.safetensors"
+    assert "pca_rotation" in (out / "README.md").read_text()
+
+    rotated = Embedder.load(out, device="cpu", show_progress=False)
+    rotation = rotated.rotation
+    assert rotation is not None and torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
+    plain = Embedder.load(out, device="cpu", show_progress=False)
+    plain.rotation = None  # the same trained model without the rotation
+    texts = sentences(7, offset=3)
+    ours, unrotated = rotated.encode(texts), plain.encode(texts)
+    assert torch.allclose(ours, unrotated @ rotation, atol=1e-5)
+    assert torch.allclose(ours @ ours.T, unrotated @ unrotated.T, atol=1e-5)  # full-width cosines unchanged
+
+    # fitted after training on the training texts: the leading axes are those of the final model's embeddings
+    train = load_sts_data(data["scored_pairs"])
+    fitted_on = list(dict.fromkeys([*train["sentence1"], *train["sentence2"]]))
+    reference = pca_rotation(plain.encode(fitted_on))
+    assert (reference[:, :3] - rotation[:, :3]).abs().max() < 1e-3
+
+    # the final metrics are those of the rotated model: same full width, first components at width 8
+    metrics = json.loads((out / "metrics.json").read_text())["after"]
+    assert metrics["spearman"] == pytest.approx(
+        embedding_metrics(plain, "scored_pairs", train)["spearman"], abs=1e-3
+    )
+    truncated = Embedder.load(out, device="cpu", show_progress=False, truncate_dim=8)
+    assert torch.allclose(truncated.encode(texts), F.normalize((unrotated @ rotation)[:, :8], dim=-1), atol=1e-5)
+    assert metrics["spearman@8"] == pytest.approx(
+        embedding_metrics(truncated, "scored_pairs", train)["spearman"], abs=1e-3
+    )
+
+    if export_merged == "true":
+        from sentence_transformers import SentenceTransformer
+
+        assert json.loads((out / "merged" / "modules.json").read_text())[2]["type"].endswith("Dense")
+        folder = Embedder.load(out / "merged", device="cpu", show_progress=False, truncate_dim=8)
+        assert torch.allclose(folder.encode(texts), truncated.encode(texts), atol=1e-5)
+        st = SentenceTransformer(str(out / "merged"), device="cpu", truncate_dim=8)
+        theirs = torch.from_numpy(st.encode(texts, normalize_embeddings=True))
+        assert (theirs - truncated.encode(texts)).abs().max() < 1e-4
+    else:
+        assert not (out / "merged").exists()
+
+
+def test_modules_lorasmith_cannot_reproduce_are_refused(tiny_bert_dir, tmp_path):
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (folder / "2_Dense").mkdir()
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 16}))
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConfigError, match="only a square Dense module without bias or activation"):
+        Embedder.load(folder, device="cpu", show_progress=False)
+    modules[2] = {"idx": 2, "name": "2", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConfigError, match="cannot reproduce: \\['LayerNorm'\\]"):
+        Embedder.load(folder, device="cpu", show_progress=False)
+
+
+def test_bad_sample_count_fails_before_any_model_is_loaded(tmp_path, capsys):
+    argv = ["--model_name_or_path", "missing-model", "--task", "pairs", "--train_data", "x.jsonl",
+            "--pca_rotation", "true", "--pca_rotation_samples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
+    assert run_main(main, argv) == 2
+    assert "pca_rotation_samples must be >= 2" in capsys.readouterr().err
