@@ -1,5 +1,6 @@
 """train.embed on 2 processes x batch B logs the same per-step losses as 1 process x batch 2B (dropout 0, same
-seed and data order): the negatives are gathered across processes with the big batch's gradient."""
+seed and data order): the negatives are gathered across processes with the big batch's gradient. The PCA rotation
+fitted after training (texts embedded on both processes, gathered) is the one process's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from multiproc import run_multiprocess
+from safetensors.torch import load_file
 from test_embed_train import sentences, write_jsonl
 
 from lorasmith.process import run_main
@@ -53,6 +55,7 @@ def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
         "--max_steps", str(STEPS), "--logging_steps", "1", "--learning_rate", "1e-2", "--warmup_steps", "0",
         "--save_strategy", "steps", "--save_steps", str(STEPS), "--eval_strategy", "no",
         "--load_best_model_at_end", "false", "--export_merged", "false", "--report_to", "none", "--seed", "7",
+        "--pca_rotation", "true",
     ]  # fmt: skip
     assert (
         run_main(main, [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"])
@@ -81,6 +84,8 @@ def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
             ):
                 assert step_two[key] == pytest.approx(step_one[key], abs=1e-4), key
     assert len({round(step["loss"], 4) for step in one}) > 1  # the model trains: the losses move
+    rotations = [load_file(str(tmp_path / run / "rotation.safetensors"))["rotation"] for run in ("one", "two")]
+    assert (rotations[0][:, :3] - rotations[1][:, :3]).abs().max() < 1e-3  # leading axes: distinct eigenvalues
 
 
 @pytest.mark.slow
