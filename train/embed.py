@@ -260,7 +260,11 @@ def _plan(
         "negatives per anchor": negatives,
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
-        + (f", PCA rotation after training (fit on {config.pca_rotation_samples} rows)" if config.pca_rotation else ""),
+        + (
+            f", PCA rotation after training (fit on {min(config.pca_rotation_samples, len(train_ds))} rows' texts)"
+            if config.pca_rotation
+            else ""
+        ),
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,
     }

@@ -49,8 +49,6 @@ def export_embedding_model(
             rotation=model.rotation,
         )
 
-    if model.rotation is not None and trainer.accelerator.is_main_process:
-        write_rotation(trainer.args.output_dir, model.rotation)
     return export_trained_model(
         trainer,
         model_args,
@@ -81,7 +79,11 @@ def embedding_settings(trainer) -> dict:
 
 
 def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
-    """``lorasmith.json`` of kind ``embedding`` (how ``eval.encoder.Embedder.load`` rebuilds the model)."""
+    """``lorasmith.json`` of kind ``embedding`` (how ``eval.encoder.Embedder.load`` rebuilds the model), after the
+    ``rotation.safetensors`` it names (``pca_rotation`` runs). Main process only."""
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    if model.rotation is not None:
+        write_rotation(trainer.args.output_dir, model.rotation)
     manifest = {**manifest_fields("embedding", model_args, saved), "embedding": embedding_settings(trainer)}
     return write_manifest(trainer.args.output_dir, manifest)
 
@@ -119,7 +121,8 @@ Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first
 The embeddings are rotated onto the principal axes of the training texts' embeddings (`pca_rotation`: an
 orthogonal map, so full-width cosines are unchanged and the first dimensions carry the most variance); the
 rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load.
-Truncate with `truncate_dim` as above."""
+Truncated embeddings (`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal
+components."""
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",
