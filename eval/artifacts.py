@@ -187,10 +187,9 @@ def _read_dense(folder: Path) -> torch.Tensor:
     """``(D, D)`` map of a sentence-transformers Dense folder that is linear and square (no bias, identity
     activation); ValueError for any other Dense module."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    linear = config.get("activation_function", "torch.nn.modules.activation.Tanh") == _DENSE_CONFIG[
-        "activation_function"
-    ] and not config.get("bias", True)
-    if not linear or config.get("in_features") != config.get("out_features"):
+    activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")  # Dense's defaults
+    square = config.get("in_features") == config.get("out_features")
+    if config.get("bias", True) or activation != _DENSE_CONFIG["activation_function"] or not square:
         raise ValueError(
             f"{folder}: only a square Dense module without bias or activation can be reproduced by lorasmith; "
             f"got {config}"

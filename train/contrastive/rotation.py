@@ -43,8 +43,8 @@ def rotation_texts(
     train_ds, task: EmbedTask, query_prefix: str, document_prefix: str, limit: int, seed: int
 ) -> list[str]:
     """Distinct training texts to fit the rotation on, prefixed as the collator prefixes them: the roles
-    (``EmbedTask.roles``) of a seeded sample of ``limit`` rows in all (of a ``DatasetMix``, each dataset's share
-    proportional to its size, read with its own task)."""
+    (``EmbedTask.roles``) of a seeded sample of about ``limit`` rows in all (of a ``DatasetMix``, each dataset's
+    share proportional to its size, rounded up, read with its own task)."""
     parts = (
         list(zip(train_ds.datasets, train_ds.tasks, strict=True))
         if isinstance(train_ds, DatasetMix)
