@@ -19,9 +19,10 @@ from eval.encoder import Embedder
 from eval.sts import load_sts_data
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from train.contrastive.collator import ContrastiveCollator
 from train.contrastive.evaluation import embedding_metrics
 from train.contrastive.rotation import pca_rotation, rotation_texts
-from train.contrastive.sampling import DatasetMix
+from train.contrastive.sampling import DatasetMix, MixCollator
 from train.contrastive.tasks import embed_task
 from train.embed import main
 
@@ -53,19 +54,22 @@ def test_rotation_is_orthogonal_ordered_by_variance_and_signed_deterministically
 
 def test_rotation_texts_take_each_role_with_its_training_prefix():
     pairs = Dataset.from_list([{"anchor": f"question {i}", "positive": f"answer {i}"} for i in range(10)])
-    texts = rotation_texts(pairs, embed_task("pairs"), "query: ", "passage: ", limit=4, seed=0)
+    pair_collator = ContrastiveCollator(None, embed_task("pairs"), 32, "query: ", "passage: ")
+    texts = rotation_texts(pairs, pair_collator, limit=4, seed=0)
     assert len(texts) == 8
     asked = sorted(text.removeprefix("query: ").split()[1] for text in texts if text.startswith("query: "))
     answered = sorted(text.removeprefix("passage: ").split()[1] for text in texts if text.startswith("passage: "))
     assert asked == answered and len(asked) == 4  # both texts of the same 4 sampled rows
-    assert rotation_texts(pairs, embed_task("pairs"), "query: ", "passage: ", limit=4, seed=0) == texts
+    assert rotation_texts(pairs, pair_collator, limit=4, seed=0) == texts
 
     scored = Dataset.from_list([{"sentence1": "a b", "sentence2": "c d", "score": 0.5}] * 3)
-    assert rotation_texts(scored, embed_task("scored_pairs"), "q: ", "d: ", limit=10, seed=0) == ["a b", "c d"]
+    scored_collator = ContrastiveCollator(None, embed_task("scored_pairs"), 32, "q: ", "d: ")
+    assert rotation_texts(scored, scored_collator, limit=10, seed=0) == ["a b", "c d"]
 
     tags = Dataset.from_list([{"text": f"title {i}", "tags": ["x", "y"]} for i in range(30)])
     mix = DatasetMix(["pairs", "tags"], [pairs, tags], [embed_task("pairs"), embed_task("tags")])
-    mixed = rotation_texts(mix, embed_task("pairs"), "", "", limit=8, seed=1)
+    collators = [ContrastiveCollator(None, embed_task(name), 32) for name in ("pairs", "tags")]
+    mixed = rotation_texts(mix, MixCollator(collators, collators[0]), limit=8, seed=1)
     assert sum(text.startswith("question") for text in mixed) == 2  # 10 of 40 rows -> 2 of 8
     assert sum(text.startswith("title") for text in mixed) == 6 and {"x", "y"} <= set(mixed)
 

@@ -212,7 +212,7 @@ def main(argv=None):
         return trainer
     metrics["train"] = result.metrics
     if config.pca_rotation:  # after training (and the best-model reload), before the final evaluation
-        fit_rotation(trainer, train_ds, task, config.pca_rotation_samples, config.seed)
+        fit_rotation(trainer, train_ds, config.pca_rotation_samples, config.seed)
     if eval_ds is not None:
         metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
 

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from train.contrastive.batch import PAD_ID, text_ids
 from train.contrastive.packing import cheapest_cut, pack_chunk, pack_steps
-from train.contrastive.tasks import EmbedTask
+from train.contrastive.tasks import EmbedTask, Roles
 
 # Cost of one more encoder forward (+ its backward) in padded token slots: the fixed per-call work. Measured by
 # bench/chunk_cost.py on the packaged MiniLM + LoRA r=16, 2 CPU cores: 20 ms per forward / 0.35 ms per slot = 57.
@@ -151,10 +151,16 @@ class ContrastiveCollator:
         if self.packing and not self.mini_batch_size:
             raise ValueError("packing needs mini_batch_size > 0 (the length-sorted rows it packs)")
 
+    def texts(self, roles: Roles) -> list[str]:
+        """The texts of a batch's ``roles`` as the encoder sees them: anchors with ``query_prefix``, then
+        candidates with ``document_prefix`` (none for symmetric tasks)."""
+        return [self.query_prefix + text for text in roles.anchors] + [
+            self.document_prefix + text for text in roles.candidates
+        ]
+
     def __call__(self, rows: Sequence[dict]) -> dict:
         roles = self.task.roles(rows)
-        texts = [self.query_prefix + text for text in roles.anchors]
-        texts += [self.document_prefix + text for text in roles.candidates]
+        texts = self.texts(roles)
         token_ids = self.tokenizer(
             texts, truncation=True, max_length=self.max_length, add_special_tokens=True
         )["input_ids"]

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from train.contrastive.sampling import DatasetMix
-from train.contrastive.tasks import EmbedTask
 
 
 def pca_rotation(embeddings: Tensor) -> Tensor:
@@ -39,35 +38,30 @@ def pca_rotation(embeddings: Tensor) -> Tensor:
     return (axes * torch.where(largest < 0, -1.0, 1.0)).float()
 
 
-def rotation_texts(
-    train_ds, task: EmbedTask, query_prefix: str, document_prefix: str, limit: int, seed: int
-) -> list[str]:
-    """Distinct training texts to fit the rotation on, prefixed as the collator prefixes them: the roles
-    (``EmbedTask.roles``) of a seeded sample of about ``limit`` rows in all (of a ``DatasetMix``, each dataset's
-    share proportional to its size, rounded up, read with its own task)."""
+def rotation_texts(train_ds, collator, limit: int, seed: int) -> list[str]:
+    """Distinct training texts to fit the rotation on, as ``collator`` (the run's ``ContrastiveCollator``, or the
+    ``MixCollator`` of a ``DatasetMix``) gives them to the encoder (``ContrastiveCollator.texts``: each role with
+    its prefix) for a seeded sample of about ``limit`` rows in all (of a ``DatasetMix``, each dataset's share
+    proportional to its size, rounded up, read by its own task's collator)."""
     parts = (
-        list(zip(train_ds.datasets, train_ds.tasks, strict=True))
+        list(zip(train_ds.datasets, collator.collators, strict=True))
         if isinstance(train_ds, DatasetMix)
-        else [(train_ds, task)]
+        else [(train_ds, collator)]
     )
     total = sum(len(dataset) for dataset, _ in parts)
     rng = random.Random(seed)
     texts: list[str] = []
-    for dataset, part_task in parts:
+    for dataset, part_collator in parts:
         count = min(len(dataset), math.ceil(limit * len(dataset) / total))
-        rows = dataset.select(sorted(rng.sample(range(len(dataset)), count)))
-        roles = part_task.roles(list(rows))
-        queries, documents = ("", "") if part_task.symmetric else (query_prefix, document_prefix)
-        texts += [queries + text for text in roles.anchors]
-        texts += [documents + text for text in roles.candidates]
+        rows = list(dataset.select(sorted(rng.sample(range(len(dataset)), count))))
+        texts += part_collator.texts(part_collator.task.roles(rows))
     return list(dict.fromkeys(texts))
 
 
-def fit_rotation(trainer, train_ds, task: EmbedTask, limit: int, seed: int) -> Tensor:
+def fit_rotation(trainer, train_ds, limit: int, seed: int) -> Tensor:
     """Fit the rotation on the final model (``trainer.embedder()``, sharded over processes) and install it on the
     trained ``EmbeddingModel`` (``rotation``), so that evaluation and export use it. Call on every process."""
-    collator = trainer.data_collator
-    texts = rotation_texts(train_ds, task, collator.query_prefix, collator.document_prefix, limit, seed)
+    texts = rotation_texts(train_ds, trainer.data_collator, limit, seed)
     with trainer.full_parameters():
         embeddings = trainer.embedder().encode(texts, batch_size=trainer.args.embed_batch_size)
     rotation = pca_rotation(embeddings)
