@@ -2,11 +2,12 @@
 and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model loses < 2 points vs its full width).
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
-        [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"]
+        [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
-negatives, train queries minus its held-out share). Every truncated score is the first d dimensions re-normalised
+negatives, train queries minus its held-out share), or with ``--mined`` its mined run (triplets from ``train.mine``,
+one hard negative per pair). Every truncated score is the first d dimensions re-normalised
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
 fine-tuning, Matryoshka weights). Exits 0 with a note when a data folder is absent.
@@ -15,6 +16,7 @@ fine-tuning, Matryoshka weights). Exits 0 with a note when a data folder is abse
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import subprocess
 import sys
@@ -72,19 +74,23 @@ class TruncatedView:
         return truncate(self.cache[key], self.dim, self.normalize)
 
 
-def scifact_rows(data: Path, out: Path, epochs: float, reuse: bool, flags: list[str]) -> list[list]:
+def scifact_rows(
+    data: Path, out: Path, epochs: float, reuse: bool, flags: list[str], mined: bool = False
+) -> list[list]:
     files = embed_scifact.prepare(data, out / "scifact_data")
+    task, train_file = ("triplets", embed_scifact.mine(files, out / "scifact_data" / "mined.jsonl")) if mined else (
+        "pairs", files["pairs"])  # fmt: skip
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = embed_scifact.train(
-            out / f"scifact_{label}", "pairs", files["pairs"], epochs, *extra, *flags, reuse=reuse
+            out / f"scifact_{task}_{label}", task, train_file, epochs, *extra, *flags, reuse=reuse
         )
         view = TruncatedView(Embedder.load(str(run), show_progress=False))
         scores = []
         for dim in DIMS:
             view.dim = dim
             scores.append(run_retrieval(view, files["test"], ks=(10, 100), batch_size=64)["ndcg@10"])
-        rows.append([f"SciFact NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
+        rows.append([f"SciFact ({task}) NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
     return rows
 
 
@@ -98,12 +104,16 @@ def main() -> int:
     parser.add_argument("--flags", default="", help="train.embed flags added to every run (one quoted string)")
     parser.add_argument("--only", choices=("stsb", "scifact"), help="run one of the two datasets")
     parser.add_argument(
+        "--mined", action="store_true", help="SciFact trains on mined hard-negative triplets instead of pairs"
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="keep trained runs already finished in --output-dir"
     )
     args = parser.parse_args()
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
-    for name, folder, build in (("stsb", stsb, stsb_rows), ("scifact", scifact, scifact_rows)):
+    scifact_build = functools.partial(scifact_rows, mined=args.mined)
+    for name, folder, build in (("stsb", stsb, stsb_rows), ("scifact", scifact, scifact_build)):
         if args.only not in (None, name):
             continue
         if not folder.is_dir():
