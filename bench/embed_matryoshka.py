@@ -78,8 +78,10 @@ def scifact_rows(
     data: Path, out: Path, epochs: float, reuse: bool, flags: list[str], mined: bool = False
 ) -> list[list]:
     files = embed_scifact.prepare(data, out / "scifact_data")
-    task, train_file = ("triplets", embed_scifact.mine(files, out / "scifact_data" / "mined.jsonl")) if mined else (
-        "pairs", files["pairs"])  # fmt: skip
+    if mined:
+        task, train_file = "triplets", embed_scifact.mine(files, out / "scifact_data" / "mined.jsonl")
+    else:
+        task, train_file = "pairs", files["pairs"]
     rows = []
     for label, extra in (("without", []), ("with", MATRYOSHKA)):
         run = embed_scifact.train(
