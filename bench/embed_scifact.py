@@ -11,8 +11,8 @@ against the whole corpus (known positives are never negatives; ranks 10-100, rel
 query: with 3, a step of 32 queries x 5 texts of 256 tokens kept 24 GiB of activations and was killed here).
 Known property of the data: 181 of the 283 documents relevant to test queries are also relevant to train queries
 (196 of 300 test queries have one), so training against the corpus (mined negatives) also teaches which documents
-are cited at all. Every run is an ordinary ``train.embed`` output folder in ``DIR/<run>``; the best by dev NDCG@10 is copied to
-``DIR/final``. Prints one table (dev and test NDCG@10 / recall@10 / recall@100). Exits 0 with a note when the data
+are cited at all. Every run is an ordinary ``train.embed`` output folder in ``DIR/<run>``; the best by dev NDCG@10
+is copied to ``DIR/final``. Prints one table (dev and test NDCG@10 / recall@10 / recall@100). Exits 0 with a note when the data
 folder is absent. ``bench/embed_matryoshka.py`` reuses the data preparation and evaluation.
 """
 
