@@ -2,15 +2,16 @@
 and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model loses < 2 points vs its full width).
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
-        [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined]
+        [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined [N]] [--weights 1 1 1 2]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
-negatives, train queries minus its held-out share), or with ``--mined`` its mined run (triplets from ``train.mine``,
-one hard negative per pair). Every truncated score is the first d dimensions re-normalised
+negatives, train queries minus its held-out share), or with ``--mined [N]`` its mined run (triplets from
+``train.mine``, N hard negatives per pair, default 1). Every truncated score is the first d dimensions re-normalised
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
-fine-tuning, Matryoshka weights). Exits 0 with a note when a data folder is absent.
+fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it. Exits 0 with a note when a
+data folder is absent.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ DIMS = (384, 256, 128, 64)
 MATRYOSHKA = ["--matryoshka_dims", *map(str, DIMS)]
 
 
-def stsb_rows(data: Path, out: Path, epochs: float, reuse: bool, flags: list[str]) -> list[list]:
+def stsb_rows(
+    data: Path, out: Path, epochs: float, reuse: bool, flags: list[str], matryoshka: list[str]
+) -> list[list]:
     rows = []
-    for label, extra in (("without", []), ("with", MATRYOSHKA)):
+    for label, extra in (("without", []), ("with", matryoshka)):
         run = out / f"stsb_{label}"
         if not (reuse and embed_scifact.finished_run(run)):
             command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
@@ -75,24 +78,26 @@ class TruncatedView:
 
 
 def scifact_rows(
-    data: Path, out: Path, epochs: float, reuse: bool, flags: list[str], mined: bool = False
+    data: Path, out: Path, epochs: float, reuse: bool, flags: list[str], matryoshka: list[str], mined: int = 0
 ) -> list[list]:
     files = embed_scifact.prepare(data, out / "scifact_data")
     if mined:
-        task, train_file = "triplets", embed_scifact.mine(files, out / "scifact_data" / "mined.jsonl")
+        mined_file = out / "scifact_data" / f"mined{mined}.jsonl"
+        task, train_file = "triplets", embed_scifact.mine(files, mined_file, num_negatives=mined)
     else:
         task, train_file = "pairs", files["pairs"]
+    kind = f"triplets{mined}" if mined else task
     rows = []
-    for label, extra in (("without", []), ("with", MATRYOSHKA)):
+    for label, extra in (("without", []), ("with", matryoshka)):
         run = embed_scifact.train(
-            out / f"scifact_{task}_{label}", task, train_file, epochs, *extra, *flags, reuse=reuse
+            out / f"scifact_{kind}_{label}", task, train_file, epochs, *extra, *flags, reuse=reuse
         )
         view = TruncatedView(Embedder.load(str(run), show_progress=False))
         scores = []
         for dim in DIMS:
             view.dim = dim
             scores.append(run_retrieval(view, files["test"], ks=(10, 100), batch_size=64)["ndcg@10"])
-        rows.append([f"SciFact ({task}) NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
+        rows.append([f"SciFact ({kind}) NDCG@10, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
     return rows
 
 
@@ -106,12 +111,26 @@ def main() -> int:
     parser.add_argument("--flags", default="", help="train.embed flags added to every run (one quoted string)")
     parser.add_argument("--only", choices=("stsb", "scifact"), help="run one of the two datasets")
     parser.add_argument(
-        "--mined", action="store_true", help="SciFact trains on mined hard-negative triplets instead of pairs"
+        "--mined",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="N",
+        help="SciFact trains on triplets with N mined hard negatives per pair (default 1) instead of pairs; with "
+        "N > 1 add --flags '--gradient_cache true' (3 negatives at batch 32 x 256 tokens need it on 24 GiB)",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs=len(DIMS),
+        metavar="W",
+        help="matryoshka_weights of the runs with matryoshka_dims, one per width (default all 1)",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="keep trained runs already finished in --output-dir"
     )
     args = parser.parse_args()
+    matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
     scifact_build = functools.partial(scifact_rows, mined=args.mined)
@@ -121,7 +140,7 @@ def main() -> int:
         if not folder.is_dir():
             print(f"note: {folder} not found; {name} skipped")
             continue
-        rows += build(folder, args.output_dir, args.epochs, args.reuse, shlex.split(args.flags))
+        rows += build(folder, args.output_dir, args.epochs, args.reuse, shlex.split(args.flags), matryoshka)
     if rows:
         print(format_table(["training / metric", *(f"{d}-d" for d in DIMS), "64-d minus 384-d"], rows))
     return 0
