@@ -122,8 +122,8 @@ def mine(files: dict, output: Path, model: str = "minilm", num_negatives: int = 
     """``num_negatives`` hard negatives per training pair from the whole corpus (never the dev or test queries)."""
     command = [sys.executable, "-m", "train.mine", "--model", model, "--pairs", str(files["pairs"]),
                "--corpus", str(files["corpus"]), "--range-min", "10", "--range-max", "100",
-               "--relative-margin", "0.05", "--num-negatives", str(num_negatives), "--output", str(output), "--overwrite",
-               "--no-progress"]  # fmt: skip
+               "--relative-margin", "0.05", "--num-negatives", str(num_negatives), "--output", str(output),
+               "--overwrite", "--no-progress"]  # fmt: skip
     subprocess.run(command, cwd=REPO, env=ENV, check=True)
     return output
 
