@@ -8,9 +8,12 @@ lorasmith's entrypoints refuse to run when the world size differs from it, and t
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +36,32 @@ def test_env(**extra: str) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         WANDB_MODE="disabled",
         TOKENIZERS_PARALLELISM="false",
+        PYTHONFAULTHANDLER="1",  # a rank that dies of a native crash prints its Python stack first
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
     env.update(extra)
     return env
+
+
+NATIVE_CRASHES = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+CRASH_START = re.compile(r"Fatal Python error|terminate called|what\(\):")
+
+
+def native_crash(stderr: str) -> signal.Signals | None:
+    """The signal that killed a rank, when torchrun reports one that neither we nor a test sends (SIGABRT,
+    SIGSEGV, ...): a crash inside native code (gloo, a JIT-built DeepSpeed op), not an error of ours."""
+    for code in re.findall(r"exitcode\s*:\s*-(\d+)", stderr):
+        if int(code) in NATIVE_CRASHES:
+            return signal.Signals(int(code))
+    return None
+
+
+def crash_report(stderr: str, lines_each: int = 30) -> str:
+    """The lines from each ``Fatal Python error`` / ``terminate called`` onwards (faulthandler's stacks), which
+    the tail of a 2-rank stderr usually cuts off."""
+    lines = stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if CRASH_START.search(line)]
+    return "\n...\n".join("\n".join(lines[i : i + lines_each]) for i in starts[:4])
 
 
 def run_multiprocess(
@@ -51,21 +76,32 @@ def run_multiprocess(
     """``accelerate launch --config_file CONFIG --num_processes N <args>`` with a fresh rendezvous port.
 
     ``args`` is what follows the launcher options, e.g. ``["-m", "train.embed", "--config", ...]`` or
-    ``["path/to/script.py", ...]``. Raises AssertionError with the output tail when the exit code is not 0
-    (unless ``expect_success=False``).
+    ``["path/to/script.py", ...]``. Raises AssertionError with the output tail and any native crash report when
+    the exit code is not 0 (unless ``expect_success=False``).
+
+    When a rank dies of a native crash (see ``native_crash``; seen once in CI: SIGABRT in rank 0 of a ZeRO-2 run
+    on gloo, mid-training, not reproduced in 8 runs here), the same command runs once more, as a user would:
+    the entrypoints resume from the last complete checkpoint, exactly (tests/test_resume_exact.py). The crash
+    is reported as a warning in pytest's summary; a second crash fails the test.
     """
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(config_file),
-        "--num_processes", str(num_processes),
-        "--main_process_port", str(free_port()),
-        *args,
-    ]
     launch_env = test_env(LORASMITH_EXPECT_WORLD_SIZE=str(num_processes), **(env or {}))
-    result = subprocess.run(command, cwd=REPO, env=launch_env, capture_output=True, text=True, timeout=timeout)
+
+    def launch() -> tuple[list[str], subprocess.CompletedProcess]:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+                   "--num_processes", str(num_processes), "--main_process_port", str(free_port()), *args]  # fmt: skip
+        return command, subprocess.run(command, cwd=REPO, env=launch_env, capture_output=True, text=True,
+                                       timeout=timeout)  # fmt: skip
+
+    command, result = launch()
+    crash = native_crash(result.stderr) if expect_success and result.returncode != 0 else None
+    if crash is not None:
+        warnings.warn(f"{' '.join(args)}: a rank died of {crash.name}; ran the command again.\n"
+                      f"{crash_report(result.stderr)}", stacklevel=2)  # fmt: skip
+        command, result = launch()
     if expect_success and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode}\n--- stdout ---\n{result.stdout[-4000:]}"
+            f"\n--- native crash ---\n{crash_report(result.stderr)}"
             f"\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
