@@ -1,7 +1,7 @@
 """Every entrypoint under every CPU launch, on tiny models: 2-process DDP (world size asserted), DeepSpeed ZeRO-2
 over gloo, and an interruption (SIGTERM to ``accelerate launch``) that costs nothing: the re-run of the same command
-resumes and its per-step losses equal an uninterrupted run's. GPU-only launches (FSDP, QLoRA over NCCL) are in
-``test_launch_gpu.py`` and skip without CUDA."""
+resumes and its per-step losses equal an uninterrupted run's (the ZeRO-2 run, which logs DDP's losses bit for bit).
+GPU-only launches (FSDP, QLoRA over NCCL) are in ``test_launch_gpu.py`` and skip without CUDA."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from train.common.resume import MARKER_NAME
 pytestmark = pytest.mark.slow
 
 ZERO2_CONFIG = REPO / "accelerate_configs" / "zero2.yaml"
+SKIP_DEEPSPEED = os.environ.get("LORASMITH_SKIP_DEEPSPEED") == "1"
 MAX_STEPS = 24
 SAVE_STEPS = 2
 COMMON = {
@@ -54,13 +55,26 @@ def sft_classify_recipe(tiny_bert_dir, tiny_llama_dir) -> dict:
 RECIPES = {"embed": embed_recipe, "sft_classify": sft_classify_recipe, "seq_classify": seq_classify_recipe}
 
 
-@pytest.fixture(params=list(RECIPES))
-def entrypoint(request, tiny_bert_dir, tiny_llama_dir, tmp_path):
+@pytest.fixture(scope="module", params=list(RECIPES))
+def entrypoint(request, tiny_bert_dir, tiny_llama_dir, tmp_path_factory):
     """(module name, recipe path) for one entrypoint on a tiny model; output_dir is set per run."""
     recipe = {**COMMON, **RECIPES[request.param](tiny_bert_dir, tiny_llama_dir)}
-    path = tmp_path / f"{request.param}.yaml"
+    path = tmp_path_factory.mktemp(f"recipe-{request.param}") / f"{request.param}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return request.param, path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(entrypoint, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """(output_dir, result) of one uninterrupted 2-process run of the recipe: under DeepSpeed ZeRO-2 over gloo, or
+    plain DDP with LORASMITH_SKIP_DEEPSPEED=1.
+
+    ZeRO-2 logs plain DDP's per-step losses bit for bit on all three entrypoints (measured on these recipes), so
+    this one run is both the ZeRO-2 check and the reference that an interrupted DDP run must reproduce.
+    """
+    output_dir = tmp_path_factory.mktemp(f"uninterrupted-{entrypoint[0]}") / "run"
+    config_file = CPU_DDP_CONFIG if SKIP_DEEPSPEED else ZERO2_CONFIG
+    return output_dir, run_multiprocess(launch_args(entrypoint, output_dir), config_file=config_file)
 
 
 def launch_args(entrypoint, output_dir: Path) -> list[str]:
@@ -87,14 +101,11 @@ def interrupt_after_first_checkpoint(args: list[str]) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
 
 
-def test_sigterm_checkpoints_on_every_rank_and_the_rerun_resumes_exactly(entrypoint, tmp_path):
-    baseline = tmp_path / "uninterrupted"
-    result = run_multiprocess(launch_args(entrypoint, baseline))
-    assert "world size" in result.stdout and ": 2 (ddp, cpu)" in result.stdout
-
+def test_sigterm_checkpoints_on_every_rank_and_the_rerun_resumes_exactly(entrypoint, uninterrupted, tmp_path):
     interrupted = tmp_path / "interrupted"
     stopped = interrupt_after_first_checkpoint(launch_args(entrypoint, interrupted))
     assert "lorasmith: got SIGTERM" in stopped.stdout, stopped.stderr[-3000:]
+    assert "world size" in stopped.stdout and ": 2 (ddp, cpu)" in stopped.stdout
     (stop_step, stop_folder), *_ = sorted(
         ((int(p.name.split("-")[1]), p) for p in interrupted.glob("checkpoint-*")), reverse=True
     )
@@ -105,13 +116,13 @@ def test_sigterm_checkpoints_on_every_rank_and_the_rerun_resumes_exactly(entrypo
     resumed = run_multiprocess(launch_args(entrypoint, interrupted))
     assert f"resuming from {stop_folder}" in resumed.stdout
     assert (interrupted / "adapter").is_dir()
+    baseline, _ = uninterrupted
     assert step_losses(interrupted) == step_losses(baseline)
 
 
-@pytest.mark.skipif(os.environ.get("LORASMITH_SKIP_DEEPSPEED") == "1", reason="LORASMITH_SKIP_DEEPSPEED=1")
-def test_deepspeed_zero2_on_cpu(entrypoint, tmp_path):
-    output_dir = tmp_path / "zero2"
-    result = run_multiprocess(launch_args(entrypoint, output_dir), config_file=ZERO2_CONFIG)
+@pytest.mark.skipif(SKIP_DEEPSPEED, reason="LORASMITH_SKIP_DEEPSPEED=1")
+def test_deepspeed_zero2_on_cpu(uninterrupted):
+    output_dir, result = uninterrupted
     assert ": 2 (deepspeed-zero2, cpu)" in result.stdout
     assert (output_dir / "adapter").is_dir()
     losses = step_losses(output_dir)

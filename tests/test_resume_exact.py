@@ -3,7 +3,7 @@ transformers Trainer on a tiny LoRA Llama with dropout and shuffled data):
 
 - ``kill -9`` after a checkpoint, then the same command: per-step losses equal the uninterrupted run's, and every
   rank trains on exactly the samples it would have (none twice, none skipped) — on 2 DDP processes and on
-  DeepSpeed ZeRO-2 over gloo;
+  DeepSpeed ZeRO-2 over gloo, both against one uninterrupted DDP run;
 - SIGTERM to a plain ``python`` run: a checkpoint at the next step, exit code 0, and the re-run finishes the job.
 """
 
@@ -47,16 +47,24 @@ def trained_samples(log_prefix: Path, rank: int, steps: int) -> list[list[int]]:
     return [[int(i) for i in line.split()] for line in lines[:steps]]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llama_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(output_dir, samples log prefix) of one uninterrupted 2-process DDP run: the reference for every launch
+    config below (ZeRO-2 over gloo logs DDP's losses and trains on DDP's samples, bit for bit)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run_multiprocess(tiny_args(tiny_llama_dir, folder / "run"), env={"TINY_SAMPLES_LOG": str(folder / "samples")})
+    return folder / "run", folder / "samples"
+
+
 @pytest.mark.parametrize("config", ["cpu_ddp", "zero2"])
-def test_kill_9_then_rerun_repeats_the_uninterrupted_run_exactly(tiny_llama_dir, tmp_path, config):
+def test_kill_9_then_rerun_repeats_the_uninterrupted_run_exactly(tiny_llama_dir, uninterrupted, tmp_path, config):
     if config == "zero2" and os.environ.get("LORASMITH_SKIP_DEEPSPEED") == "1":
         pytest.skip("LORASMITH_SKIP_DEEPSPEED=1")
     config_file = REPO / "accelerate_configs" / f"{config}.yaml"
-    logs = {name: tmp_path / f"samples-{name}" for name in ("baseline", "killed", "resumed")}
-    baseline, interrupted = tmp_path / "baseline", tmp_path / "interrupted"
+    baseline, baseline_log = uninterrupted
+    logs = {name: tmp_path / f"samples-{name}" for name in ("killed", "resumed")}
+    interrupted = tmp_path / "interrupted"
 
-    run_multiprocess(tiny_args(tiny_llama_dir, baseline), config_file=config_file,
-                     env={"TINY_SAMPLES_LOG": str(logs["baseline"])})  # fmt: skip
     killed = run_multiprocess(
         tiny_args(tiny_llama_dir, interrupted), config_file=config_file, expect_success=False,
         env={"TINY_SAMPLES_LOG": str(logs["killed"]), "TINY_KILL_AT_STEP": str(KILL_AT)},
@@ -70,10 +78,10 @@ def test_kill_9_then_rerun_repeats_the_uninterrupted_run_exactly(tiny_llama_dir,
     assert step_losses(interrupted) == step_losses(baseline)
     assert len(step_losses(baseline)) == MAX_STEPS
     for rank in (0, 1):
-        expected = trained_samples(logs["baseline"], rank, MAX_STEPS)
+        expected = trained_samples(baseline_log, rank, MAX_STEPS)
         after_resume = trained_samples(logs["resumed"], rank, MAX_STEPS - 4)
         assert trained_samples(logs["killed"], rank, 4) + after_resume == expected
-    epoch = [i for rank in (0, 1) for batch in trained_samples(logs["baseline"], rank, MAX_STEPS) for i in batch]
+    epoch = [i for rank in (0, 1) for batch in trained_samples(baseline_log, rank, MAX_STEPS) for i in batch]
     assert len(epoch) == len(set(epoch)) == MAX_STEPS * 2 * 2  # 6 steps x 2 ranks x 2 per device, all distinct
 
 
