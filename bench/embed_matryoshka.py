@@ -83,7 +83,7 @@ def scifact_rows(
     files = embed_scifact.prepare(data, out / "scifact_data")
     if mined:
         mined_file = out / "scifact_data" / f"mined{mined}.jsonl"
-        task, train_file = "triplets", embed_scifact.mine(files, mined_file, num_negatives=mined)
+        task, train_file = "triplets", embed_scifact.mine(files, mined_file, num_negatives=mined, reuse=reuse)
     else:
         task, train_file = "pairs", files["pairs"]
     kind = f"triplets{mined}" if mined else task
@@ -127,7 +127,9 @@ def main() -> int:
         help="matryoshka_weights of the runs with matryoshka_dims, one per width (default all 1)",
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="keep trained runs already finished in --output-dir"
+        "--reuse",
+        action="store_true",
+        help="keep the mined file and the trained runs already finished in --output-dir",
     )
     args = parser.parse_args()
     matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])

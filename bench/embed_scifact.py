@@ -118,8 +118,12 @@ def train(
     return output_dir
 
 
-def mine(files: dict, output: Path, model: str = "minilm", num_negatives: int = 1) -> Path:
-    """``num_negatives`` hard negatives per training pair from the whole corpus (never the dev or test queries)."""
+def mine(files: dict, output: Path, model: str = "minilm", num_negatives: int = 1, reuse: bool = False) -> Path:
+    """``num_negatives`` hard negatives per training pair from the whole corpus (never the dev or test queries).
+    ``reuse``: an existing ``output`` is kept (train.mine writes it atomically, so it is whole), as the finished
+    runs trained on it are."""
+    if reuse and output.is_file():
+        return output
     command = [sys.executable, "-m", "train.mine", "--model", model, "--pairs", str(files["pairs"]),
                "--corpus", str(files["corpus"]), "--range-min", "10", "--range-max", "100",
                "--relative-margin", "0.05", "--num-negatives", str(num_negatives), "--output", str(output),
@@ -141,7 +145,7 @@ def main() -> int:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="keep trained runs already finished in --output-dir (no retraining)",
+        help="keep the mined file and the trained runs already finished in --output-dir (no retraining)",
     )
     args = parser.parse_args()
     data = args.data_root / "scifact"
@@ -156,7 +160,7 @@ def main() -> int:
     runs["+ LoRA, pairs (in-batch negatives)"] = str(
         train(out / "lora_pairs", "pairs", files["pairs"], args.epochs, *extra, reuse=args.reuse)
     )
-    mined = mine(files, out / "data" / "mined.jsonl")
+    mined = mine(files, out / "data" / "mined.jsonl", reuse=args.reuse)
     runs["+ LoRA, pairs + mined hard negatives"] = str(
         train(out / "lora_mined", "triplets", mined, args.epochs, *extra, reuse=args.reuse)
     )
