@@ -2,7 +2,8 @@
 the training texts in their roles and prefixes, a finished run keeps every full-width cosine and metric while its
 truncated embeddings are the first principal components, and every way of loading the run (lorasmith manifest with
 merged/ or adapter only, the merged/ folder, sentence-transformers) applies the same rotation. Folders with modules
-lorasmith cannot reproduce are refused instead of silently embedding differently."""
+lorasmith cannot reproduce are refused instead of silently embedding differently. ``rotation_refine_steps`` keeps
+the rotation orthogonal while it brings the truncated neighbour rankings closer to the full-width ones."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.contrastive.collator import ContrastiveCollator
 from train.contrastive.evaluation import embedding_metrics
-from train.contrastive.rotation import pca_rotation, rotation_texts
+from train.contrastive.rotation import pca_rotation, refine_rotation, rotation_texts
 from train.contrastive.sampling import DatasetMix, MixCollator
 from train.contrastive.tasks import embed_task
 from train.embed import main
@@ -50,6 +51,56 @@ def test_rotation_is_orthogonal_ordered_by_variance_and_signed_deterministically
     assert torch.allclose(pca_rotation(embeddings.flip(0)), rotation, atol=1e-6)  # same rows, same matrix
     with pytest.raises(ValueError, match="N >= 2"):
         pca_rotation(embeddings[:1])
+
+
+def truncated_kl(embeddings: torch.Tensor, rotation: torch.Tensor, width: int, temperature: float = 0.05) -> float:
+    """Mean over rows of KL(full-width neighbour distribution || width-``width`` one), each row's own entry left
+    out: what ``rotation_refine_steps`` lowers, computed here over every row at once."""
+    vectors = F.normalize(embeddings.double(), dim=-1)
+    rotated = vectors @ rotation.double()
+    narrow = F.normalize(rotated[:, :width], dim=-1)
+    is_self = torch.eye(len(vectors), dtype=torch.bool)
+    full = F.log_softmax((vectors @ vectors.T / temperature).masked_fill(is_self, -1e4), dim=-1)
+    truncated = F.log_softmax((narrow @ narrow.T / temperature).masked_fill(is_self, -1e4), dim=-1)
+    return float((full.exp() * (full - truncated)).sum(dim=-1).mean())
+
+
+def clustered(rows: int = 240, width: int = 12) -> torch.Tensor:
+    """Rows in 8 clusters whose centres differ along low-variance directions, under large isotropic-ish noise
+    along the others: the PCA prefix is spent on the noise, the neighbours are decided by the clusters."""
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(8, width, generator=generator) * torch.linspace(0.2, 1.5, width)
+    noise = torch.randn(rows, width, generator=generator) * torch.linspace(1.0, 0.1, width)
+    return centres[torch.arange(rows) % 8] + noise
+
+
+def test_refined_rotation_stays_orthogonal_and_brings_truncated_rankings_closer_to_full_width():
+    embeddings = clustered()
+    start = pca_rotation(embeddings)
+    refined = refine_rotation(start, embeddings, [12, 6, 3], [1.0, 1.0, 2.0], steps=150, temperature=0.05, seed=0)
+    assert refined.shape == (12, 12) and refined.dtype == torch.float32
+    assert torch.allclose(refined.T @ refined, torch.eye(12), atol=1e-5)
+    vectors = F.normalize(embeddings, dim=-1)
+    assert torch.allclose((vectors @ refined) @ (vectors @ refined).T, vectors @ vectors.T, atol=1e-5)
+    assert truncated_kl(embeddings, refined, 6) < 0.95 * truncated_kl(embeddings, start, 6)
+    assert truncated_kl(embeddings, refined, 3) < 0.8 * truncated_kl(embeddings, start, 3)
+    again = refine_rotation(start, embeddings, [12, 6, 3], [1.0, 1.0, 2.0], steps=150, temperature=0.05, seed=0)
+    assert torch.equal(again, refined)  # seeded: the same matrix on every process and every re-run
+    other_seed = refine_rotation(start, embeddings, [12, 6, 3], [1.0, 1.0, 2.0], steps=150, temperature=0.05, seed=1)
+    assert not torch.equal(other_seed, refined)
+    # nothing to refine: no steps, or only the full width
+    assert refine_rotation(start, embeddings, [12, 6], [1.0, 1.0], steps=0, temperature=0.05, seed=0) is start
+    assert refine_rotation(start, embeddings, [12], [1.0], steps=50, temperature=0.05, seed=0) is start
+
+
+def test_refinement_uses_only_the_widths_narrower_than_the_embeddings_with_their_weights():
+    embeddings = clustered()
+    start = pca_rotation(embeddings)
+    weighted = refine_rotation(start, embeddings, [12, 6, 3], [1.0, 0.0, 1.0], steps=60, temperature=0.05, seed=0)
+    only_three = refine_rotation(start, embeddings, [3], [1.0], steps=60, temperature=0.05, seed=0)
+    assert torch.allclose(weighted, only_three, atol=1e-6)  # weight 0 removes width 6; width 12 adds nothing
+    pooled = refine_rotation(start, embeddings, [3], [1.0], steps=60, temperature=0.05, seed=0, pool_size=40)
+    assert torch.allclose(pooled.T @ pooled, torch.eye(12), atol=1e-5) and not torch.equal(pooled, only_three)
 
 
 def test_rotation_texts_take_each_role_with_its_training_prefix():
@@ -147,6 +198,48 @@ def test_modules_lorasmith_cannot_reproduce_are_refused(tiny_bert_dir, tmp_path)
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ConfigError, match="cannot reproduce: \\['LayerNorm'\\]"):
         Embedder.load(folder, device="cpu", show_progress=False)
+
+
+def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_than_pca(tiny_bert_dir, tmp_path):
+    data = data_files(tmp_path)
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
+            "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
+            "--matryoshka_dims", "32", "8", "--pca_rotation", "true", "--rotation_refine_steps", "40",
+            "--export_merged", "false"]  # fmt: skip
+    assert run_main(main, argv) == 0
+    assert "rotation_refine_steps" in (out / "README.md").read_text()
+    rotated = Embedder.load(out, device="cpu", show_progress=False)
+    rotation = rotated.rotation
+    assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
+    rotated.rotation = None
+    train = load_sts_data(data["scored_pairs"])
+    fitted_on = rotated.encode(list(dict.fromkeys([*train["sentence1"], *train["sentence2"]])))
+    pca = pca_rotation(fitted_on)
+    assert truncated_kl(fitted_on, rotation, 8) < truncated_kl(fitted_on, pca, 8)
+    # evaluation after training used the refined rotation
+    truncated = Embedder.load(out, device="cpu", show_progress=False, truncate_dim=8)
+    metrics = json.loads((out / "metrics.json").read_text())["after"]
+    assert metrics["spearman@8"] == pytest.approx(
+        embedding_metrics(truncated, "scored_pairs", train)["spearman"], abs=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10"], "set pca_rotation: true as well"),
+        (["--pca_rotation", "true", "--rotation_refine_steps", "10"], "rotation_refine_steps needs matryoshka_dims"),
+        (["--pca_rotation", "true", "--rotation_refine_steps", "-1"], "rotation_refine_steps must be >= 0"),
+        (["--pca_rotation", "true", "--matryoshka_dims", "32", "8", "--rotation_refine_steps", "5",
+          "--rotation_refine_temperature", "0"], "rotation_refine_temperature must be > 0"),
+    ],
+)
+def test_bad_refinement_settings_fail_before_any_model_is_loaded(tmp_path, capsys, flags, message):
+    argv = ["--model_name_or_path", "missing-model", "--task", "pairs", "--train_data", "x.jsonl",
+            "--output_dir", str(tmp_path), *flags]  # fmt: skip
+    assert run_main(main, argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_bad_sample_count_fails_before_any_model_is_loaded(tmp_path, capsys):

@@ -261,7 +261,9 @@ def _plan(
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
         + (
-            f", PCA rotation after training (fit on {min(config.pca_rotation_samples, len(train_ds))} rows' texts)"
+            f", PCA rotation after training (fit on {min(config.pca_rotation_samples, len(train_ds))} rows' texts"
+            + (f", refined {config.rotation_refine_steps} steps" if config.rotation_refine_steps else "")
+            + ")"
             if config.pca_rotation
             else ""
         ),
@@ -293,6 +295,7 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
         _headline(all_metrics),
         trainer.args.matryoshka_dims,
         rotated=trainer.args.pca_rotation,
+        refine_steps=trainer.args.rotation_refine_steps,
     )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)

@@ -169,6 +169,18 @@ class EmbedConfig(TrainingArguments):
     pca_rotation_samples: int = field(
         default=20000, metadata={"help": "Training rows whose texts the pca_rotation is fitted on (seeded sample)."}
     )
+    rotation_refine_steps: int = field(
+        default=0,
+        metadata={
+            "help": "With pca_rotation and matryoshka_dims: after the PCA fit, train the rotation (kept orthogonal) "
+            "for N steps so that at every narrower Matryoshka width each training text ranks the other training "
+            "texts as the full width does (KL of softmax(cosine / rotation_refine_temperature), weighted by "
+            "matryoshka_weights); full-width cosines stay unchanged. 0 = the PCA rotation as is; e.g. 600."
+        },
+    )
+    rotation_refine_temperature: float = field(
+        default=0.05, metadata={"help": "Softmax temperature of the rotation_refine_steps neighbour rankings."}
+    )
     dataset_sampling: str = field(
         default="proportional",
         metadata={
@@ -238,8 +250,22 @@ class EmbedConfig(TrainingArguments):
         matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
         if self.pca_rotation_samples < 2:
             raise ConfigError(f"pca_rotation_samples must be >= 2; got {self.pca_rotation_samples}")
+        self._check_rotation_refinement()
         if self.dataset_sampling not in SAMPLING:
             raise ConfigError(f"dataset_sampling must be one of {', '.join(SAMPLING)}; got {self.dataset_sampling!r}")
+
+    def _check_rotation_refinement(self) -> None:
+        if self.rotation_refine_steps < 0:
+            raise ConfigError(f"rotation_refine_steps must be >= 0; got {self.rotation_refine_steps}")
+        if self.rotation_refine_temperature <= 0:
+            raise ConfigError(f"rotation_refine_temperature must be > 0; got {self.rotation_refine_temperature}")
+        if self.rotation_refine_steps and not self.pca_rotation:
+            raise ConfigError("rotation_refine_steps refines the PCA rotation: set pca_rotation: true as well")
+        if self.rotation_refine_steps and not self.matryoshka_dims:
+            raise ConfigError(
+                "rotation_refine_steps needs matryoshka_dims with narrower widths (e.g. 384 256 128 64): they are "
+                "the widths whose neighbour rankings it matches to the full width's"
+            )
 
 
 def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> None:

@@ -97,9 +97,11 @@ def write_embedding_card(
     matryoshka_dims: list[int] | None = None,
     *,
     rotated: bool = False,
+    refine_steps: int = 0,
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
-    width when ``matryoshka_dims``; the rotation explained when ``rotated``), metrics, recipe."""
+    width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
+    widths when ``refine_steps``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -123,6 +125,11 @@ orthogonal map, so full-width cosines are unchanged and the first dimensions car
 rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load.
 Truncated embeddings (`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal
 components."""
+        if refine_steps:
+            usage += f"""
+The rotation was then refined for {refine_steps} steps (`rotation_refine_steps`), kept orthogonal, so that at each
+narrower Matryoshka width the training texts rank their neighbours as they do at full width: the first `d`
+dimensions are no longer exactly principal components, and full-width cosines are still unchanged."""
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",

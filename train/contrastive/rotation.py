@@ -11,6 +11,14 @@ embeddings, by decreasing variance. Embeddings become ``pooled @ R`` (before nor
 It is fitted on the texts the run trained on (a seeded sample of up to ``pca_rotation_samples`` rows, each text in
 the role and with the prefix it had in training), embedded by the final model; under a distributed launch the
 encoding is sharded and gathered, so every process fits the same matrix from the same embeddings.
+
+With ``rotation_refine_steps`` (and ``matryoshka_dims``) the PCA rotation is then trained further, kept orthogonal,
+so that at every narrower Matryoshka width each training text ranks the other training texts as the full width
+does (:func:`refine_rotation`). PCA keeps the most variance in the first dimensions; what retrieval at a width needs
+is each text's nearest neighbours, and the refinement optimises that directly while full-width cosines stay exact.
+Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 steps
+move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 on the test queries and from -7.64 to -5.29 on the
+held-out training queries.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ import math
 import random
 
 import torch
+import torch.nn.functional as F
+from accelerate.utils import broadcast
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from train.contrastive.sampling import DatasetMix
 
@@ -36,6 +47,56 @@ def pca_rotation(embeddings: Tensor) -> Tensor:
     axes = axes.flip(-1)
     largest = axes.gather(0, axes.abs().argmax(dim=0, keepdim=True))  # (1, D)
     return (axes * torch.where(largest < 0, -1.0, 1.0)).float()
+
+
+def refine_rotation(
+    rotation: Tensor,
+    embeddings: Tensor,
+    widths: list[int],
+    weights: list[float],
+    *,
+    steps: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 512,
+    pool_size: int = 8192,
+    show_progress: bool = False,
+) -> Tensor:
+    """Train the ``(D, D)`` orthogonal ``rotation`` for ``steps`` so truncated embeddings rank neighbours as the
+    full ones do; returns the new ``(D, D)`` fp32 orthogonal matrix (on ``embeddings.device``).
+
+    ``embeddings``: ``(N, D)`` unrotated pooled vectors (cosine is used: they are L2-normalised here). A seeded pool
+    of at most ``pool_size`` rows is the candidate set; each step draws ``batch_size`` anchors from it and, for each
+    width ``d < D`` of ``widths`` with its weight, adds ``weight * KL(p_full || p_d)``, where ``p(. | anchor)`` is the
+    softmax over the pool (the anchor itself excluded) of cosine / ``temperature`` from all ``D`` dimensions
+    (``p_full``: the same for every rotation) or from the first ``d`` rotated dimensions, re-normalised (``p_d``).
+    Adam (lr 1e-3) on torch's orthogonal parametrization, started at ``rotation``: the result stays orthogonal, so
+    full-width cosines are unchanged. Memory: ``batch_size x min(N, pool_size)`` floats per width."""
+    pairs = [(width, weight) for width, weight in zip(widths, weights, strict=True) if width < rotation.shape[0]]
+    if steps == 0 or not pairs:
+        return rotation
+    generator = torch.Generator().manual_seed(seed)
+    vectors = F.normalize(embeddings.detach().float(), dim=-1)
+    pool = vectors[torch.randperm(len(vectors), generator=generator)[:pool_size].to(vectors.device)]
+    linear = torch.nn.Linear(*rotation.shape, bias=False, device=vectors.device)
+    with torch.no_grad():
+        linear.weight.copy_(rotation.T)  # linear(x) = x @ rotation
+    torch.nn.utils.parametrizations.orthogonal(linear)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-3)
+    for _ in tqdm(range(steps), desc="rotation", disable=not show_progress):
+        anchors = torch.randint(len(pool), (min(batch_size, len(pool)),), generator=generator).to(vectors.device)
+        is_self = anchors[:, None] == torch.arange(len(pool), device=vectors.device)[None]
+        target = F.log_softmax((pool[anchors] @ pool.T / temperature).masked_fill(is_self, -1e4), dim=-1)
+        rotated_anchors, rotated_pool = linear(pool[anchors]), linear(pool)
+        loss = 0.0
+        for width, weight in pairs:
+            scores = F.normalize(rotated_anchors[:, :width], dim=-1) @ F.normalize(rotated_pool[:, :width], dim=-1).T
+            student = F.log_softmax((scores / temperature).masked_fill(is_self, -1e4), dim=-1)
+            loss = loss + weight * F.kl_div(student, target, log_target=True, reduction="batchmean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return linear.weight.detach().T.contiguous()
 
 
 def rotation_texts(train_ds, collator, limit: int, seed: int) -> list[str]:
@@ -60,10 +121,26 @@ def rotation_texts(train_ds, collator, limit: int, seed: int) -> list[str]:
 
 def fit_rotation(trainer, train_ds, limit: int, seed: int) -> Tensor:
     """Fit the rotation on the final model (``trainer.embedder()``, sharded over processes) and install it on the
-    trained ``EmbeddingModel`` (``rotation``), so that evaluation and export use it. Call on every process."""
+    trained ``EmbeddingModel`` (``rotation``), so that evaluation and export use it. Call on every process: with
+    ``rotation_refine_steps`` each process refines on its device and the main process's matrix is broadcast."""
+    args = trainer.args
     texts = rotation_texts(train_ds, trainer.data_collator, limit, seed)
     with trainer.full_parameters():
-        embeddings = trainer.embedder().encode(texts, batch_size=trainer.args.embed_batch_size)
+        embeddings = trainer.embedder().encode(texts, batch_size=args.embed_batch_size)
     rotation = pca_rotation(embeddings)
+    if args.rotation_refine_steps:
+        device = trainer.accelerator.device
+        widths = list(args.matryoshka_dims)
+        refined = refine_rotation(
+            rotation.to(device),
+            embeddings.to(device),
+            widths,
+            list(args.matryoshka_weights or [1.0] * len(widths)),
+            steps=args.rotation_refine_steps,
+            temperature=args.rotation_refine_temperature,
+            seed=seed,
+            show_progress=trainer.accelerator.is_main_process and not args.disable_tqdm,
+        )
+        rotation = broadcast(refined, from_process=0).cpu()
     trainer.accelerator.unwrap_model(trainer.model).set_rotation(rotation)
     return rotation
