@@ -3,6 +3,7 @@ and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model los
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
         [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined [N]] [--weights 1 1 1 2]
+        [--refine STEPS]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
@@ -10,8 +11,9 @@ negatives, train queries minus its held-out share), or with ``--mined [N]`` its 
 ``train.mine``, N hard negatives per pair, default 1). Every truncated score is the first d dimensions re-normalised
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
-fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it. Exits 0 with a note when a
-data folder is absent.
+fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it, ``--refine`` their
+``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``; the runs' folders are named after it, so
+``--reuse`` never mixes refined and unrefined runs). Exits 0 with a note when a data folder is absent.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def stsb_rows(
 ) -> list[list]:
     rows = []
     for label, extra in (("without", []), ("with", matryoshka)):
-        run = out / f"stsb_{label}"
+        run = out / f"stsb_{label}{run_suffix(extra)}"
         if not (reuse and embed_scifact.finished_run(run)):
             command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
                        "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
@@ -58,6 +60,12 @@ def stsb_rows(
         ]
         rows.append([f"STS-B Spearman, {label} matryoshka_dims", *scores, scores[-1] - scores[0]])
     return rows
+
+
+def run_suffix(extra: list[str]) -> str:
+    """``_refine600`` for a run with ``--rotation_refine_steps 600``, else empty: its folder name."""
+    flag = "--rotation_refine_steps"
+    return f"_refine{extra[extra.index(flag) + 1]}" if flag in extra else ""
 
 
 class TruncatedView:
@@ -89,9 +97,8 @@ def scifact_rows(
     kind = f"triplets{mined}" if mined else task
     rows = []
     for label, extra in (("without", []), ("with", matryoshka)):
-        run = embed_scifact.train(
-            out / f"scifact_{kind}_{label}", task, train_file, epochs, *extra, *flags, reuse=reuse
-        )
+        folder = out / f"scifact_{kind}_{label}{run_suffix(extra)}"
+        run = embed_scifact.train(folder, task, train_file, epochs, *extra, *flags, reuse=reuse)
         view = TruncatedView(Embedder.load(str(run), show_progress=False))
         scores = []
         for dim in DIMS:
@@ -127,12 +134,20 @@ def main() -> int:
         help="matryoshka_weights of the runs with matryoshka_dims, one per width (default all 1)",
     )
     parser.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="rotation_refine_steps of the runs with matryoshka_dims (needs --flags '--pca_rotation true'), e.g. 600",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the mined file and the trained runs already finished in --output-dir",
     )
     args = parser.parse_args()
     matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])
+    matryoshka += ["--rotation_refine_steps", str(args.refine)] if args.refine else []
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
     scifact_build = functools.partial(scifact_rows, mined=args.mined)
