@@ -18,7 +18,8 @@ does (:func:`refine_rotation`). PCA keeps the most variance in the first dimensi
 is each text's nearest neighbours, and the refinement optimises that directly while full-width cosines stay exact.
 Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 steps
 move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 on the test queries and from -7.64 to -5.29 on the
-held-out training queries.
+held-out training queries; on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) the 64-d Spearman loss
+goes from -1.90 (no rotation) to -0.33.
 """
 
 from __future__ import annotations
