@@ -33,6 +33,7 @@ from accelerate.utils import broadcast
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.sampling import DatasetMix
 
 
@@ -87,8 +88,9 @@ def refine_rotation(
     for _ in tqdm(range(steps), desc="rotation", disable=not show_progress):
         anchors = torch.randint(len(pool), (min(batch_size, len(pool)),), generator=generator).to(vectors.device)
         is_self = anchors[:, None] == torch.arange(len(pool), device=vectors.device)[None]
-        target = F.log_softmax((pool[anchors] @ pool.T / temperature).masked_fill(is_self, -1e4), dim=-1)
-        rotated_anchors, rotated_pool = linear(pool[anchors]), linear(pool)
+        anchor_vectors = pool[anchors]
+        target = F.log_softmax((anchor_vectors @ pool.T / temperature).masked_fill(is_self, -1e4), dim=-1)
+        rotated_anchors, rotated_pool = linear(anchor_vectors), linear(pool)
         loss = 0.0
         for width, weight in pairs:
             scores = F.normalize(rotated_anchors[:, :width], dim=-1) @ F.normalize(rotated_pool[:, :width], dim=-1).T
@@ -131,12 +133,12 @@ def fit_rotation(trainer, train_ds, limit: int, seed: int) -> Tensor:
     rotation = pca_rotation(embeddings)
     if args.rotation_refine_steps:
         device = trainer.accelerator.device
-        widths = list(args.matryoshka_dims)
+        matryoshka = matryoshka_dims(args.matryoshka_dims, args.matryoshka_weights)
         refined = refine_rotation(
             rotation.to(device),
             embeddings.to(device),
-            widths,
-            list(args.matryoshka_weights or [1.0] * len(widths)),
+            list(matryoshka.dims),
+            list(matryoshka.weights),
             steps=args.rotation_refine_steps,
             temperature=args.rotation_refine_temperature,
             seed=seed,
