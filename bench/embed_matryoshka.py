@@ -3,7 +3,7 @@ and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model los
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
         [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined [N]] [--weights 1 1 1 2]
-        [--refine STEPS] [--distill W]
+        [--refine STEPS]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
@@ -12,8 +12,8 @@ negatives, train queries minus its held-out share), or with ``--mined [N]`` its 
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
 fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it, ``--refine`` their
-``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``) and ``--distill`` their ``matryoshka_distill``
-(the runs' folders are named after both, so ``--reuse`` never mixes runs trained differently). Exits 0 with a note when a data folder is absent.
+``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``; the runs' folders are named after it, so
+``--reuse`` never mixes refined and unrefined runs). Exits 0 with a note when a data folder is absent.
 """
 
 from __future__ import annotations
@@ -62,13 +62,10 @@ def stsb_rows(
     return rows
 
 
-SUFFIXES = {"--matryoshka_distill": "distill", "--rotation_refine_steps": "refine"}
-
-
 def run_suffix(extra: list[str]) -> str:
-    """The end of a run's folder name from the Matryoshka-only flags it has: ``_distill1_refine600`` for
-    ``--matryoshka_distill 1 --rotation_refine_steps 600``, ``_refine600`` for the latter alone, else empty."""
-    return "".join(f"_{name}{extra[extra.index(flag) + 1]}" for flag, name in SUFFIXES.items() if flag in extra)
+    """``_refine600`` for a run with ``--rotation_refine_steps 600``, else empty: its folder name."""
+    flag = "--rotation_refine_steps"
+    return f"_refine{extra[extra.index(flag) + 1]}" if flag in extra else ""
 
 
 class TruncatedView:
@@ -144,21 +141,12 @@ def main() -> int:
         help="rotation_refine_steps of the runs with matryoshka_dims (needs --flags '--pca_rotation true'), e.g. 600",
     )
     parser.add_argument(
-        "--distill",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="matryoshka_distill of the runs with matryoshka_dims (the full width's in-batch ranking taught to each "
-        "narrower width), e.g. 1",
-    )
-    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the mined file and the trained runs already finished in --output-dir",
     )
     args = parser.parse_args()
     matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])
-    matryoshka += ["--matryoshka_distill", f"{args.distill:g}"] if args.distill else []
     matryoshka += ["--rotation_refine_steps", str(args.refine)] if args.refine else []
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
