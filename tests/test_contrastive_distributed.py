@@ -1,5 +1,5 @@
 """2 gloo processes x local batch give the single-process big-batch loss and gradient for every contrastive loss,
-alone and under Matryoshka widths (with and without their distillation), encoded in one forward, in length-sorted chunks and with the gradient cache."""
+alone and under Matryoshka widths, encoded in one forward, in length-sorted chunks and with the gradient cache."""
 
 from __future__ import annotations
 
@@ -26,9 +26,6 @@ BASE_CASES = [
     "matryoshka/tags/infonce",
     "matryoshka/triplets/infonce",
     "matryoshka/scored_pairs/cosent+ibn+angle",
-    # the same widths with matryoshka_distill 0.7: local anchors against the gathered candidates, both widths
-    "matryoshka_distill/pairs_uneven/infonce",
-    "matryoshka_distill/tags/infonce",
 ]
 # every case also encoded in length-sorted chunks and with the gradient cache; one more with dropout replayed
 CASES = [f"{case}{variant}" for case in BASE_CASES for variant in ("", " [chunked]", " [cached]")]

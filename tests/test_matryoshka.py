@@ -15,7 +15,7 @@ from eval.cli import add_model_arguments, load_embedder
 from eval.encoder import Embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.contrastive.batch import EmbeddedBatch, GlobalBatch, text_ids
+from train.contrastive.batch import EmbeddedBatch, text_ids
 from train.contrastive.evaluation import embedding_metrics
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.matryoshka import matryoshka_dims
@@ -78,96 +78,6 @@ def test_loss_is_the_weighted_sum_of_every_loss_at_every_width(task, loss):
         )
 
 
-def kl_by_hand(anchor: torch.Tensor, candidates: torch.Tensor, width: int, temperature: float) -> torch.Tensor:
-    """``(B,)`` KL(softmax of full-width cosines || softmax of width cosines), every candidate distinct."""
-    def log_p(a, c):
-        return F.log_softmax(F.normalize(a, dim=-1) @ F.normalize(c, dim=-1).T / temperature, dim=1)
-
-    teacher, student = log_p(anchor, candidates), log_p(anchor[:, :width], candidates[:, :width])
-    return (teacher.exp() * (teacher - student)).sum(dim=1)
-
-
-def triplet_batch(anchor: torch.Tensor, candidates: torch.Tensor, candidate_texts: list[str]) -> EmbeddedBatch:
-    return EmbeddedBatch.aligned(
-        anchor, candidates, text_ids([f"q{i}" for i in range(len(anchor))]), text_ids(candidate_texts)
-    )
-
-
-def test_distillation_adds_the_kl_of_full_width_to_each_narrower_width():
-    generator = torch.Generator().manual_seed(5)
-    anchor = torch.randn(4, 8, generator=generator, dtype=torch.float64)
-    candidates = torch.randn(7, 8, generator=generator, dtype=torch.float64)
-    batch = triplet_batch(anchor, candidates, [f"d{i}" for i in range(7)])
-    widths, weights = [8, 5, 2], [1.0, 0.5, 2.0]
-    distilled = build_objective(
-        embed_task("triplets"), "infonce", matryoshka=matryoshka_dims(widths, weights, 0.7, 0.1)
-    )(batch, across_processes=False)
-    plain = build_objective(embed_task("triplets"), "infonce", matryoshka=matryoshka_dims(widths, weights))(
-        batch, across_processes=False
-    )
-    kl = {width: float(kl_by_hand(anchor, candidates, width, 0.1).mean()) for width in (5, 2)}
-    assert all(value > 1e-3 for value in kl.values())
-    assert distilled.components == pytest.approx({**plain.components, "distill@5": kl[5], "distill@2": kl[2]})
-    expected = plain.value + 0.7 * (0.5 * kl[5] + 2.0 * kl[2])
-    assert float(distilled.loss) == pytest.approx(expected, rel=1e-12)
-    assert distilled.value == pytest.approx(expected, rel=1e-12)
-
-
-def test_distillation_teaches_only_the_width_and_vanishes_when_it_holds_the_whole_geometry():
-    generator = torch.Generator().manual_seed(6)
-    anchor = torch.randn(3, 8, generator=generator, dtype=torch.float64, requires_grad=True)
-    candidates = torch.randn(5, 8, generator=generator, dtype=torch.float64, requires_grad=True)
-    texts = [f"d{i}" for i in range(5)]
-    objective = build_objective(
-        embed_task("triplets"), "infonce", matryoshka=matryoshka_dims([8, 3], [0, 1], distill=1.0)
-    )
-    assert set(objective(triplet_batch(anchor, candidates, texts), across_processes=False).components) == {
-        "infonce@3",
-        "distill@3",
-    }
-    view = GlobalBatch.single_process(triplet_batch(anchor, candidates, texts))
-    gradients = torch.autograd.grad(objective.distillation(view, 3).loss, [anchor, candidates])
-    assert all(g[:, :3].abs().max() > 0 for g in gradients)
-    assert all(g[:, 3:].abs().max() == 0 for g in gradients)  # the teacher (full width) is not trained by it
-
-    zeros = torch.zeros(8, 5, dtype=torch.float64)
-    inside, inside_candidates = (
-        torch.cat([x.detach()[:, :3], zeros[: len(x)]], dim=1) for x in (anchor, candidates)
-    )
-    held = objective(triplet_batch(inside, inside_candidates, texts), across_processes=False)
-    assert abs(held.components["distill@3"]) < 1e-12
-
-
-def test_distillation_scores_each_candidate_content_once():
-    generator = torch.Generator().manual_seed(7)
-    anchor = torch.randn(3, 8, generator=generator, dtype=torch.float64)
-    candidates = torch.randn(6, 8, generator=generator, dtype=torch.float64)
-    texts = [f"d{i}" for i in range(6)]
-    objective = build_objective(
-        embed_task("triplets"), "infonce", matryoshka=matryoshka_dims([8, 4], distill=1.0)
-    )
-    once = objective(triplet_batch(anchor, candidates, texts), across_processes=False)
-    doubled = objective(  # d4 again at the end, with another embedding (a second process's copy)
-        triplet_batch(anchor, torch.cat([candidates, candidates[4:5] * 3]), [*texts, "d4"]),
-        across_processes=False,
-    )
-    assert doubled.components["distill@4"] == pytest.approx(once.components["distill@4"], rel=1e-12)
-    assert once.components["distill@4"] == pytest.approx(float(kl_by_hand(anchor, candidates, 4, 0.05).mean()))
-
-
-@pytest.mark.parametrize(
-    ("dims", "distill", "temperature", "message"),
-    [
-        (None, 1.0, 0.05, "matryoshka_distill needs matryoshka_dims"),
-        ([8, 4], -0.5, 0.05, "matryoshka_distill must be >= 0"),
-        ([8, 4], 1.0, 0.0, "matryoshka_distill_temperature must be > 0"),
-    ],
-)
-def test_bad_distillation_settings_are_config_errors(dims, distill, temperature, message):
-    with pytest.raises(ConfigError, match=message):
-        matryoshka_dims(dims, None, distill, temperature)
-
-
 def test_width_of_weight_zero_is_not_computed():
     objective = build_objective(embed_task("pairs"), "infonce", matryoshka=matryoshka_dims([8, 4], [1, 0]))
     batch = cut(scored_batch(), 8)
@@ -198,19 +108,11 @@ def test_a_width_above_the_hidden_size_fails_naming_it():
         matryoshka_dims([64, 16]).check_width(32)
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--matryoshka_dims", "16", "32"], "strictly descending"),
-        (["--matryoshka_distill", "1"], "matryoshka_distill needs matryoshka_dims"),
-        (["--matryoshka_dims", "32", "8", "--matryoshka_distill_temperature", "0"], "temperature must be > 0"),
-    ],
-)
-def test_recipe_checks_the_widths_before_any_model_is_loaded(tmp_path, capsys, flags, message):
+def test_recipe_checks_the_widths_before_any_model_is_loaded(tmp_path, capsys):
     argv = ["--model_name_or_path", "missing-model", "--task", "pairs", "--train_data", "x.jsonl",
-            *flags, "--output_dir", str(tmp_path)]  # fmt: skip
+            "--matryoshka_dims", "16", "32", "--output_dir", str(tmp_path)]  # fmt: skip
     assert run_main(main, argv) == 2
-    assert message in capsys.readouterr().err
+    assert "strictly descending" in capsys.readouterr().err
 
 
 def test_embedder_truncates_then_normalises(tiny_bert_dir):
@@ -259,19 +161,14 @@ def test_training_run_records_widths_and_its_sentence_transformers_folder_loads_
     out = tmp_path / "run"
     argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
             "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
-            "--matryoshka_dims", "32", "16", "8", "--matryoshka_weights", "1", "1", "0.5", "--matryoshka_distill", "0.5",
+            "--matryoshka_dims", "32", "16", "8", "--matryoshka_weights", "1", "1", "0.5",
             "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
             "--load_best_model_at_end", "true"]  # fmt: skip
     assert run_main(main, argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"spearman", "spearman@16", "spearman@8"} <= set(metrics["after"])
     assert json.loads((out / "lorasmith.json").read_text())["embedding"]["matryoshka_dims"] == [32, 16, 8]
-    card = (out / "README.md").read_text()
-    assert "truncate_dim=8" in card and "`matryoshka_distill`\n0.5" in card
-    state = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
-    logged = [entry for entry in state["log_history"] if "loss" in entry]
-    assert logged and all({"loss/distill@16", "loss/distill@8"} <= set(entry) for entry in logged)
-    assert all(entry["loss/distill@8"] > 0 for entry in logged)
+    assert "truncate_dim=8" in (out / "README.md").read_text()
 
     texts = sentences(5, offset=2)
     ours = Embedder.load(out, device="cpu", show_progress=False, truncate_dim=8).encode(texts)

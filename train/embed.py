@@ -64,12 +64,7 @@ def configure(data_args: DataArguments, config: EmbedConfig) -> tuple[EmbedTask,
     resolve_mini_batches(config, launch.distribution(config))
     task = embed_task(data_args.task)
     resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    matryoshka = matryoshka_dims(
-        config.matryoshka_dims,
-        config.matryoshka_weights,
-        config.matryoshka_distill,
-        config.matryoshka_distill_temperature,
-    )
+    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
     return task, build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
 
 
@@ -257,11 +252,6 @@ def _plan(
             f"{d} x{w:g}"
             for d, w in zip(objective.matryoshka.dims, objective.matryoshka.weights, strict=True)
         )
-        if objective.matryoshka.distill:
-            widths += (
-                f", each narrower width distilled from the full width x{objective.matryoshka.distill:g}"
-                f" (temperature {objective.matryoshka.distill_temperature:g})"
-            )
     return {
         "task": task,
         "evaluation": f"{config.eval_task}, {len(eval_ds)} rows" if eval_ds is not None else "none",
@@ -306,7 +296,6 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
         trainer.args.matryoshka_dims,
         rotated=trainer.args.pca_rotation,
         refine_steps=trainer.args.rotation_refine_steps,
-        distill=trainer.args.matryoshka_distill,
     )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)

@@ -1,7 +1,7 @@
 """Exactness of the gathered contrastive objective: 2 processes x local batch == 1 process x global batch.
 
 Run under ``accelerate launch`` on 2 CPU processes (``tests/multiproc.run_multiprocess``). For every task and
-loss below (and Matryoshka widths 8/4/2 over them, also with their distillation), in float64, with a tiny encoder (Linear 16->8 + tanh) wrapped in DDP, each rank computes the
+loss below (and Matryoshka widths 8/4/2 over them), in float64, with a tiny encoder (Linear 16->8 + tanh) wrapped in DDP, each rank computes the
 objective on its local batch (gathered across ranks) and backpropagates; every rank also computes the
 single-process reference on the concatenated global batch with an undistributed copy of the encoder. Checked:
 the mean over ranks of the local losses equals the reference loss, the DDP-averaged parameter gradients
@@ -33,7 +33,7 @@ from train.contrastive.batch import PAD_ID, EmbeddedBatch, text_ids
 from train.contrastive.cached import gradient_cache_step
 from train.contrastive.collator import length_sorted_chunks
 from train.contrastive.loss_spec import build_objective
-from train.contrastive.matryoshka import MatryoshkaDims, matryoshka_dims
+from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import in_text_order
 from train.contrastive.tasks import embed_task
 
@@ -154,7 +154,7 @@ def aligned_specs(
     return specs
 
 
-def build_cases() -> list[tuple[str, str, object, list[Spec], MatryoshkaDims | None]]:
+def build_cases() -> list[tuple[str, str, object, list[Spec], list[int] | None]]:
     """(case name, task, loss config, per-rank specs, Matryoshka widths or None), the same on every rank."""
     generator = torch.Generator().manual_seed(7)
     # SimCSE unsupervised: the same sentence ("s1") twice in the global batch, once on each rank.
@@ -193,8 +193,7 @@ def build_cases() -> list[tuple[str, str, object, list[Spec], MatryoshkaDims | N
     scored_uneven = aligned_specs(queries[:7], passages[:7], 3, scores=scores[:7])
 
     combination = {"cosent": 1, "ibn": {"weight": 0.5, "temperature": 0.1}, "angle": {"weight": 1}}
-    widths = matryoshka_dims([8, 4, 2], [1, 0.5, 0.25])  # the encoder's full width (8) and two prefixes
-    distilled = matryoshka_dims([8, 4, 2], [1, 0.5, 0.25], distill=0.7)
+    widths = [8, 4, 2]  # the encoder's full width (8) and two prefixes
     cases = [
         ("simcse_unsup/infonce", "simcse_unsup", "infonce", simcse),
         ("pairs/infonce", "pairs", {"infonce": {"temperature": 0.1}}, pairs),
@@ -215,15 +214,7 @@ def build_cases() -> list[tuple[str, str, object, list[Spec], MatryoshkaDims | N
         ("matryoshka/triplets/infonce", "triplets", "infonce", triplets),
         ("matryoshka/scored_pairs/cosent+ibn+angle", "scored_pairs", combination, scored_uneven),
     ]
-    distillation = [
-        ("matryoshka_distill/pairs_uneven/infonce", "pairs", "infonce", pairs_uneven),
-        ("matryoshka_distill/tags/infonce", "tags", "infonce", tags),
-    ]
-    return (
-        [(*case, None) for case in cases]
-        + [(*case, widths) for case in matryoshka]
-        + [(*case, distilled) for case in distillation]
-    )
+    return [(*case, None) for case in cases] + [(*case, widths) for case in matryoshka]
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -285,7 +276,8 @@ def main() -> int:
     model = accelerator.prepare(encoder)
     failures = checked = 0
     started = time.perf_counter()
-    for name, task, loss_config, specs, matryoshka in build_cases():
+    for name, task, loss_config, specs, widths in build_cases():
+        matryoshka = matryoshka_dims(widths, [1, 0.5, 0.25]) if widths else None
         objective = build_objective(embed_task(task), loss_config, matryoshka=matryoshka)
         spec = specs[rank]
 

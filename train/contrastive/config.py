@@ -158,17 +158,6 @@ class EmbedConfig(TrainingArguments):
         default=None,
         metadata={"help": "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1."},
     )
-    matryoshka_distill: float = field(
-        default=0.0,
-        metadata={
-            "help": "With matryoshka_dims: weight of a distillation term at every narrower width, KL(full-width "
-            "softmax over the in-batch candidates || the width's), so each width learns how the full width ranks "
-            "the negatives too (times the width's matryoshka_weights). 0 = off; e.g. 1."
-        },
-    )
-    matryoshka_distill_temperature: float = field(
-        default=0.05, metadata={"help": "Softmax temperature of the matryoshka_distill rankings."}
-    )
     pca_rotation: bool = field(
         default=False,
         metadata={
@@ -258,12 +247,7 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError("packing needs mini_batch_size > 0 (it packs the length-sorted texts of a step)")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
-        matryoshka_dims(  # ConfigError on bad widths / weights / distillation
-            self.matryoshka_dims,
-            self.matryoshka_weights,
-            self.matryoshka_distill,
-            self.matryoshka_distill_temperature,
-        )
+        matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
         if self.pca_rotation_samples < 2:
             raise ConfigError(f"pca_rotation_samples must be >= 2; got {self.pca_rotation_samples}")
         self._check_rotation_refinement()

@@ -98,11 +98,10 @@ def write_embedding_card(
     *,
     rotated: bool = False,
     refine_steps: int = 0,
-    distill: float = 0.0,
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
-    width when ``matryoshka_dims``, and how the widths were distilled when ``distill``; the rotation explained when
-    ``rotated``, and its refinement for the Matryoshka widths when ``refine_steps``), metrics, recipe."""
+    width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
+    widths when ``refine_steps``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -118,10 +117,6 @@ or `python -m eval.sts --model {output_dir} --data FILE`."""
 Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
 `SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
 `normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
-        if distill:
-            usage += f"""
-Each narrower width was also trained to rank the in-batch candidates as the full width does (`matryoshka_distill`
-{distill:g}: KL of the full width's softmax to the width's)."""
     if rotated:
         usage += """
 

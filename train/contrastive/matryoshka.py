@@ -11,14 +11,7 @@ exactly as a normalising model's truncated output would be.
 At inference, keep the first ``d`` dimensions and re-normalise: ``eval.* --truncate-dim d``,
 ``SentenceTransformer(merged, truncate_dim=d)`` (with ``normalize_embeddings=True`` or cosine similarity).
 
-With ``matryoshka_distill: w`` each narrower width also learns the full width's *ranking*: every local anchor's
-softmax over the global candidates at width ``d`` is pulled towards the same softmax at full width (the teacher,
-detached), ``w_d * w * KL(teacher || width d)`` (:class:`WidthDistillation`). The contrastive losses only tell a
-width which candidate is the positive; the distillation also passes on how the full width orders the negatives,
-which is what retrieval at that width ranks by.
-
-References: Kusupati et al. 2022, "Matryoshka Representation Learning"; sentence-transformers ``MatryoshkaLoss``;
-Hinton et al. 2015 (distillation with a softmax temperature).
+Reference: Kusupati et al. 2022, "Matryoshka Representation Learning"; sentence-transformers ``MatryoshkaLoss``.
 """
 
 from __future__ import annotations
@@ -27,12 +20,8 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from torch import Tensor
-
 from lorasmith.errors import ConfigError
 from train.contrastive.batch import GlobalBatch
-from train.contrastive.losses import ContrastiveLoss, LossOutput, first_occurrences, share_of_global_mean
 
 
 @dataclass(frozen=True)
@@ -42,15 +31,10 @@ class MatryoshkaDims:
     Attributes:
         dims: strictly descending positive widths, e.g. ``(384, 256, 128, 64)``.
         weights: one weight ``>= 0`` per width (not all 0), same order.
-        distill: weight ``>= 0`` of the full -> width distillation (:class:`WidthDistillation`) at every narrower
-            width, on top of that width's weight; 0 = off.
-        distill_temperature: softmax temperature ``> 0`` of the distillation.
     """
 
     dims: tuple[int, ...]
     weights: tuple[float, ...]
-    distill: float = 0.0
-    distill_temperature: float = 0.05
 
     def check_width(self, width: int) -> None:
         """ConfigError when the widest ``d`` exceeds the model's embedding width ``width`` (its hidden size)."""
@@ -62,31 +46,17 @@ class MatryoshkaDims:
 
 
 def matryoshka_dims(
-    dims: Sequence[int] | None,
-    weights: Sequence[float] | None = None,
-    distill: float = 0.0,
-    distill_temperature: float = 0.05,
+    dims: Sequence[int] | None, weights: Sequence[float] | None = None
 ) -> MatryoshkaDims | None:
-    """The recipe's ``matryoshka_dims`` / ``matryoshka_weights`` / ``matryoshka_distill`` /
-    ``matryoshka_distill_temperature`` validated; ``None`` when ``dims`` is unset/empty.
+    """The recipe's ``matryoshka_dims`` / ``matryoshka_weights`` validated; ``None`` when ``dims`` is unset/empty.
 
     Raises:
-        ConfigError: a width that is not a positive integer, widths not strictly descending, weights or
-            distillation without dims, a weight count that differs from the dim count, a negative or non-numeric
-            weight, all weights 0, a negative distillation weight, a distillation temperature <= 0.
+        ConfigError: a width that is not a positive integer, widths not strictly descending, weights without
+            dims, a weight count that differs from the dim count, a negative or non-numeric weight, all weights 0.
     """
-    if not distill >= 0:
-        raise ConfigError(f"matryoshka_distill must be >= 0 (0 = off); got {distill}")
-    if not distill_temperature > 0:
-        raise ConfigError(f"matryoshka_distill_temperature must be > 0; got {distill_temperature}")
     if not dims:
         if weights:
             raise ConfigError("matryoshka_weights needs matryoshka_dims (the widths the weights belong to)")
-        if distill:
-            raise ConfigError(
-                "matryoshka_distill needs matryoshka_dims (e.g. 384 256 128 64): it distils the full width into "
-                "the narrower ones"
-            )
         return None
     if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
         raise ConfigError(
@@ -105,9 +75,7 @@ def matryoshka_dims(
         raise ConfigError(f"matryoshka_weights must be numbers >= 0; got {weights}")
     if not any(weights):
         raise ConfigError(f"matryoshka_weights are all 0 ({weights}); at least one width must be trained")
-    return MatryoshkaDims(
-        tuple(int(d) for d in dims), tuple(float(w) for w in weights), float(distill), float(distill_temperature)
-    )
+    return MatryoshkaDims(tuple(int(d) for d in dims), tuple(float(w) for w in weights))
 
 
 def truncate_view(view: GlobalBatch, dim: int) -> GlobalBatch:
@@ -123,34 +91,3 @@ def truncate_view(view: GlobalBatch, dim: int) -> GlobalBatch:
         candidates=view.candidates[:, :dim],
         anchors=None if view.anchors is None else view.anchors[:, :dim],
     )
-
-
-class WidthDistillation(ContrastiveLoss):
-    """Full-width -> width-``d`` ranking distillation over the global batch (``matryoshka_distill``).
-
-    For each local anchor ``a`` and the distinct contents among the global candidates ``c`` (each scored at its
-    first row, as the in-batch softmax losses count them): teacher ``p = softmax(cos(a, c) / t)`` at full width,
-    detached; student ``q_d = softmax(cos(a[:d], c[:d]) / t)``; term ``KL(p || q_d)``. Loss = mean over the global
-    anchors (this process returns its share, :func:`share_of_global_mean`). The gradient reaches only the first
-    ``d`` dimensions; the full width is taught by the contrastive losses alone.
-
-    Args:
-        temperature: cosines are divided by it.
-    """
-
-    def __init__(self, temperature: float):
-        super().__init__()
-        self.temperature = float(temperature)
-
-    def forward(self, view: GlobalBatch, width: int) -> LossOutput:
-        """``view`` at full width; ``width`` the student's."""
-        anchors, candidates = view.local.anchor, view.candidates
-        distinct = first_occurrences(view.candidate_ids)[None, :]  # (1, M_g)
-        teacher = self._log_softmax(anchors.detach(), candidates.detach(), distinct)  # (B, M_g)
-        student = self._log_softmax(anchors[:, :width], candidates[:, :width], distinct)
-        terms = (teacher.exp() * (teacher - student)).masked_fill(~distinct, 0.0).sum(dim=1)  # (B,)
-        return LossOutput(share_of_global_mean(terms, view.world_size))
-
-    def _log_softmax(self, anchors: Tensor, candidates: Tensor, distinct: Tensor) -> Tensor:
-        logits = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).T / self.temperature
-        return F.log_softmax(logits.masked_fill(~distinct, float("-inf")), dim=1)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from train.contrastive.batch import EmbeddedBatch, GlobalBatch
 from train.contrastive.gather import sum_over_ranks
 from train.contrastive.losses import ContrastiveLoss
-from train.contrastive.matryoshka import MatryoshkaDims, WidthDistillation, truncate_view
+from train.contrastive.matryoshka import MatryoshkaDims, truncate_view
 
 
 @dataclass
@@ -39,8 +39,7 @@ class ObjectiveOutput:
             loss); call ``backward`` on it.
         value: the weighted big-batch loss as a number (global, identical on every process).
         components: loss name -> its unweighted big-batch value (global, identical on every process); with
-            Matryoshka widths, ``name@d`` for each width ``d`` narrower than the embeddings, and ``distill@d`` with
-            ``matryoshka_distill``.
+            Matryoshka widths, ``name@d`` for each width ``d`` narrower than the embeddings.
         telemetry: global numbers: ``global_batch_size`` (anchors), ``global_candidates`` and, per component
             ``name``, ``name/<statistic>`` from its loss's ``summarize`` (the in-batch softmax losses:
             ``top1_accuracy``, ``negatives_per_anchor``, ``masked_false_negatives``).
@@ -69,9 +68,6 @@ class ContrastiveObjective(nn.Module):
         self.losses = nn.ModuleDict({name: loss for name, (_, loss) in losses.items()})
         self.needs = reduce(or_, (loss.needs for loss in self.losses.values()))
         self.matryoshka = matryoshka
-        self.distillation = (
-            WidthDistillation(matryoshka.distill_temperature) if matryoshka and matryoshka.distill else None
-        )
 
     def widths(self, full: int) -> list[tuple[int, float]]:
         """``(width, weight)`` of each width the losses are computed at, for embeddings ``full`` wide."""
@@ -106,12 +102,6 @@ class ContrastiveObjective(nn.Module):
                 weights[component] = width_weight * self.weights[name]
                 owners[component] = loss
                 stats.update({(component, key): value for key, value in output.stats.items()})
-                total = total + weights[component] * output.loss
-            if self.distillation is not None and width < full:
-                component = f"distill@{width}"
-                output = self.distillation(view, width)
-                shares[component], owners[component] = output.loss, self.distillation
-                weights[component] = width_weight * self.matryoshka.distill
                 total = total + weights[component] * output.loss
 
         # One collective for every logged number: shares average to the global losses, stats add up.
