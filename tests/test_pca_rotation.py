@@ -233,6 +233,7 @@ def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_
         (["--pca_rotation", "true", "--rotation_refine_steps", "-1"], "rotation_refine_steps must be >= 0"),
         (["--pca_rotation", "true", "--matryoshka_dims", "32", "8", "--rotation_refine_steps", "5",
           "--rotation_refine_temperature", "0"], "rotation_refine_temperature must be > 0"),
+        (["--matryoshka_pca_basis", "true"], "matryoshka_pca_basis trains the matryoshka_dims widths"),
     ],
 )
 def test_bad_refinement_settings_fail_before_any_model_is_loaded(tmp_path, capsys, flags, message):
@@ -247,3 +248,93 @@ def test_bad_sample_count_fails_before_any_model_is_loaded(tmp_path, capsys):
             "--pca_rotation", "true", "--pca_rotation_samples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
     assert run_main(main, argv) == 2
     assert "pca_rotation_samples must be >= 2" in capsys.readouterr().err
+
+
+# --- matryoshka_pca_basis: training in the untrained model's principal axes ------------------------------------
+
+
+def basis_run(tiny_bert_dir, data: dict, out, *flags: str):
+    """A tiny LoRA scored_pairs run with Matryoshka 32/8 and evaluation before and after; returns its folder."""
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
+            "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
+            "--matryoshka_dims", "32", "8", "--export_merged", "false", *flags]  # fmt: skip
+    assert run_main(main, argv) == 0
+    return out
+
+
+def training_texts(data: dict) -> list[str]:
+    train = load_sts_data(data["scored_pairs"])
+    return list(dict.fromkeys([*train["sentence1"], *train["sentence2"]]))
+
+
+def test_pca_basis_is_the_untrained_models_pca_and_is_in_place_from_the_first_evaluation(tiny_bert_dir, tmp_path):
+    data = data_files(tmp_path)
+    untrained = Embedder.load(tiny_bert_dir, device="cpu", show_progress=False)
+    basis = pca_rotation(untrained.encode(training_texts(data)))
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true")
+
+    saved = Embedder.load(out, device="cpu", show_progress=False).rotation
+    assert saved is not None and torch.allclose(saved.T @ saved, torch.eye(32), atol=1e-5)
+    assert (saved - basis).abs().max() < 1e-4  # no pca_rotation after training: the basis itself is saved
+    assert "matryoshka_pca_basis" in (out / "README.md").read_text()
+    # the evaluation before training already embedded in the basis: width 8 = the first 8 principal components
+    untrained_in_basis = Embedder.load(tiny_bert_dir, device="cpu", show_progress=False, truncate_dim=8)
+    untrained_in_basis.rotation = basis
+    before = json.loads((out / "metrics.json").read_text())["before"]
+    assert before["spearman@8"] == pytest.approx(
+        embedding_metrics(untrained_in_basis, "scored_pairs", load_sts_data(data["scored_pairs"]))["spearman"],
+        abs=1e-3,
+    )
+
+
+def test_pca_basis_changes_only_what_the_narrower_widths_train(tiny_bert_dir, tmp_path):
+    """Cosine losses are blind to an orthogonal map, so with weight 0 on width 8 the basis changes nothing the
+    model learns; with weight 1 on width 8 the truncated losses see the basis and the trained weights differ."""
+    data = data_files(tmp_path)
+    texts = sentences(7, offset=3)
+
+    def unrotated(out) -> torch.Tensor:
+        embedder = Embedder.load(out, device="cpu", show_progress=False)
+        embedder.rotation = None
+        return embedder.encode(texts)
+
+    trained = {
+        (weights, basis): unrotated(
+            basis_run(tiny_bert_dir, data, tmp_path / f"w{weights}-{basis}", "--matryoshka_weights", "1", weights,
+                      "--matryoshka_pca_basis", basis)  # fmt: skip
+        )
+        for weights in ("0", "1")
+        for basis in ("false", "true")
+    }
+    assert torch.allclose(trained[("0", "false")], trained[("0", "true")], atol=1e-5)
+    assert (trained[("1", "false")] - trained[("1", "true")]).abs().max() > 1e-3
+
+
+def test_pca_rotation_after_a_pca_basis_run_is_composed_with_the_basis(tiny_bert_dir, tmp_path):
+    data = data_files(tmp_path)
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true", "--pca_rotation", "true")
+    rotated = Embedder.load(out, device="cpu", show_progress=False)
+    rotation = rotated.rotation
+    assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
+    final = rotated.encode(training_texts(data))
+    # the saved rotation puts the final model's embeddings on their own principal axes, in order: a second PCA
+    # of them is the identity (up to noise in the trailing, nearly tied axes)
+    again = pca_rotation(final)
+    assert (again[:, :4] - torch.eye(32)[:, :4]).abs().max() < 1e-3
+    # = the PCA of the trained model's own (unrotated) embeddings, each axis up to its sign
+    rotated.rotation = None
+    reference = pca_rotation(rotated.encode(training_texts(data)))
+    assert (reference[:, :4] * rotation[:, :4]).sum(dim=0).abs().min() > 0.999
+
+
+def test_a_resumed_pca_basis_run_fits_the_same_basis_from_the_untrained_weights(tiny_bert_dir, tmp_path):
+    data = data_files(tmp_path)
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true", "--save_steps", "2",
+                    "--save_strategy", "steps")  # fmt: skip
+    first = Embedder.load(out, device="cpu", show_progress=False).rotation
+    basis_run(tiny_bert_dir, data, out, "--matryoshka_pca_basis", "true", "--save_steps", "2",
+              "--save_strategy", "steps", "--max_steps", "4")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["train"]["global_step"], metrics["train"]["resumed_from_step"]) == (4, 2)
+    resumed = Embedder.load(out, device="cpu", show_progress=False).rotation
+    assert torch.equal(resumed, first)

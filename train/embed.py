@@ -41,7 +41,7 @@ from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.model import build_embedding_model
 from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.packing import resolve_packing
-from train.contrastive.rotation import fit_rotation
+from train.contrastive.rotation import fit_pca_basis, fit_rotation
 from train.contrastive.sampling import (
     DatasetMix,
     MixCollator,
@@ -204,6 +204,8 @@ def main(argv=None):
     )
     recipe, resume_from = run.prepare_output_dir(args)
 
+    if config.matryoshka_pca_basis:  # on the untrained weights, also when resuming (the checkpoint loads later)
+        fit_pca_basis(trainer, train_ds, config.pca_rotation_samples, config.seed)
     metrics = {}
     if config.eval_before_training and resume_from is None:
         metrics["before"] = _strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
@@ -261,6 +263,12 @@ def _plan(
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
         + (
+            f", trained in the untrained model's PCA basis (fit on {min(config.pca_rotation_samples, len(train_ds))}"
+            " rows' texts)"
+            if config.matryoshka_pca_basis
+            else ""
+        )
+        + (
             f", PCA rotation after training (fit on {min(config.pca_rotation_samples, len(train_ds))} rows' texts"
             + (f", refined {config.rotation_refine_steps} steps" if config.rotation_refine_steps else "")
             + ")"
@@ -296,6 +304,7 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
         trainer.args.matryoshka_dims,
         rotated=trainer.args.pca_rotation,
         refine_steps=trainer.args.rotation_refine_steps,
+        pca_basis=trainer.args.matryoshka_pca_basis,
     )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)

@@ -166,8 +166,18 @@ class EmbedConfig(TrainingArguments):
             "variance, so truncated embeddings keep more). Saved with the model; see train/contrastive/rotation.py."
         },
     )
+    matryoshka_pca_basis: bool = field(
+        default=False,
+        metadata={
+            "help": "With matryoshka_dims: before training, rotate the embedding space onto the principal axes of "
+            "the untrained model's embeddings of the training texts, so the Matryoshka widths are trained as prefixes "
+            "of those axes from the first step (an orthogonal map: full-width cosines unchanged). With pca_rotation "
+            "the rotation fitted after training is composed with it. Saved with the model; see rotation.py."
+        },
+    )
     pca_rotation_samples: int = field(
-        default=20000, metadata={"help": "Training rows whose texts the pca_rotation is fitted on (seeded sample)."}
+        default=20000,
+        metadata={"help": "Training rows whose texts pca_rotation / matryoshka_pca_basis are fitted on (seeded sample)."},
     )
     rotation_refine_steps: int = field(
         default=0,
@@ -261,6 +271,11 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(f"rotation_refine_temperature must be > 0; got {self.rotation_refine_temperature}")
         if self.rotation_refine_steps and not self.pca_rotation:
             raise ConfigError("rotation_refine_steps refines the PCA rotation: set pca_rotation: true as well")
+        if self.matryoshka_pca_basis and not self.matryoshka_dims:
+            raise ConfigError(
+                "matryoshka_pca_basis trains the matryoshka_dims widths in the principal-axes basis: set "
+                "matryoshka_dims as well (e.g. 384 256 128 64); without narrower widths a rotation changes no loss"
+            )
         if self.rotation_refine_steps and not self.matryoshka_dims:
             raise ConfigError(
                 "rotation_refine_steps needs matryoshka_dims with narrower widths (e.g. 384 256 128 64): they are "

@@ -5,7 +5,7 @@
 - ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
   gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
   ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
-- ``rotation.safetensors`` (``pca_rotation`` runs; also a ``Dense`` module of ``merged/``),
+- ``rotation.safetensors`` (``pca_rotation`` / ``matryoshka_pca_basis`` runs; also a ``Dense`` module of ``merged/``),
 - ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths, rotation),
   ``README.md`` model card (with ``truncate_dim`` usage when the run trained Matryoshka widths).
 ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
@@ -80,7 +80,7 @@ def embedding_settings(trainer) -> dict:
 
 def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
     """``lorasmith.json`` of kind ``embedding`` (how ``eval.encoder.Embedder.load`` rebuilds the model), after the
-    ``rotation.safetensors`` it names (``pca_rotation`` runs). Main process only."""
+    ``rotation.safetensors`` it names (``pca_rotation`` / ``matryoshka_pca_basis`` runs). Main process only."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     if model.rotation is not None:
         write_rotation(trainer.args.output_dir, model.rotation)
@@ -98,10 +98,11 @@ def write_embedding_card(
     *,
     rotated: bool = False,
     refine_steps: int = 0,
+    pca_basis: bool = False,
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
     width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
-    widths when ``refine_steps``), metrics, recipe."""
+    widths when ``refine_steps``, the training basis when ``pca_basis``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -117,6 +118,13 @@ or `python -m eval.sts --model {output_dir} --data FILE`."""
 Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
 `SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
 `normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
+    if pca_basis:
+        usage += """
+
+Training ran in the principal-axes basis of the untrained model's embeddings of the training texts
+(`matryoshka_pca_basis`: an orthogonal map, full-width cosines unchanged), so each Matryoshka width was trained as
+the first `d` of those axes. The rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and
+lorasmith applies it on load."""
     if rotated:
         usage += """
 
