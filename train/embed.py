@@ -230,6 +230,7 @@ def _plan(
 ) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     global_anchors = config.per_device_train_batch_size * world_size
+    rotation_rows = min(config.pca_rotation_samples, len(train_ds))  # what pca_rotation / matryoshka_pca_basis fit on
     if train_batches is None:
         task = f"{data_args.task}, {len(train_ds)} training rows"
         negatives = EMBED_TASKS[data_args.task].describe_negatives(train_ds, global_anchors)
@@ -263,13 +264,12 @@ def _plan(
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
         + (
-            f", trained in the untrained model's PCA basis (fit on {min(config.pca_rotation_samples, len(train_ds))}"
-            " rows' texts)"
+            f", trained in the untrained model's PCA basis (fit on {rotation_rows} rows' texts)"
             if config.matryoshka_pca_basis
             else ""
         )
         + (
-            f", PCA rotation after training (fit on {min(config.pca_rotation_samples, len(train_ds))} rows' texts"
+            f", PCA rotation after training (fit on {rotation_rows} rows' texts"
             + (f", refined {config.rotation_refine_steps} steps" if config.rotation_refine_steps else "")
             + ")"
             if config.pca_rotation

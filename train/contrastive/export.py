@@ -123,7 +123,9 @@ Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first
 
 Training ran in the principal-axes basis of the untrained model's embeddings of the training texts
 (`matryoshka_pca_basis`: an orthogonal map, full-width cosines unchanged), so each Matryoshka width was trained as
-the first `d` of those axes. The rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and
+the first `d` of those axes."""
+        if not rotated:  # else the rotation paragraph below says where the (composed) rotation is saved
+            usage += """ The rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and
 lorasmith applies it on load."""
     if rotated:
         usage += """
