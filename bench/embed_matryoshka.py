@@ -3,7 +3,7 @@ and without ``matryoshka_dims: [384, 256, 128, 64]`` (target: the 64-d model los
 
     python bench/embed_matryoshka.py --output-dir DIR [--data-root ../shared/data] [--epochs 1] [--only stsb|scifact] [--reuse]
         [--flags "--use_peft false --full_finetune true --learning_rate 2e-5"] [--mined [N]] [--weights 1 1 1 2]
-        [--refine STEPS]
+        [--refine STEPS [--refine-objective training_loss]]
 
 STS-B: ``configs/embed/sts_cosent.yaml`` (MiniLM + LoRA, CoSENT) on the release's ``sts-train.csv``, no evaluation
 during training, scored on ``sts-test.csv``. SciFact: the pairs run of ``bench/embed_scifact.py`` (in-batch
@@ -12,7 +12,8 @@ negatives, train queries minus its held-out share), or with ``--mined [N]`` its 
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
 fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it, ``--refine`` their
-``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``; the runs' folders are named after it, so
+``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``) and ``--refine-objective`` its
+``rotation_refine_objective`` (the runs' folders are named after both, so
 ``--reuse`` never mixes refined and unrefined runs). Exits 0 with a note when a data folder is absent.
 """
 
@@ -63,9 +64,14 @@ def stsb_rows(
 
 
 def run_suffix(extra: list[str]) -> str:
-    """``_refine600`` for a run with ``--rotation_refine_steps 600``, else empty: its folder name."""
-    flag = "--rotation_refine_steps"
-    return f"_refine{extra[extra.index(flag) + 1]}" if flag in extra else ""
+    """``_refine600`` for a run with ``--rotation_refine_steps 600`` (``_refine600_training_loss`` with
+    ``--rotation_refine_objective training_loss``), else empty: its folder name."""
+    flag, objective = "--rotation_refine_steps", "--rotation_refine_objective"
+    if flag not in extra:
+        return ""
+    return f"_refine{extra[extra.index(flag) + 1]}" + (
+        f"_{extra[extra.index(objective) + 1]}" if objective in extra else ""
+    )
 
 
 class TruncatedView:
@@ -141,6 +147,11 @@ def main() -> int:
         help="rotation_refine_steps of the runs with matryoshka_dims (needs --flags '--pca_rotation true'), e.g. 600",
     )
     parser.add_argument(
+        "--refine-objective",
+        choices=("neighbours", "training_loss"),
+        help="rotation_refine_objective of the refined runs (default: train.embed's, neighbours)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the mined file and the trained runs already finished in --output-dir",
@@ -148,6 +159,8 @@ def main() -> int:
     args = parser.parse_args()
     matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])
     matryoshka += ["--rotation_refine_steps", str(args.refine)] if args.refine else []
+    if args.refine and args.refine_objective:
+        matryoshka += ["--rotation_refine_objective", args.refine_objective]
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
     scifact_build = functools.partial(scifact_rows, mined=args.mined)

@@ -1,7 +1,8 @@
 """train.embed on 2 processes x batch B logs the same per-step losses as 1 process x batch 2B (dropout 0, same
 seed and data order): the negatives are gathered across processes with the big batch's gradient. The PCA rotation
 fitted after training (texts embedded on both processes, gathered) is the one process's, also when it is refined for
-the Matryoshka widths (``rotation_refine_steps``: refined on each process, the main process's broadcast)."""
+the Matryoshka widths (``rotation_refine_steps``, on neighbour rankings or on the training loss: refined on each
+process, the main process's broadcast)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def logged_steps(output_dir: Path) -> list[dict]:
     [
         ("pairs", "infonce", ["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10"]),
         ("scored_pairs", "{cosent: 1, ibn: {weight: 1, threshold: 0.5}, angle: 1}", []),
-        ("tags", "infonce", []),
+        ("tags", "infonce", ["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10",
+                             "--rotation_refine_objective", "training_loss"]),
     ],
 )
 def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(

@@ -34,7 +34,13 @@ from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
 from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.config import EmbedConfig, encoding_mode, resolve_mini_batches, resolve_task_defaults
+from train.contrastive.config import (
+    EmbedConfig,
+    check_refine_task,
+    encoding_mode,
+    resolve_mini_batches,
+    resolve_task_defaults,
+)
 from train.contrastive.export import export_embedding_model, write_embedding_card, write_embedding_manifest
 from train.contrastive.loss_spec import build_objective
 from train.contrastive.matryoshka import matryoshka_dims
@@ -119,6 +125,7 @@ def check_source_tasks(sources: list[TrainSource] | None, task: EmbedTask, confi
     """ConfigError naming the dataset when one of several training datasets has a task the loss cannot use."""
     for source in sources or ():
         try:
+            check_refine_task(config, embed_task(source.task))
             build_objective(
                 embed_task(source.task), config.loss or task.default_loss, temperature=config.temperature
             )
@@ -270,7 +277,12 @@ def _plan(
         )
         + (
             f", PCA rotation after training (fit on {rotation_rows} rows' texts"
-            + (f", refined {config.rotation_refine_steps} steps" if config.rotation_refine_steps else "")
+            + (
+                f", refined {config.rotation_refine_steps} steps on "
+                + ("the training loss" if config.rotation_refine_objective == "training_loss" else "neighbour rankings")
+                if config.rotation_refine_steps
+                else ""
+            )
             + ")"
             if config.pca_rotation
             else ""
@@ -304,6 +316,7 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
         trainer.args.matryoshka_dims,
         rotated=trainer.args.pca_rotation,
         refine_steps=trainer.args.rotation_refine_steps,
+        refine_objective=trainer.args.rotation_refine_objective,
         pca_basis=trainer.args.matryoshka_pca_basis,
     )
     if "after" in metrics:

@@ -167,22 +167,27 @@ class ContrastiveCollator:
         text_order = list(range(len(texts)))
         if self.mini_batch_size:
             text_order.sort(key=lambda i: -len(token_ids[i]))  # stable: ties keep text order
-        batch = {
+        return {
             **self.pad([token_ids[i] for i in text_order]),
             "lengths": torch.tensor([len(token_ids[i]) for i in text_order], dtype=torch.int64),
             "text_order": torch.tensor(text_order, dtype=torch.int64),
-            "anchor_ids": text_ids(roles.anchors),
-            "candidate_ids": text_ids(roles.candidates),
             "real_tokens": torch.tensor(sum(map(len, token_ids))),
+            **self.labels(roles),
         }
+
+    @staticmethod
+    def labels(roles: Roles) -> dict[str, Tensor]:
+        """What a batch's loss reads besides its embeddings: ``anchor_ids (B,)``, ``candidate_ids (M,)``, and
+        ``positive_ids (B, P)`` (tasks that are not aligned) / ``scores (B,)`` (scored tasks) when they apply."""
+        labels = {"anchor_ids": text_ids(roles.anchors), "candidate_ids": text_ids(roles.candidates)}
         if roles.positives is not None:
             width = max(len(texts) for texts in roles.positives)
-            batch["positive_ids"] = torch.tensor(
+            labels["positive_ids"] = torch.tensor(
                 [text_ids(texts).tolist() + [PAD_ID] * (width - len(texts)) for texts in roles.positives]
             )
         if roles.scores is not None:
-            batch["scores"] = torch.tensor(roles.scores, dtype=torch.float32)
-        return batch
+            labels["scores"] = torch.tensor(roles.scores, dtype=torch.float32)
+        return labels
 
     def chunker(self) -> LengthSortedChunker | None:
         """A fresh chunker for this collator's batches (None with ``mini_batch_size`` 0 or ``packing``: the cut

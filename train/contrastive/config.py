@@ -32,6 +32,8 @@ from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.sampling import SAMPLING
 from train.contrastive.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
 
+REFINE_OBJECTIVES = ("neighbours", "training_loss")  # rotation_refine_objective
+
 # Most texts per forward when the recipe does not say. The chunking (collator.LengthSortedChunker) picks the cuts
 # itself (fewest forwards at <= 10 % padding over the run), so this is only a cap: bench/embed_throughput.py
 # (MiniLM + LoRA, 2 CPU cores, 150 steps of rows sampled from the whole train sets) measured with 32: STS-B batch 16
@@ -191,6 +193,15 @@ class EmbedConfig(TrainingArguments):
     rotation_refine_temperature: float = field(
         default=0.05, metadata={"help": "Softmax temperature of the rotation_refine_steps neighbour rankings."}
     )
+    rotation_refine_objective: str = field(
+        default="neighbours",
+        metadata={
+            "help": "What rotation_refine_steps minimises: neighbours (each training text's neighbour ranking at "
+            "the narrower widths matched to the full width's) or training_loss (the run's own loss and weights at "
+            "the narrower Matryoshka widths, on batches of 512 of the sampled training rows, embedded once; not "
+            "for simcse_unsup, whose two views are one text without dropout). Full-width cosines stay unchanged."
+        },
+    )
     dataset_sampling: str = field(
         default="proportional",
         metadata={
@@ -269,6 +280,11 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(f"rotation_refine_steps must be >= 0; got {self.rotation_refine_steps}")
         if self.rotation_refine_temperature <= 0:
             raise ConfigError(f"rotation_refine_temperature must be > 0; got {self.rotation_refine_temperature}")
+        if self.rotation_refine_objective not in REFINE_OBJECTIVES:
+            raise ConfigError(
+                f"rotation_refine_objective must be one of {', '.join(REFINE_OBJECTIVES)}; "
+                f"got {self.rotation_refine_objective!r}"
+            )
         if self.rotation_refine_steps and not self.pca_rotation:
             raise ConfigError("rotation_refine_steps refines the PCA rotation: set pca_rotation: true as well")
         if self.matryoshka_pca_basis and not self.matryoshka_dims:
@@ -294,6 +310,7 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
 
     Query / document prefixes on a symmetric task (whose texts are embedded without them) are a ConfigError.
     """
+    check_refine_task(config, task)
     if task.symmetric and (config.query_prefix or config.document_prefix):
         raise ConfigError(
             f"query_prefix / document_prefix do not apply to task {task.name}: both sides are the same kind of text "
@@ -308,6 +325,18 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
         config.metric_for_best_model = EVAL_METRICS[config.eval_task]
         config.greater_is_better = True
     check_best_metric(config, metric_names(config.eval_task, config.eval_ks, config.matryoshka_dims))
+
+
+def check_refine_task(config: EmbedConfig, task: EmbedTask) -> None:
+    """ConfigError when ``rotation_refine_objective: training_loss`` would refine on ``task``'s loss and that loss
+    has nothing to fit on cached embeddings: a task whose positive is the anchor's own text (SimCSE's two dropout
+    views are one embedding once cached)."""
+    if config.rotation_refine_steps and config.rotation_refine_objective == "training_loss" and task.positive_is_anchor:
+        raise ConfigError(
+            f"rotation_refine_objective training_loss refines on the training loss of cached embeddings, but task "
+            f"{task.name} pairs each text with itself (two dropout views, one embedding once cached): use "
+            "rotation_refine_objective: neighbours"
+        )
 
 
 def resolve_mini_batches(config: EmbedConfig, distribution: str) -> None:

@@ -98,11 +98,12 @@ def write_embedding_card(
     *,
     rotated: bool = False,
     refine_steps: int = 0,
+    refine_objective: str = "neighbours",
     pca_basis: bool = False,
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
     width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
-    widths when ``refine_steps``, the training basis when ``pca_basis``), metrics, recipe."""
+    widths when ``refine_steps``, by ``refine_objective``; the training basis when ``pca_basis``), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -136,10 +137,15 @@ rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lora
 Truncated embeddings (`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal
 components."""
         if refine_steps:
+            goal = (
+                "the run's own training loss at each narrower Matryoshka width is minimised on the training rows"
+                if refine_objective == "training_loss"
+                else "at each narrower Matryoshka width the training texts rank their neighbours as they do at full width"
+            )
             usage += f"""
-The rotation was then refined for {refine_steps} steps (`rotation_refine_steps`), kept orthogonal, so that at each
-narrower Matryoshka width the training texts rank their neighbours as they do at full width: the first `d`
-dimensions are no longer exactly principal components, and full-width cosines are still unchanged."""
+The rotation was then refined for {refine_steps} steps (`rotation_refine_steps`,
+`rotation_refine_objective: {refine_objective}`), kept orthogonal, so that {goal}: the first `d` dimensions
+are no longer exactly principal components, and full-width cosines are still unchanged."""
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",

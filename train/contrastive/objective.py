@@ -76,6 +76,17 @@ class ContrastiveObjective(nn.Module):
         pairs = zip(self.matryoshka.dims, self.matryoshka.weights, strict=True)
         return [(dim, weight) for dim, weight in pairs if weight > 0]
 
+    def narrower_than(self, full: int) -> ContrastiveObjective | None:
+        """The same losses at only the Matryoshka widths narrower than ``full`` (their weights unchanged): what an
+        orthogonal map of ``full``-wide embeddings can still change, since it keeps every full-width cosine.
+        ``None`` without a narrower width of weight > 0."""
+        narrow = [(dim, weight) for dim, weight in self.widths(full) if dim < full]
+        if not narrow:
+            return None
+        losses = {name: (self.weights[name], loss) for name, loss in self.losses.items()}
+        dims, weights = zip(*narrow, strict=True)
+        return ContrastiveObjective(losses, MatryoshkaDims(dims, weights))
+
     def forward(self, batch: EmbeddedBatch, *, across_processes: bool = True) -> ObjectiveOutput:
         """Loss of ``batch`` as part of the global batch of all processes.
 

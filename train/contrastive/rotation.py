@@ -16,6 +16,10 @@ With ``rotation_refine_steps`` (and ``matryoshka_dims``) the PCA rotation is the
 so that at every narrower Matryoshka width each training text ranks the other training texts as the full width
 does (:func:`refine_rotation`). PCA keeps the most variance in the first dimensions; what retrieval at a width needs
 is each text's nearest neighbours, and the refinement optimises that directly while full-width cosines stay exact.
+With ``rotation_refine_objective: training_loss`` the refinement minimises the run's own loss instead (its losses,
+weights and Matryoshka widths narrower than the embeddings, :func:`refine_rotation_on_loss`) on batches of the same
+sampled training rows, embedded once: the narrow widths are fitted to the task the run was trained for, with batches
+as large as the refinement likes (the embeddings are cached), while full-width cosines stay exact.
 With ``matryoshka_pca_basis`` (and ``matryoshka_dims``) a PCA rotation of the *untrained* model's embeddings of the
 same texts is installed before the first step (:func:`fit_pca_basis`): every forward then embeds in that basis, so
 the Matryoshka losses train prefixes of principal axes from the start instead of the first raw dimensions. A
@@ -24,9 +28,10 @@ the basis is fitted again from the freshly loaded (untrained) weights before the
 matrix.
 
 Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 steps
-move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 on the test queries and from -7.64 to -5.29 on the
-held-out training queries; on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) the 64-d Spearman loss
-goes from -1.90 (no rotation) to -0.33.
+move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 with ``neighbours`` and to +0.95 (64-d above full
+width) with ``training_loss`` on the test queries, and from -7.64 to -5.29 / +3.18 on the held-out training queries;
+on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) ``neighbours`` takes the 64-d Spearman loss from
+-1.90 (no rotation) to -0.33.
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ from accelerate.utils import broadcast
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from train.contrastive.collator import ContrastiveCollator
 from train.contrastive.matryoshka import matryoshka_dims
+from train.contrastive.objective import ContrastiveObjective
 from train.contrastive.sampling import DatasetMix
+from train.contrastive.trainer import embedded_batch
 
 
 def pca_rotation(embeddings: Tensor) -> Tensor:
@@ -87,11 +95,7 @@ def refine_rotation(
     generator = torch.Generator().manual_seed(seed)
     vectors = F.normalize(embeddings.detach().float(), dim=-1)
     pool = vectors[torch.randperm(len(vectors), generator=generator)[:pool_size].to(vectors.device)]
-    linear = torch.nn.Linear(*rotation.shape, bias=False, device=vectors.device)
-    with torch.no_grad():
-        linear.weight.copy_(rotation.T)  # linear(x) = x @ rotation
-    torch.nn.utils.parametrizations.orthogonal(linear)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-3)
+    linear, optimizer = _orthogonal_map(rotation, vectors.device)
     for _ in tqdm(range(steps), desc="rotation", disable=not show_progress):
         anchors = torch.randint(len(pool), (min(batch_size, len(pool)),), generator=generator).to(vectors.device)
         is_self = anchors[:, None] == torch.arange(len(pool), device=vectors.device)[None]
@@ -109,30 +113,97 @@ def refine_rotation(
     return linear.weight.detach().T.contiguous()
 
 
-def rotation_texts(train_ds, collator, limit: int, seed: int) -> list[str]:
-    """Distinct training texts to fit the rotation on, as ``collator`` (the run's ``ContrastiveCollator``, or the
-    ``MixCollator`` of a ``DatasetMix``) gives them to the encoder (``ContrastiveCollator.texts``: each role with
-    its prefix) for a seeded sample of about ``limit`` rows in all (of a ``DatasetMix``, each dataset's share
-    proportional to its size, rounded up, read by its own task's collator)."""
-    parts = (
+def refine_rotation_on_loss(
+    rotation: Tensor,
+    embeddings: Tensor,
+    texts: list[str],
+    parts: list[tuple[ContrastiveCollator, list[dict]]],
+    objective: ContrastiveObjective,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 512,
+    show_progress: bool = False,
+) -> Tensor:
+    """Train the ``(D, D)`` orthogonal ``rotation`` for ``steps`` on the run's own loss at its narrower widths;
+    returns the new ``(D, D)`` fp32 orthogonal matrix (on ``embeddings.device``).
+
+    ``embeddings``: ``(N, D)`` unrotated pooled vectors of ``texts`` (distinct, as the encoder saw them: with
+    prefixes), which hold every text of ``parts``: ``(collator, rows)`` per training dataset (:func:`rotation_rows`).
+    Each step draws one part (in proportion to its rows when there are several) and ``min(batch_size, rows)`` of
+    its rows without replacement, lays them out as a training batch (``collator.task.roles``, ``collator.labels``:
+    in-batch and hard negatives, false-negative masking, tags, scores as in training), rotates their looked-up
+    embeddings and adds ``objective.narrower_than(D)`` (every loss at every Matryoshka width ``< D``, with the
+    run's weights and temperatures) on the batch as a whole. Adam (lr 1e-3) on torch's orthogonal
+    parametrization, started at ``rotation``, all draws from one ``seed``-ed generator: every process computes the
+    same matrix, and full-width cosines are unchanged. Memory: ``batch_size`` anchors x their candidates per
+    width."""
+    narrow = objective.narrower_than(rotation.shape[0])
+    if steps == 0 or narrow is None:
+        return rotation
+    device = embeddings.device
+    row_of = {text: row for row, text in enumerate(texts)}
+    vectors = embeddings.detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([len(rows) for _, rows in parts], dtype=torch.float64)
+    linear, optimizer = _orthogonal_map(rotation, device)
+    for _ in tqdm(range(steps), desc="rotation", disable=not show_progress):
+        collator, rows = parts[int(torch.multinomial(sizes, 1, generator=generator))]
+        picked = torch.randperm(len(rows), generator=generator)[:batch_size].tolist()
+        roles = collator.task.roles([rows[i] for i in picked])
+        rotated = linear(vectors[torch.tensor([row_of[text] for text in collator.texts(roles)], device=device)])
+        labels = {key: value.to(device) for key, value in collator.labels(roles).items()}
+        anchors = len(roles.anchors)
+        batch = embedded_batch(collator.task, rotated[:anchors], rotated[anchors:], labels)
+        loss = narrow(batch, across_processes=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return linear.weight.detach().T.contiguous()
+
+
+def _orthogonal_map(rotation: Tensor, device) -> tuple[torch.nn.Linear, torch.optim.Adam]:
+    """``x -> x @ rotation`` as a ``Linear`` under torch's orthogonal parametrization, and Adam (lr 1e-3) on it."""
+    linear = torch.nn.Linear(*rotation.shape, bias=False, device=device)
+    with torch.no_grad():
+        linear.weight.copy_(rotation.T)  # linear(x) = x @ rotation
+    torch.nn.utils.parametrizations.orthogonal(linear)
+    return linear, torch.optim.Adam(linear.parameters(), lr=1e-3)
+
+
+def rotation_rows(train_ds, collator, limit: int, seed: int) -> list[tuple[ContrastiveCollator, list[dict]]]:
+    """A seeded sample of about ``limit`` training rows in all, as ``(collator, rows)`` per dataset: the run's
+    ``ContrastiveCollator``, or for a ``DatasetMix`` (with its ``MixCollator``) each dataset's own task collator
+    and a share proportional to its size, rounded up."""
+    datasets = (
         list(zip(train_ds.datasets, collator.collators, strict=True))
         if isinstance(train_ds, DatasetMix)
         else [(train_ds, collator)]
     )
-    total = sum(len(dataset) for dataset, _ in parts)
+    total = sum(len(dataset) for dataset, _ in datasets)
     rng = random.Random(seed)
-    texts: list[str] = []
-    for dataset, part_collator in parts:
+    parts = []
+    for dataset, part_collator in datasets:
         count = min(len(dataset), math.ceil(limit * len(dataset) / total))
-        rows = list(dataset.select(sorted(rng.sample(range(len(dataset)), count))))
-        texts += part_collator.texts(part_collator.task.roles(rows))
+        parts.append((part_collator, list(dataset.select(sorted(rng.sample(range(len(dataset)), count))))))
+    return parts
+
+
+def rows_texts(parts: list[tuple[ContrastiveCollator, list[dict]]]) -> list[str]:
+    """The distinct texts of :func:`rotation_rows`' parts as the encoder sees them (``ContrastiveCollator.texts``:
+    each role with its prefix), in order of first appearance."""
+    texts = [text for collator, rows in parts for text in collator.texts(collator.task.roles(rows))]
     return list(dict.fromkeys(texts))
 
 
-def training_text_embeddings(trainer, train_ds, limit: int, seed: int) -> Tensor:
-    """``(N, D)`` embeddings of :func:`rotation_texts` by the trainer's model as it is now (with its current
-    rotation, if any), encoded sharded over processes and gathered: every process gets the same tensor."""
-    texts = rotation_texts(train_ds, trainer.data_collator, limit, seed)
+def rotation_texts(train_ds, collator, limit: int, seed: int) -> list[str]:
+    """Distinct training texts to fit the rotation on: :func:`rows_texts` of :func:`rotation_rows`."""
+    return rows_texts(rotation_rows(train_ds, collator, limit, seed))
+
+
+def training_text_embeddings(trainer, texts: list[str]) -> Tensor:
+    """``(N, D)`` embeddings of ``texts`` by the trainer's model as it is now (with its current rotation, if any),
+    encoded sharded over processes and gathered: every process gets the same tensor."""
     with trainer.full_parameters():
         return trainer.embedder().encode(texts, batch_size=trainer.args.embed_batch_size)
 
@@ -145,7 +216,8 @@ def fit_pca_basis(trainer, train_ds, limit: int, seed: int) -> Tensor:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if model.rotation is not None:
         raise RuntimeError("fit_pca_basis: the model is already rotated; the basis is fitted on the untrained model")
-    rotation = pca_rotation(training_text_embeddings(trainer, train_ds, limit, seed))
+    texts = rotation_texts(train_ds, trainer.data_collator, limit, seed)
+    rotation = pca_rotation(training_text_embeddings(trainer, texts))
     model.set_rotation(rotation)
     return rotation
 
@@ -157,21 +229,36 @@ def fit_rotation(trainer, train_ds, limit: int, seed: int) -> Tensor:
     rotation ``basis @ fitted``. Call on every process: with ``rotation_refine_steps`` each process refines on its
     device and the main process's matrix is broadcast."""
     args = trainer.args
-    embeddings = training_text_embeddings(trainer, train_ds, limit, seed)
+    parts = rotation_rows(train_ds, trainer.data_collator, limit, seed)
+    texts = rows_texts(parts)
+    embeddings = training_text_embeddings(trainer, texts)
     rotation = pca_rotation(embeddings)
     if args.rotation_refine_steps:
         device = trainer.accelerator.device
-        matryoshka = matryoshka_dims(args.matryoshka_dims, args.matryoshka_weights)
-        refined = refine_rotation(
-            rotation.to(device),
-            embeddings.to(device),
-            list(matryoshka.dims),
-            list(matryoshka.weights),
-            steps=args.rotation_refine_steps,
-            temperature=args.rotation_refine_temperature,
-            seed=seed,
-            show_progress=trainer.accelerator.is_main_process and not args.disable_tqdm,
-        )
+        show_progress = trainer.accelerator.is_main_process and not args.disable_tqdm
+        if args.rotation_refine_objective == "training_loss":
+            refined = refine_rotation_on_loss(
+                rotation.to(device),
+                embeddings.to(device),
+                texts,
+                parts,
+                trainer.objective,
+                steps=args.rotation_refine_steps,
+                seed=seed,
+                show_progress=show_progress,
+            )
+        else:
+            matryoshka = matryoshka_dims(args.matryoshka_dims, args.matryoshka_weights)
+            refined = refine_rotation(
+                rotation.to(device),
+                embeddings.to(device),
+                list(matryoshka.dims),
+                list(matryoshka.weights),
+                steps=args.rotation_refine_steps,
+                temperature=args.rotation_refine_temperature,
+                seed=seed,
+                show_progress=show_progress,
+            )
         rotation = broadcast(refined, from_process=0).cpu()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if model.rotation is not None:  # trained in a matryoshka_pca_basis: the embeddings above were in it
