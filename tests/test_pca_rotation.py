@@ -200,6 +200,15 @@ def test_modules_lorasmith_cannot_reproduce_are_refused(tiny_bert_dir, tmp_path)
         Embedder.load(folder, device="cpu", show_progress=False)
 
 
+def saved_rotation(out) -> tuple[Embedder, torch.Tensor]:
+    """(the finished run's embedder with its rotation taken off, the saved ``(32, 32)`` rotation), after checking
+    that the rotation is orthogonal."""
+    embedder = Embedder.load(out, device="cpu", show_progress=False)
+    rotation, embedder.rotation = embedder.rotation, None
+    assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
+    return embedder, rotation
+
+
 def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_than_pca(tiny_bert_dir, tmp_path):
     data = data_files(tmp_path)
     out = tmp_path / "run"
@@ -209,10 +218,7 @@ def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_
             "--export_merged", "false"]  # fmt: skip
     assert run_main(main, argv) == 0
     assert "rotation_refine_steps" in (out / "README.md").read_text()
-    rotated = Embedder.load(out, device="cpu", show_progress=False)
-    rotation = rotated.rotation
-    assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
-    rotated.rotation = None
+    rotated, rotation = saved_rotation(out)
     train = load_sts_data(data["scored_pairs"])
     fitted_on = rotated.encode(list(dict.fromkeys([*train["sentence1"], *train["sentence2"]])))
     pca = pca_rotation(fitted_on)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 from test_embed_train import FAST, data_files
+from test_pca_rotation import saved_rotation
 
-from eval.encoder import Embedder
 from lorasmith.process import run_main
 from train.contrastive.batch import EmbeddedBatch
 from train.contrastive.collator import ContrastiveCollator
@@ -22,14 +22,15 @@ from train.contrastive.loss_spec import build_objective
 from train.contrastive.matryoshka import matryoshka_dims
 from train.contrastive.rotation import pca_rotation, refine_rotation_on_loss, rows_texts
 from train.contrastive.tasks import embed_task
+from train.contrastive.trainer import embedded_batch
 from train.embed import main
 
 WIDTH = 12
 
 
 def hidden_triplets(n: int = 48, signal: int = 4, seed: int = 0):
-    """``(rows, texts, embeddings)``: triplet rows ``q{i} -> d{i}``, negative ``d{i+1}`` (another row's positive),
-    and one ``(WIDTH,)`` embedding per text. A query and its document share a random vector in the last ``signal``
+    """``(rows, by_text)``: triplet rows ``q{i} -> d{i}``, negative ``d{i+1}`` (another row's positive), and text ->
+    its ``(WIDTH,)`` embedding. A query and its document share a random vector in the last ``signal``
     dimensions (standard deviation 1) while the first ones hold independent noise of standard deviation 2 .. 1.5, so
     the PCA rotation puts the noise first and a narrow width cannot match queries to documents."""
     generator = torch.Generator().manual_seed(seed)
@@ -136,12 +137,8 @@ def whole_loss(parts, by_text, rotation, narrow) -> float:
     for collator, rows in parts:
         roles = collator.task.roles(rows)
         vectors = torch.stack([by_text[text] for text in collator.texts(roles)]) @ rotation
-        labels = collator.labels(roles)
         b = len(roles.anchors)
-        if collator.task.aligned:
-            batch = EmbeddedBatch.aligned(vectors[:b], vectors[b:], labels["anchor_ids"], labels["candidate_ids"], scores=labels.get("scores"))
-        else:
-            batch = EmbeddedBatch(vectors[:b], vectors[b:], labels["anchor_ids"], labels["candidate_ids"], labels["positive_ids"])
+        batch = embedded_batch(collator.task, vectors[:b], vectors[b:], collator.labels(roles))
         total += float(narrow(batch, across_processes=False).value)
     return total / len(parts)
 
@@ -179,10 +176,7 @@ def test_a_run_refined_on_its_training_loss_saves_a_rotation_with_a_lower_narrow
             "--export_merged", "false"]  # fmt: skip
     assert run_main(main, argv) == 0
     assert "`rotation_refine_objective: training_loss`" in (out / "README.md").read_text()
-    embedder = Embedder.load(out, device="cpu", show_progress=False)
-    rotation = embedder.rotation
-    assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
-    embedder.rotation = None
+    embedder, rotation = saved_rotation(out)
     rows = [json.loads(line) for line in open(data["pairs"])]
     texts = list(dict.fromkeys([row["anchor"] for row in rows] + [row["positive"] for row in rows]))
     by_text = dict(zip(texts, embedder.encode(texts), strict=True))
