@@ -6,7 +6,7 @@ Times forward + backward (LoRA r=16 on query/key/value/dense, mean pooling, fp32
 of a random ``(n, T)`` chunk for n in 2..32 texts and T in 16..128 tokens, and fits
 ``seconds = per_slot x n x T + attention x n x T^2 + per_forward`` by least squares on relative error.
 ``per_forward / per_slot`` is the fixed cost of a call expressed as padded token slots:
-:func:`train.contrastive.collator.length_sorted_chunks` cuts a step's texts where the padding it saves exceeds
+:func:`train.embed.collator.length_sorted_chunks` cuts a step's texts where the padding it saves exceeds
 it. Prints the grid, the fit and the ratio. Run it alone.
 """
 
@@ -51,7 +51,7 @@ def main() -> int:
     import torch
 
     from train.common.args import ModelArguments
-    from train.contrastive.model import build_embedding_model
+    from train.embed.model import build_embedding_model
 
     torch.manual_seed(0)
     model_args = ModelArguments(model_name_or_path=args.model, use_peft=True, lora_r=16, lora_alpha=32,

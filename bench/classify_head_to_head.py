@@ -5,7 +5,7 @@
     python bench/classify_head_to_head.py --smoke                          # every cell on a tiny subset (minutes)
 
 Approaches (b, c, d train with the real entrypoints and the shipped recipes; only data and output change):
-- a: MiniLM frozen + logistic regression (C = 1) on its mean-pooled embeddings (``eval.encoder.Embedder``, the
+- a: MiniLM frozen + logistic regression (C = 1) on its mean-pooled embeddings (``lorasmith.encoder.Embedder``, the
   machinery of ``eval.probe``), texts cut at the dataset's max_length;
 - b: MiniLM + LoRA + classification head, ``train.seq_classify`` with ``configs/classify/seqcls_minilm_imdb.yaml``;
 - c: SmolLM2-135M + LoRA + classification head, ``train.seq_classify`` with ``configs/classify/seqcls_smollm2_imdb.yaml``;
@@ -18,7 +18,7 @@ train_1k -> validation_1k (reviews: head_tail at max_length 256, or the recipe's
 (no evaluation during training, no best-checkpoint selection): they are the test set here.
 
 Metrics, identical for every cell (``eval.metrics.classification.classification_metrics`` on the predictions of the
-saved model reloaded by ``eval.classifiers.load_classifier``, the probe's in memory): accuracy, macro-F1, ECE
+saved model reloaded by ``lorasmith.classifiers.load_classifier``, the probe's in memory): accuracy, macro-F1, ECE
 (15 bins), train seconds (the Trainer's train_runtime; the probe: embedding the training texts + the fit),
 predict seconds per 1,000 texts (reloaded model, ``predict_proba`` on the evaluation texts), trainable parameters.
 Prints one table, which approach wins each dataset, and the results as one JSON object (also ``--output FILE``).
@@ -96,7 +96,7 @@ def run_probe(train: list[dict], evaluation: list[dict], max_length: int) -> dic
     """(a) logistic regression on frozen MiniLM embeddings."""
     from sklearn.linear_model import LogisticRegression
 
-    from eval.encoder import Embedder
+    from lorasmith.encoder import Embedder
 
     embedder = Embedder.load("minilm", max_length=max_length, show_progress=False)
     start = time.perf_counter()
@@ -132,7 +132,7 @@ def run_entrypoint(
 
     import yaml
 
-    from eval.classifiers import load_classifier
+    from lorasmith.classifiers import load_classifier
     from train.common.modeling import count_parameters
 
     module, recipe = RECIPES[approach]

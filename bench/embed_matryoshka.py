@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import embed_scifact  # noqa: E402
 
-from eval.encoder import Embedder, truncate  # noqa: E402
 from eval.report import format_table  # noqa: E402
 from eval.retrieval import run_retrieval  # noqa: E402
 from eval.sts import evaluate_sts  # noqa: E402
+from lorasmith.encoder import Embedder, truncate  # noqa: E402
 
 DIMS = (384, 256, 128, 64)
 MATRYOSHKA = ["--matryoshka_dims", *map(str, DIMS)]

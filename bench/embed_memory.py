@@ -50,12 +50,12 @@ def step_ours(batch: int, mini_batch_size: int, cache: bool) -> float:
 
     from lorasmith.embedded_models import embedded_model_files
     from train.common.args import ModelArguments
-    from train.contrastive.cached import gradient_cache_step
-    from train.contrastive.collator import ContrastiveCollator
-    from train.contrastive.loss_spec import build_objective
-    from train.contrastive.model import build_embedding_model, in_text_order
-    from train.contrastive.tasks import EMBED_TASKS
-    from train.contrastive.trainer import embedded_batch
+    from train.embed.cached import gradient_cache_step
+    from train.embed.collator import ContrastiveCollator
+    from train.embed.loss_spec import build_objective
+    from train.embed.model import build_embedding_model, in_text_order
+    from train.embed.tasks import EMBED_TASKS
+    from train.embed.trainer import embedded_batch
 
     task = EMBED_TASKS["pairs"]
     args = ModelArguments(model_name_or_path="minilm", use_peft=True, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],

@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.encoder import Embedder  # noqa: E402
 from eval.report import format_table  # noqa: E402
 from eval.retrieval import RetrievalTask, load_beir_task, read_qrels, run_retrieval  # noqa: E402
+from lorasmith.encoder import Embedder  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@10", "recall@100")
 DEV_SHARE, SPLIT_SEED = 0.15, 13

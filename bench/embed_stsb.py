@@ -28,11 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.encoder import Embedder  # noqa: E402
 from eval.report import format_table  # noqa: E402
 from eval.sts import evaluate_sts, load_sts_data  # noqa: E402
 from lorasmith import integrations  # noqa: E402
 from lorasmith.embedded_models import embedded_model_files  # noqa: E402
+from lorasmith.encoder import Embedder  # noqa: E402
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["query", "key", "value", "dense"]}
 TRAINING = {

@@ -38,8 +38,8 @@ METRICS = ("recall@1", "recall@5", "ndcg@5")
 def score_on_test(models: list[str], test_file: Path) -> dict[str, dict]:
     """Tag retrieval metrics (x 100) of each model (a name or folder ``Embedder.load`` reads) on ``test_file``,
     read once."""
-    from eval.encoder import Embedder
     from eval.retrieval import load_file_task, run_retrieval
+    from lorasmith.encoder import Embedder
 
     task = load_file_task(str(test_file), "tags", "text=title,tags=tag")
     return {model: run_retrieval(Embedder.load(model, show_progress=False), task, (1, 5, 10)) for model in models}

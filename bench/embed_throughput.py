@@ -140,7 +140,7 @@ def train_sentence_transformers(name: str, rows: list[dict], work: Path, steps: 
 def role_padding_share(name: str, rows: list[dict]) -> float:
     """Padding share with every role padded to its longest per batch (sentence-transformers' layout)."""
     batches = list(collated(name, rows, mini_batch_size=0, packing=False))
-    from train.contrastive.collator import token_slots
+    from train.embed.collator import token_slots
 
     real = sum(int(b["real_tokens"]) for b, _ in batches)
     return 1 - real / sum(token_slots(chunks) for _, chunks in batches)
@@ -150,8 +150,8 @@ def collated(name: str, rows: list[dict], mini_batch_size: int, packing: bool):
     """(batch, its chunks) of the run's steps in order, cut as train.embed cuts them (one chunker for the run)."""
     from transformers import AutoTokenizer
 
-    from train.contrastive.collator import ContrastiveCollator
-    from train.contrastive.tasks import EMBED_TASKS
+    from train.embed.collator import ContrastiveCollator
+    from train.embed.tasks import EMBED_TASKS
 
     task, _, batch, max_length = RUNS[name]
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_files("minilm")[0]))
@@ -170,10 +170,10 @@ def bare_loop_seconds(name: str, rows: list[dict], mini_batch_size: int, packing
     import torch
 
     from train.common.args import ModelArguments
-    from train.contrastive.loss_spec import build_objective
-    from train.contrastive.model import build_embedding_model, in_text_order
-    from train.contrastive.tasks import EMBED_TASKS
-    from train.contrastive.trainer import embedded_batch
+    from train.embed.loss_spec import build_objective
+    from train.embed.model import build_embedding_model, in_text_order
+    from train.embed.tasks import EMBED_TASKS
+    from train.embed.trainer import embedded_batch
 
     task_name, loss, _, max_length = RUNS[name]
     task = EMBED_TASKS[task_name]

@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.encoder import Embedder  # noqa: E402
 from eval.report import format_table  # noqa: E402
 from eval.retrieval import evaluate_retrieval  # noqa: E402
 from eval.sts import evaluate_sts  # noqa: E402
+from lorasmith.encoder import Embedder  # noqa: E402
 
 FIGURES = {
     "sts": ("STS-B test spearman x100", 82.03, 0.05),

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval.report import format_table  # noqa: E402
-from train.contrastive.cached import gradient_cache_step  # noqa: E402
-from train.contrastive.loss_spec import build_objective  # noqa: E402
-from train.contrastive.model import EmbeddingModel, in_text_order  # noqa: E402
-from train.contrastive.tasks import EMBED_TASKS  # noqa: E402
+from train.embed.cached import gradient_cache_step  # noqa: E402
+from train.embed.loss_spec import build_objective  # noqa: E402
+from train.embed.model import EmbeddingModel, in_text_order  # noqa: E402
+from train.embed.tasks import EMBED_TASKS  # noqa: E402
 
 FULL = {
     "bert": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -102,7 +102,7 @@ def embed_loss(batch: int):
     ids = torch.arange(2 * batch)
 
     def loss_of(embeddings):
-        from train.contrastive.batch import EmbeddedBatch
+        from train.embed.batch import EmbeddedBatch
 
         device = embeddings.device
         return objective(EmbeddedBatch.aligned(embeddings[:batch], embeddings[batch:], ids[:batch].to(device),

@@ -35,7 +35,7 @@ def probe(train: list[dict], validation: list[dict], max_length: int) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
-    from eval.encoder import Embedder
+    from lorasmith.encoder import Embedder
 
     start = time.perf_counter()
     embedder = Embedder.load("minilm", max_length=max_length, show_progress=False)

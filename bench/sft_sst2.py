@@ -145,10 +145,10 @@ def overhead(train: Path, args) -> dict:
 
     import data_utils
     from data_utils.prompts import PromptSpec, render, resolve_format
-    from train.classify.sft_data import build_sft_rows, label_rows
-    from train.classify.sft_trainer import PromptClassificationTrainer
     from train.common.args import ModelArguments
     from train.common.modeling import apply_tuning, load_model, load_tokenizer
+    from train.sft_classify.data import build_sft_rows, label_rows
+    from train.sft_classify.trainer import PromptClassificationTrainer
 
     model_args = ModelArguments(
         model_name_or_path="smollm2",

@@ -1,7 +1,7 @@
 """Prompts for classifying with a causal LM: template, system message, verbalizers, rendering, length guard.
 
 A ``PromptSpec`` turns a data row ``{column: text}`` into a prompt, and each label into the answer the model
-must give (its *verbalizer*). Training (``train.sft_classify``) and label scoring (``eval.classifiers.prompt``)
+must give (its *verbalizer*). Training (``train.sft_classify``) and label scoring (``lorasmith.classifiers.prompt``)
 both encode through ``encode_choices`` here, so the token sequences the model is trained on are exactly the
 ones it is scored on.
 

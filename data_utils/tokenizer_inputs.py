@@ -1,6 +1,6 @@
 """Rows -> what a tokenizer takes: ``(texts, text_pairs)``, the tokenizer's own length limit, and long texts.
 
-Training (``train.seq_classify``) and prediction (``eval.classifiers.sequence``) build their inputs through
+Training (``train.seq_classify``) and prediction (``lorasmith.classifiers.sequence``) build their inputs through
 ``text_inputs``, so a model is evaluated on exactly the texts it was trained on: one text column is encoded
 alone, two as a pair (``[CLS] a [SEP] b [SEP]`` for BERT), more: the first column, then the others joined with
 the tokenizer's separator token as the second segment.

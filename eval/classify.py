@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_utils.options import add_read_arguments, read_options_from
-from eval.classifiers import Classifier, load_classifier
 from eval.cli import add_output_argument, run_cli
 from eval.metrics.classification import classification_metrics
 from eval.report import emit, format_table
+from lorasmith.classifiers import Classifier, load_classifier
 from lorasmith.errors import ConfigError
 
 PERCENT_KEYS = ("accuracy", "precision", "recall", "f1", "ece")

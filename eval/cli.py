@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from eval.pooling import POOLING_MODES
 from lorasmith.errors import ConfigError
+from lorasmith.pooling import POOLING_MODES
 from lorasmith.process import check_world_size, run_main
 
 MODEL_HELP = (
@@ -64,7 +64,7 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_embedder(args: argparse.Namespace, model: str | None = None):
     """``Embedder.load(model or args.model)`` with the override flags of ``add_model_arguments``."""
-    from eval.encoder import Embedder
+    from lorasmith.encoder import Embedder
 
     return Embedder.load(
         model or args.model,

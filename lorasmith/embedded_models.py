@@ -1,6 +1,6 @@
 """Models that ship inside PyPI packages so that quickstarts and tests run offline: ``minilm``, ``smollm2``.
 
-Training (``train.common.modeling``), evaluation (``eval.encoder``) and the data check
+Training (``train.common.modeling``), evaluation (``lorasmith.encoder``) and the data check
 (``python -m data_utils.check --tokenizer minilm``) all resolve these names here.
 """
 

@@ -8,8 +8,8 @@ from transformers import TrainingArguments
 
 from lorasmith.errors import ConfigError, DataError
 from lorasmith.process import run_main
+from lorasmith.recipe_parser import make_parser, parse_recipe
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.cli import make_parser, parse_recipe
 from train.common.outputs import recipe_dict, write_metrics, write_model_card, write_recipe
 
 

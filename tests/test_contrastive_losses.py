@@ -1,4 +1,4 @@
-"""train.contrastive losses and objective on one process, against hand computations of the published formulas."""
+"""train.embed losses and objective on one process, against hand computations of the published formulas."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lorasmith.errors import ConfigError
-from train.contrastive.batch import PAD_ID, EmbeddedBatch, GlobalBatch, text_ids
-from train.contrastive.gather import gather_no_grad, gather_sizes, gather_with_grad
-from train.contrastive.loss_spec import build_objective
-from train.contrastive.losses import (
+from train.embed.batch import PAD_ID, EmbeddedBatch, GlobalBatch, text_ids
+from train.embed.gather import gather_no_grad, gather_sizes, gather_with_grad
+from train.embed.loss_spec import build_objective
+from train.embed.losses import (
     AnglELoss,
     CoSENTLoss,
     CosineMSELoss,
@@ -20,7 +20,7 @@ from train.contrastive.losses import (
     InfoNCELoss,
     angle_similarity,
 )
-from train.contrastive.tasks import embed_task
+from train.embed.tasks import embed_task
 
 D = 6
 

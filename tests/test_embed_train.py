@@ -121,7 +121,7 @@ def test_training_logs_carry_the_telemetry_and_the_best_checkpoint_is_tracked(pa
 def test_merged_model_matches_the_adapter_and_sentence_transformers(pairs_run):
     from sentence_transformers import SentenceTransformer
 
-    from eval.encoder import Embedder
+    from lorasmith.encoder import Embedder
 
     texts = sentences(5, offset=3)
     merged = Embedder.load(pairs_run / "merged", device="cpu", show_progress=False).encode(texts)
@@ -203,13 +203,13 @@ def test_continue_training_from_an_adapter(tiny_bert_dir, data, tmp_path, pairs_
 
 
 def test_bad_data_exits_2_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
-    import train.embed
+    import train.embed.__main__ as embed
 
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr(train.embed, "build_embedding_model", fail)
-    monkeypatch.setattr(train.embed, "load_tokenizer", fail)
+    monkeypatch.setattr(embed, "build_embedding_model", fail)
+    monkeypatch.setattr(embed, "load_tokenizer", fail)
     bad = write_jsonl(
         tmp_path / "bad.jsonl",
         [{"anchor": "a question", "positive": "an answer"}, {"anchor": "  ", "positive": "x"}],

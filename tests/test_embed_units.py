@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from lorasmith import recipe_parser
 from lorasmith.errors import ConfigError
-from train.common import cli
-from train.contrastive.batch import PAD_ID, text_ids
-from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.config import resolve_task_defaults
-from train.contrastive.tasks import EMBED_TASKS
-from train.contrastive.trainer import embedded_batch
 from train.embed import make_parser
+from train.embed.batch import PAD_ID, text_ids
+from train.embed.collator import ContrastiveCollator
+from train.embed.config import resolve_task_defaults
+from train.embed.tasks import EMBED_TASKS
+from train.embed.trainer import embedded_batch
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_scored_pairs_carry_scores(tokenizer):
 
 
 def parse(*argv):
-    return cli.parse_recipe(make_parser(), list(argv))
+    return recipe_parser.parse_recipe(make_parser(), list(argv))
 
 
 def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_task():
@@ -119,7 +119,7 @@ def test_bad_pooling_is_a_config_error():
 
 def test_lora_with_activation_checkpointing_keeps_gradients_in_lora(tiny_bert_dir):
     from train.common.args import ModelArguments
-    from train.contrastive.model import build_embedding_model
+    from train.embed.model import build_embedding_model
 
     model_args = ModelArguments(
         model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_target_modules=["query", "value"]

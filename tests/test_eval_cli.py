@@ -15,9 +15,9 @@ from sklearn import metrics as skm
 
 from data_utils import load, sample_path
 from eval import classify, matrix, probe, retrieval, sts
-from eval.artifacts import write_sentence_transformers_files
-from eval.encoder import Embedder
 from eval.probe import cross_validated_accuracy
+from lorasmith.encoder import Embedder
+from lorasmith.run_folder import write_sentence_transformers_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -310,9 +310,9 @@ def test_classify_cli_labels_texts(monkeypatch, capsys):
 
 
 def test_load_classifier_rejects_embedding_folders(tmp_path):
-    from eval.artifacts import write_manifest
-    from eval.classifiers import load_classifier
+    from lorasmith.classifiers import load_classifier
     from lorasmith.errors import ConfigError
+    from lorasmith.run_folder import write_manifest
 
     with pytest.raises(ConfigError, match="not a lorasmith output folder"):
         load_classifier(tmp_path)
@@ -322,8 +322,8 @@ def test_load_classifier_rejects_embedding_folders(tmp_path):
 
 
 def test_every_classifier_kind_is_a_manifest_kind_and_its_class_loads_it():
-    from eval.artifacts import MODEL_KINDS
-    from eval.classifiers import CLASSIFIER_TYPES
+    from lorasmith.classifiers import CLASSIFIER_TYPES
+    from lorasmith.run_folder import MODEL_KINDS
 
     assert sorted(CLASSIFIER_TYPES) == ["prompt_classifier", "seq_classifier"]
     assert set(CLASSIFIER_TYPES) <= set(MODEL_KINDS)
@@ -331,7 +331,7 @@ def test_every_classifier_kind_is_a_manifest_kind_and_its_class_loads_it():
 
 
 def test_classifier_input_rows_must_have_text_in_every_template_column():
-    from eval.classifiers.base import check_input_rows
+    from lorasmith.classifiers.base import check_input_rows
     from lorasmith.errors import DataError
 
     check_input_rows([{"title": "a", "body": "b"}], ["title", "body"], "the template's columns")

@@ -1,4 +1,4 @@
-"""eval.pooling, eval.artifacts and eval.encoder on tiny models built from config."""
+"""lorasmith.pooling, lorasmith.run_folder and lorasmith.encoder on tiny models built from config."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import shutil
 import pytest
 import torch
 
-from eval.artifacts import (
+from lorasmith.encoder import Embedder, _resolve_settings
+from lorasmith.errors import ConfigError
+from lorasmith.pooling import POOLING_MODES, pool
+from lorasmith.run_folder import (
     read_manifest,
     read_sentence_transformers_config,
     write_manifest,
     write_sentence_transformers_files,
 )
-from eval.encoder import Embedder, _resolve_settings
-from eval.pooling import POOLING_MODES, pool
-from lorasmith.errors import ConfigError
 
 TEXTS = [
     "the cat likes the map.",
@@ -261,7 +261,7 @@ def test_from_model_restores_training_mode(tiny_bert_dir):
 SHARDED_SCRIPT = """
 import sys, torch
 from eval.cli import init_distributed
-from eval.encoder import Embedder
+from lorasmith.encoder import Embedder
 init_distributed()
 assert torch.distributed.get_world_size() == 2
 texts = [("word " * (i % 11)) + f"text {i}" for i in range(37)]
@@ -289,7 +289,7 @@ def test_sharded_encode_on_two_processes_equals_one_process(tiny_bert_dir, tmp_p
 SPLIT_SCRIPT = """
 import sys, torch
 from eval.cli import init_distributed
-from eval.distributed import split_and_gather
+from lorasmith.distributed import split_and_gather
 init_distributed()
 assert torch.distributed.get_world_size() == 3
 for n in range(8):  # every remainder of n / 3, fewer items than processes, none

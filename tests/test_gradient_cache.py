@@ -23,8 +23,9 @@ from test_embed_train import FAST, sentences, write_jsonl
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
-from train.contrastive.cached import gradient_cache_step
-from train.contrastive.collator import (
+from train.embed import main
+from train.embed.cached import gradient_cache_step
+from train.embed.collator import (
     FORWARD_COST_TOKENS,
     MAX_PADDING_SHARE,
     ContrastiveCollator,
@@ -32,12 +33,11 @@ from train.contrastive.collator import (
     length_sorted_chunks,
     token_slots,
 )
-from train.contrastive.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
-from train.contrastive.loss_spec import build_objective
-from train.contrastive.model import build_embedding_model, in_text_order, set_dropout
-from train.contrastive.tasks import EMBED_TASKS
-from train.contrastive.trainer import embedded_batch
-from train.embed import main
+from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
+from train.embed.loss_spec import build_objective
+from train.embed.model import build_embedding_model, in_text_order, set_dropout
+from train.embed.tasks import EMBED_TASKS
+from train.embed.trainer import embedded_batch
 
 TOLERANCE = 1e-6
 COMBINATION = {"cosent": 1, "ibn": {"weight": 0.5, "temperature": 0.1}, "angle": 1}

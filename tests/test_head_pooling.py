@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from data_utils import load, sample_path
-from eval.classifiers.head_pooling import pool_mean_into_first_position
-from eval.classifiers.sequence import SequenceClassifier
+from lorasmith.classifiers.head_pooling import pool_mean_into_first_position
+from lorasmith.classifiers.sequence import SequenceClassifier
 from lorasmith.errors import ConfigError
 
 TEXTS = ["the cat likes the map.", "a dog reads a good book and my friend hates fresh bread.", "no"]
@@ -82,7 +82,8 @@ def test_gradients_reach_every_token_state_through_the_mean():
 
 
 def test_decoders_are_refused_before_any_weight_loads(tiny_llama_dir, monkeypatch):
-    from train.classify import seqcls_model
+    from train.seq_classify import model as seqcls_model
+
     from train.common.args import ModelArguments
 
     def no_loading(*args, **kwargs):

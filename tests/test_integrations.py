@@ -28,8 +28,8 @@ def passes(check, *args, **kwargs):
 @pytest.fixture(scope="module")
 def merged_dir(tiny_bert_dir, tmp_path_factory):
     """A merged/ folder written the way an embedding run writes it: the HF model + tokenizer, then
-    ``eval.artifacts.write_sentence_transformers_files`` (mean pooling, normalised, a query prompt)."""
-    from eval.artifacts import write_sentence_transformers_files
+    ``lorasmith.run_folder.write_sentence_transformers_files`` (mean pooling, normalised, a query prompt)."""
+    from lorasmith.run_folder import write_sentence_transformers_files
 
     folder = tmp_path_factory.mktemp("run") / "merged"
     shutil.copytree(tiny_bert_dir, folder)

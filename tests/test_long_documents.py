@@ -17,9 +17,9 @@ from data_utils.tokenizer_inputs import (
     encode_long_texts,
     head_tail_counts,
 )
-from eval.classifiers.sequence import pool_window_logits
+from lorasmith.classifiers.sequence import pool_window_logits
 from lorasmith.errors import ConfigError
-from train.classify.seqcls_chunks import WindowCollator
+from train.seq_classify.chunks import WindowCollator
 
 LONG = " ".join(["the cat likes the map", "a dog reads a good book", "my friend hates fresh bread"] * 3)
 
@@ -213,8 +213,8 @@ def test_seq_classify_refuses_long_text_strategies_it_cannot_apply(tiny_bert_dir
 @pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_seq_classify_chunks_train_and_predict_agree(tiny_bert_dir, tmp_path, long_data, pooling):
-    from eval.classifiers.sequence import SequenceClassifier
     from eval.classify import evaluate_classifier
+    from lorasmith.classifiers.sequence import SequenceClassifier
     from train.seq_classify import main
 
     out = tmp_path / "chunks"
@@ -246,7 +246,7 @@ def test_seq_classify_chunks_train_and_predict_agree(tiny_bert_dir, tmp_path, lo
 
 @pytest.mark.slow
 def test_seq_classify_head_tail_is_recorded_and_applied_by_eval_classify(tiny_bert_dir, tmp_path, long_data):
-    from eval.classifiers import load_classifier
+    from lorasmith.classifiers import load_classifier
     from train.seq_classify import main
 
     out = tmp_path / "ht"
@@ -273,8 +273,8 @@ def test_seq_classify_head_tail_is_recorded_and_applied_by_eval_classify(tiny_be
 def test_sft_classify_head_tail_is_recorded_and_label_scoring_applies_it(
     tiny_llama_dir, tmp_path, long_data, capsys
 ):
-    from eval.classifiers.prompt import PromptClassifier
     from eval.classify import evaluate_classifier
+    from lorasmith.classifiers.prompt import PromptClassifier
     from train.sft_classify import main
 
     recipe = {

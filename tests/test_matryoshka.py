@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from test_embed_train import FAST, data_files, sentences
 
 from eval.cli import add_model_arguments, load_embedder
-from eval.encoder import Embedder
+from lorasmith.encoder import Embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.contrastive.batch import EmbeddedBatch, text_ids
-from train.contrastive.evaluation import embedding_metrics
-from train.contrastive.loss_spec import build_objective
-from train.contrastive.matryoshka import matryoshka_dims
-from train.contrastive.tasks import embed_task
 from train.embed import main
+from train.embed.batch import EmbeddedBatch, text_ids
+from train.embed.evaluation import embedding_metrics
+from train.embed.loss_spec import build_objective
+from train.embed.matryoshka import matryoshka_dims
+from train.embed.tasks import embed_task
 
 
 def scored_batch(width: int = 8, rows: int = 6) -> EmbeddedBatch:

@@ -13,10 +13,10 @@ from multiproc import run_multiprocess
 
 import data_utils
 from data_utils.check import main as check_main
-from train.mine import main, make_parser, mine
-from train.mining.candidates import MISSING, exact_topk, sharded_topk
-from train.mining.filters import FilterSettings, apply_filters, select_negatives, window_mask
-from train.mining.inputs import build_inputs
+from train.mine.__main__ import main, make_parser, mine
+from train.mine.candidates import MISSING, exact_topk, sharded_topk
+from train.mine.filters import FilterSettings, apply_filters, select_negatives, window_mask
+from train.mine.inputs import build_inputs
 
 QUERIES = ["the cat likes the map.", "a dog reads a good book.", "my friend watches great music."]
 DOCUMENTS = [f"{s} {v} {o}." for s in ("the team", "our model", "a user") for v in ("trains", "finds", "writes")

@@ -14,8 +14,8 @@ from test_embed_train import FAST, data_files
 
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.contrastive.sampling import SingleDatasetBatches, train_sources
 from train.embed import main
+from train.embed.sampling import SingleDatasetBatches, train_sources
 
 # ---- train_data as sources ----
 

@@ -21,12 +21,12 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.common.modeling import load_tokenizer
-from train.contrastive.collator import ContrastiveCollator, length_sorted_chunks
-from train.contrastive.config import EmbedConfig, resolve_mini_batches
-from train.contrastive.model import build_embedding_model
-from train.contrastive.packing import pack_steps, packing_problem, resolve_packing
-from train.contrastive.tasks import EMBED_TASKS
 from train.embed import main
+from train.embed.collator import ContrastiveCollator, length_sorted_chunks
+from train.embed.config import EmbedConfig, resolve_mini_batches
+from train.embed.model import build_embedding_model
+from train.embed.packing import pack_steps, packing_problem, resolve_packing
+from train.embed.tasks import EMBED_TASKS
 
 
 @pytest.mark.parametrize("seed", range(20))

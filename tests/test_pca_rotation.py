@@ -16,16 +16,16 @@ import torch.nn.functional as F
 from datasets import Dataset
 from test_embed_train import FAST, data_files, sentences
 
-from eval.encoder import Embedder
 from eval.sts import load_sts_data
+from lorasmith.encoder import Embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.evaluation import embedding_metrics
-from train.contrastive.rotation import pca_rotation, refine_rotation, rotation_texts
-from train.contrastive.sampling import DatasetMix, MixCollator
-from train.contrastive.tasks import embed_task
 from train.embed import main
+from train.embed.collator import ContrastiveCollator
+from train.embed.evaluation import embedding_metrics
+from train.embed.rotation import pca_rotation, refine_rotation, rotation_texts
+from train.embed.sampling import DatasetMix, MixCollator
+from train.embed.tasks import embed_task
 
 
 def anisotropic(rows: int = 2000, width: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

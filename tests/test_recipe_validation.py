@@ -2,7 +2,7 @@
 valid-looking but wrong inputs).
 
 Three classes, each with its own mechanism:
-1. recipe values (``cli.parse_recipe`` + ``recipe_checks``): YAML syntax, keys written twice, wrong types and
+1. recipe values (``recipe_parser.parse_recipe`` + ``recipe_checks``): YAML syntax, keys written twice, wrong types and
    ranges, values argparse cannot read; the message names the file and line (or the command line) and the key;
 2. checks on the model's config and a meta skeleton (``modeling.check_model_fit``, ``load_tokenizer``) and on what
    the evaluation reports (``launch.check_best_metric``), made before weights are loaded;
@@ -19,15 +19,15 @@ import yaml
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 import eval.cli
-import eval.encoder
 import eval.sts
+import lorasmith.encoder
 import train.embed
 import train.seq_classify
 import train.sft_classify
 from data_utils import sample_path
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
-from train.common.cli import parse_recipe
+from lorasmith.recipe_parser import parse_recipe
 
 ENTRYPOINTS = {"embed": train.embed, "seq_classify": train.seq_classify, "sft_classify": train.sft_classify}
 
@@ -225,7 +225,7 @@ def test_prefixes_on_a_symmetric_task_are_refused(tmp_path, tiny_bert_dir, capsy
 
 @pytest.fixture
 def no_embedder(monkeypatch):
-    monkeypatch.setattr(eval.encoder.Embedder, "load", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    monkeypatch.setattr(lorasmith.encoder.Embedder, "load", classmethod(lambda *a, **k: pytest.fail("model loaded")))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -16,14 +16,14 @@ from test_embed_train import FAST, data_files
 from test_pca_rotation import saved_rotation
 
 from lorasmith.process import run_main
-from train.contrastive.batch import EmbeddedBatch
-from train.contrastive.collator import ContrastiveCollator
-from train.contrastive.loss_spec import build_objective
-from train.contrastive.matryoshka import matryoshka_dims
-from train.contrastive.rotation import pca_rotation, refine_rotation_on_loss, rows_texts
-from train.contrastive.tasks import embed_task
-from train.contrastive.trainer import embedded_batch
 from train.embed import main
+from train.embed.batch import EmbeddedBatch
+from train.embed.collator import ContrastiveCollator
+from train.embed.loss_spec import build_objective
+from train.embed.matryoshka import matryoshka_dims
+from train.embed.rotation import pca_rotation, refine_rotation_on_loss, rows_texts
+from train.embed.tasks import embed_task
+from train.embed.trainer import embedded_batch
 
 WIDTH = 12
 

@@ -184,7 +184,7 @@ def labeled_argv(model_dir, out, data) -> list[str]:
 def test_every_entrypoint_refuses_a_non_run_folder_before_its_model(
     entrypoint, builder, tiny_bert_dir, tiny_llama_dir, tmp_path, monkeypatch, capsys
 ):
-    module = importlib.import_module(f"train.{entrypoint}")
+    module = importlib.import_module(f"train.{entrypoint}.__main__")
     monkeypatch.setattr(module, builder, lambda *a, **k: pytest.fail("a model was loaded"))
     out = tmp_path / "mine"
     out.mkdir()
@@ -401,7 +401,7 @@ def test_max_train_samples_0_is_an_error_not_every_row():
 
 
 def test_embed_with_one_pair_exits_2_before_the_model(tiny_bert_dir, tmp_path, monkeypatch, capsys):
-    import train.embed as embed
+    import train.embed.__main__ as embed
 
     monkeypatch.setattr(embed, "build_embedding_model", lambda *a, **k: pytest.fail("a model was loaded"))
     data = tmp_path / "one.jsonl"

@@ -15,10 +15,10 @@ from multiproc import run_multiprocess
 from safetensors import safe_open
 
 from data_utils import load, sample_path
-from eval.classifiers.sequence import SequenceClassifier
+from lorasmith.classifiers.sequence import SequenceClassifier
 from lorasmith.process import run_main
-from train.classify.seqcls_trainer import class_weight_vector
 from train.seq_classify import main
+from train.seq_classify.trainer import class_weight_vector
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ from transformers import (
 )
 
 from data_utils import load, sample_path
-from eval.classifiers.sequence import decide, probabilities_from_logits
+from lorasmith.classifiers.sequence import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError, DataError
-from train.classify.seqcls_data import load_splits, tokenize_split
-from train.classify.seqcls_model import build_classifier, classification_skeleton, head_module_names
-from train.classify.seqcls_trainer import ClassificationLoss, class_weight_vector
 from train.common.args import DataArguments, ModelArguments
+from train.seq_classify.data import load_splits, tokenize_split
+from train.seq_classify.model import build_classifier, classification_skeleton, head_module_names
+from train.seq_classify.trainer import ClassificationLoss, class_weight_vector
 
 
 def test_balanced_class_weights_follow_counts():

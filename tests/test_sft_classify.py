@@ -110,7 +110,7 @@ def test_lora_run_writes_every_artifact(lora_run):
 def test_label_scoring_picks_the_label_the_model_was_trained_to_prefer(lora_run, tiny_llama_dir, data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.classifiers.prompt import PromptClassifier
+    from lorasmith.classifiers.prompt import PromptClassifier
 
     trainer, out = lora_run
     rows = eval_rows(data["eval"])
@@ -147,7 +147,7 @@ def test_label_likelihood_is_the_sum_of_answer_token_log_probs(lora_run, data):
 
 
 def test_save_reload_gives_identical_predictions(lora_run, data, tmp_path):
-    from eval.classifiers.prompt import PromptClassifier
+    from lorasmith.classifiers.prompt import PromptClassifier
 
     trainer, out = lora_run
     rows = eval_rows(data["eval"])
@@ -233,8 +233,8 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_llama_dir, dat
     """2 gloo processes (world size asserted by the entrypoint); sharded scoring equals one-process scoring."""
     from multiproc import run_multiprocess
 
-    from eval.classifiers.prompt import PromptClassifier
     from eval.metrics.classification import classification_metrics
+    from lorasmith.classifiers.prompt import PromptClassifier
 
     result = run_multiprocess(
         [
@@ -258,9 +258,9 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, tiny_llama_dir, dat
     assert metrics["ece"] == pytest.approx(single["ece"], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sft_quickstart", "sft_qlora", "sft_seed002_example"])
+@pytest.mark.parametrize("name", ["sft_quickstart", "sft_qlora", "sft_geo_requirements"])
 def test_shipped_recipes_parse(name):
-    from train.common.cli import parse_recipe
+    from lorasmith.recipe_parser import parse_recipe
     from train.sft_classify import make_parser
 
     data, model, _, training = parse_recipe(make_parser(), ["--config", f"configs/classify/{name}.yaml"])

@@ -22,9 +22,9 @@ import yaml
 from conftest import OBJECTS, SUBJECTS, VERBS
 
 from lorasmith.errors import ConfigError
-from train.sweeps.grid import expand_grid
-from train.sweeps.naming import cell_name
-from train.sweeps.spec import load_sweep
+from train.sweep.grid import expand_grid
+from train.sweep.naming import cell_name
+from train.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}

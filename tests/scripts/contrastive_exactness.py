@@ -29,13 +29,13 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
 
-from train.contrastive.batch import PAD_ID, EmbeddedBatch, text_ids
-from train.contrastive.cached import gradient_cache_step
-from train.contrastive.collator import length_sorted_chunks
-from train.contrastive.loss_spec import build_objective
-from train.contrastive.matryoshka import matryoshka_dims
-from train.contrastive.model import in_text_order
-from train.contrastive.tasks import embed_task
+from train.embed.batch import PAD_ID, EmbeddedBatch, text_ids
+from train.embed.cached import gradient_cache_step
+from train.embed.collator import length_sorted_chunks
+from train.embed.loss_spec import build_objective
+from train.embed.matryoshka import matryoshka_dims
+from train.embed.model import in_text_order
+from train.embed.tasks import embed_task
 
 TOLERANCE = 1e-6
 FEATURES = 16

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from lorasmith.process import run_main
 from train import embed
 from train.common import run
-from train.contrastive.sampling import MixCollator
+from train.embed.sampling import MixCollator
 
 
 class KillAtStep(TrainerCallback):

@@ -33,9 +33,10 @@ from transformers import (
     set_seed,
 )
 
+from lorasmith import recipe_parser
 from lorasmith.files import write_atomic
 from lorasmith.process import run_main
-from train.common import cli, launch, outputs, run
+from train.common import launch, outputs, run
 from train.common.args import ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
@@ -75,7 +76,7 @@ def logging_collator(features: list[dict]) -> dict:
 
 
 def main(argv=None):
-    args = cli.parse_recipe(cli.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv)
+    args = recipe_parser.parse_recipe(recipe_parser.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv)
     tiny, model_args, run_args, training_args = args
     world_size = launch.check_launch(training_args, run_args, model_args)
     if run.check_output_dir(args):  # this recipe's run is finished

@@ -26,8 +26,8 @@ from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from eval.artifacts import ADAPTER_DIR, MERGED_DIR  # the output folder contract, defined once
 from lorasmith.errors import OutputError
+from lorasmith.run_folder import ADAPTER_DIR, MERGED_DIR  # the output folder contract, defined once
 from train.common.args import ModelArguments
 from train.common.modeling import load_model
 

@@ -47,7 +47,7 @@ def check_optimizer_steps(rows: int, training_args, world_size: int) -> int:
 
 
 def check_contrastive_rows(dataset, task, source: str) -> None:
-    """DataError when ``dataset`` (rows in ``task.schema``, a ``train.contrastive.tasks.EmbedTask``) cannot
+    """DataError when ``dataset`` (rows in ``task.schema``, a ``train.embed.tasks.EmbedTask``) cannot
     teach a contrastive model: fewer than 2 rows, fewer than 2 distinct candidate texts, or constant scores."""
     rows = len(dataset)
     if rows < 2:

@@ -1,6 +1,6 @@
 """What every run leaves in ``output_dir`` besides checkpoints: the resolved recipe, metrics and a model card.
 
-Layout (the contract ``eval.artifacts`` reads): ``adapter/``, ``merged/``, ``lorasmith.json``, ``metrics.json``,
+Layout (the contract ``lorasmith.run_folder`` reads): ``adapter/``, ``merged/``, ``lorasmith.json``, ``metrics.json``,
 ``README.md`` (model card), ``recipe.yaml``, ``checkpoint-*/``, and ``lorasmith_run.json``, the run record
 (``train.common.resume``: written last by ``run.finish``; a run is finished only once it says ``complete``).
 Files are written atomically (temp file + rename) so an interrupted run never leaves a half-written JSON or
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from eval.artifacts import METRICS_NAME, MODEL_CARD_NAME, RECIPE_NAME  # the output contract
-from lorasmith.files import write_atomic  # the one atomic writer (also used by eval.artifacts)
+from lorasmith.files import write_atomic  # the one atomic writer (also used by lorasmith.run_folder)
+from lorasmith.run_folder import METRICS_NAME, MODEL_CARD_NAME, RECIPE_NAME  # the output contract
 
 RUN_RECORD_NAME = "lorasmith_run.json"
 

@@ -1,6 +1,6 @@
 """The steps every training entrypoint takes, in the order it takes them (each a plain function).
 
-    args = cli.parse_recipe(parser, argv)                    # the parsed dataclasses, in parser order
+    args = recipe_parser.parse_recipe(parser, argv)                  # the parsed dataclasses, in parser order
     world_size = launch.check_launch(training_args, run_args, model_args)
     require_train_data(data_args, "..."); first_rows(...); disable_evaluation_without_data(...)
     learnable.check_...(train data); learnable.check_optimizer_steps(rows, training_args, world_size)
@@ -86,7 +86,7 @@ def check_output_dir(args: Sequence) -> bool:
 
 
 def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
-    """(recipe, checkpoint to resume from or None) for the parsed recipe ``args`` (``cli.parse_recipe``'s tuple).
+    """(recipe, checkpoint to resume from or None) for the parsed recipe ``args`` (``recipe_parser.parse_recipe``'s tuple).
 
     The recipe is ``outputs.recipe_dict(*args)``; ``output_dir`` is checked against it and ``recipe.yaml``
     written by ``resume.prepare_output_dir``. Call on every process, after the Trainer is built.

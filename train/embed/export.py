@@ -1,0 +1,162 @@
+"""What a finished embedding run leaves in ``output_dir`` (the ``lorasmith.run_folder`` contract).
+
+- ``adapter/``: the LoRA adapter + tokenizer (LoRA-only runs), written through ``Trainer.save_model`` so that
+  DeepSpeed consolidates the weights first (ZeRO-3 included);
+- ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
+  gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
+  ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
+- ``rotation.safetensors`` (``pca_rotation`` / ``matryoshka_pca_basis`` runs; also a ``Dense`` module of ``merged/``),
+- ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths, rotation),
+  ``README.md`` model card (with ``truncate_dim`` usage when the run trained Matryoshka widths).
+``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModel
+
+from lorasmith.run_folder import (
+    ROTATION_NAME,
+    write_manifest,
+    write_rotation,
+    write_sentence_transformers_files,
+)
+from train.common.args import ModelArguments
+from train.common.export import MERGED_DIR, export_trained_model
+from train.common.outputs import write_model_card
+from train.common.run import manifest_fields
+from train.embed.model import EmbeddingModel
+from train.embed.trainer import ENCODER_PREFIX
+
+
+def export_embedding_model(
+    trainer, model_args: ModelArguments, *, export_merged: bool
+) -> dict[str, str | None]:
+    """Save adapter and/or merged model of ``trainer``'s model to ``trainer.args.output_dir``; call on EVERY
+    process (the adapter save may be collective). Returns the manifest's ``adapter`` / ``merged`` entries."""
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+
+    def add_sentence_transformers_files(folder: Path) -> None:
+        settings = embedding_settings(trainer)
+        write_sentence_transformers_files(
+            folder,
+            settings["pooling"],
+            settings["normalize"],
+            settings["max_length"],
+            model.hidden_size(),
+            prompts={
+                name: prefix
+                for name, prefix in (("query", settings["query_prefix"]), ("document", settings["document_prefix"]))
+                if prefix
+            },
+            rotation=model.rotation,
+        )
+
+    return export_trained_model(
+        trainer,
+        model_args,
+        AutoModel,
+        export_merged=export_merged,
+        module=model.encoder,
+        prefix=ENCODER_PREFIX,
+        complete_merged=add_sentence_transformers_files,  # published with merged/, never after it
+    )
+
+
+def embedding_settings(trainer) -> dict:
+    """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
+    max length, the prefixes actually used (symmetric tasks use none), the Matryoshka widths trained
+    (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``) and the rotation file
+    (``rotation``, None without ``pca_rotation``)."""
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    collator = trainer.data_collator
+    return {
+        "pooling": model.pooling,
+        "normalize": model.normalize,
+        "max_length": collator.max_length,
+        "query_prefix": collator.query_prefix,
+        "document_prefix": collator.document_prefix,
+        "matryoshka_dims": trainer.args.matryoshka_dims,
+        "rotation": ROTATION_NAME if model.rotation is not None else None,
+    }
+
+
+def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
+    """``lorasmith.json`` of kind ``embedding`` (how ``lorasmith.encoder.Embedder.load`` rebuilds the model), after the
+    ``rotation.safetensors`` it names (``pca_rotation`` / ``matryoshka_pca_basis`` runs). Main process only."""
+    model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    if model.rotation is not None:
+        write_rotation(trainer.args.output_dir, model.rotation)
+    manifest = {**manifest_fields("embedding", model_args, saved), "embedding": embedding_settings(trainer)}
+    return write_manifest(trainer.args.output_dir, manifest)
+
+
+def write_embedding_card(
+    output_dir: str | Path,
+    model_args: ModelArguments,
+    task: str,
+    recipe: dict,
+    metrics: dict,
+    matryoshka_dims: list[int] | None = None,
+    *,
+    rotated: bool = False,
+    refine_steps: int = 0,
+    refine_objective: str = "neighbours",
+    pca_basis: bool = False,
+):
+    """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
+    width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
+    widths when ``refine_steps``, by ``refine_objective``; the training basis when ``pca_basis``), metrics, recipe."""
+    usage = f"""```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
+embeddings = model.encode(["first text", "second text"])
+```
+
+Evaluate with lorasmith: `python -m eval.retrieval --model {output_dir} --data FILE --task pairs`
+or `python -m eval.sts --model {output_dir} --data FILE`."""
+    if matryoshka_dims:
+        small = matryoshka_dims[-1]
+        usage += f"""
+
+Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
+`SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
+`normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
+    if pca_basis:
+        usage += """
+
+Training ran in the principal-axes basis of the untrained model's embeddings of the training texts
+(`matryoshka_pca_basis`: an orthogonal map, full-width cosines unchanged), so each Matryoshka width was trained as
+the first `d` of those axes."""
+        if not rotated:  # else the rotation paragraph below says where the (composed) rotation is saved
+            usage += """ The rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and
+lorasmith applies it on load."""
+    if rotated:
+        usage += """
+
+The embeddings are rotated onto the principal axes of the training texts' embeddings (`pca_rotation`: an
+orthogonal map, so full-width cosines are unchanged and the first dimensions carry the most variance); the
+rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load.
+Truncated embeddings (`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal
+components."""
+        if refine_steps:
+            goal = (
+                "the run's own training loss at each narrower Matryoshka width is minimised on the training rows"
+                if refine_objective == "training_loss"
+                else "at each narrower Matryoshka width the training texts rank their neighbours as they do at full width"
+            )
+            usage += f"""
+The rotation was then refined for {refine_steps} steps (`rotation_refine_steps`,
+`rotation_refine_objective: {refine_objective}`), kept orthogonal, so that {goal}: the first `d` dimensions
+are no longer exactly principal components, and full-width cosines are still unchanged."""
+    write_model_card(
+        output_dir,
+        title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",
+        base_model=str(model_args.model_name_or_path),
+        task=f"embedding-{task}",
+        recipe=recipe,
+        metrics=metrics,
+        usage=usage,
+    )
