@@ -11,10 +11,11 @@ negatives, train queries minus its held-out share), or with ``--mined [N]`` its 
 ``train.mine``, N hard negatives per pair, default 1). Every truncated score is the first d dimensions re-normalised
 (``Embedder(truncate_dim=d)``, as ``eval.* --truncate-dim d``). Prints one table: rows = dataset x training, columns =
 width, plus the loss of 64-d vs full. ``--flags`` adds train.embed flags to every run of both datasets (e.g. full
-fine-tuning, pca_rotation); ``--weights`` sets the Matryoshka weights of the runs with it, ``--refine`` their
-``rotation_refine_steps`` (with ``--flags "--pca_rotation true"``) and ``--refine-objective`` its
-``rotation_refine_objective`` (the runs' folders are named after both, so
-``--reuse`` never mixes refined and unrefined runs). Exits 0 with a note when a data folder is absent.
+fine-tuning, ``--matryoshka_rotation after``); ``--weights`` sets the Matryoshka weights of the runs with it,
+``--refine`` gives them a Matryoshka rotation fitted after training and refined for that many steps
+(``matryoshka_rotation: {fit: after, refine: {steps: N}}``, overriding a rotation of ``--flags``) and
+``--refine-objective`` its objective (the runs' folders are named after both, so ``--reuse`` never mixes refined and
+unrefined runs). Exits 0 with a note when a data folder is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,7 +54,7 @@ def stsb_rows(
             command = [sys.executable, "-m", "train.embed", "--config", "configs/embed/sts_cosent.yaml",
                        "--train_data", str(data / "sts-train.csv"), "--eval_data", "", "--output_dir", str(run),
                        "--overwrite_output_dir", "true", "--num_train_epochs", str(epochs), "--report_to", "none",
-                       "--disable_tqdm", "true", "--seed", "42", *extra, *flags]  # fmt: skip
+                       "--disable_tqdm", "true", "--seed", "42", *flags, *extra]  # fmt: skip
             subprocess.run(command, cwd=REPO, env=embed_scifact.ENV, check=True)
         scores = [
             evaluate_sts(
@@ -63,15 +66,21 @@ def stsb_rows(
     return rows
 
 
+def rotation_flags(steps: int, objective: str | None) -> list[str]:
+    """``--matryoshka_rotation`` refining the rotation fitted after training for ``steps`` (none when 0)."""
+    if not steps:
+        return []
+    refine = f"steps: {steps}" + (f", objective: {objective}" if objective else "")
+    return ["--matryoshka_rotation", f"{{fit: after, refine: {{{refine}}}}}"]
+
+
 def run_suffix(extra: list[str]) -> str:
-    """``_refine600`` for a run with ``--rotation_refine_steps 600`` (``_refine600_training_loss`` with
-    ``--rotation_refine_objective training_loss``), else empty: its folder name."""
-    flag, objective = "--rotation_refine_steps", "--rotation_refine_objective"
-    if flag not in extra:
+    """``_refine600`` for a run refined 600 steps (``_refine600_training_loss`` on the training loss), else empty:
+    its folder name."""
+    if "--matryoshka_rotation" not in extra:
         return ""
-    return f"_refine{extra[extra.index(flag) + 1]}" + (
-        f"_{extra[extra.index(objective) + 1]}" if objective in extra else ""
-    )
+    refine = yaml.safe_load(extra[extra.index("--matryoshka_rotation") + 1])["refine"]
+    return f"_refine{refine['steps']}" + (f"_{refine['objective']}" if "objective" in refine else "")
 
 
 class TruncatedView:
@@ -104,7 +113,7 @@ def scifact_rows(
     rows = []
     for label, extra in (("without", []), ("with", matryoshka)):
         folder = out / f"scifact_{kind}_{label}{run_suffix(extra)}"
-        run = embed_scifact.train(folder, task, train_file, epochs, *extra, *flags, reuse=reuse)
+        run = embed_scifact.train(folder, task, train_file, epochs, *flags, *extra, reuse=reuse)
         view = TruncatedView(Embedder.load(str(run), show_progress=False))
         scores = []
         for dim in DIMS:
@@ -144,12 +153,12 @@ def main() -> int:
         type=int,
         default=0,
         metavar="STEPS",
-        help="rotation_refine_steps of the runs with matryoshka_dims (needs --flags '--pca_rotation true'), e.g. 600",
+        help="refine steps of a Matryoshka rotation fitted after training, for the runs with matryoshka_dims, e.g. 600",
     )
     parser.add_argument(
         "--refine-objective",
         choices=("neighbours", "training_loss"),
-        help="rotation_refine_objective of the refined runs (default: train.embed's, neighbours)",
+        help="objective of the refined rotation (default: train.embed's, neighbours)",
     )
     parser.add_argument(
         "--reuse",
@@ -158,9 +167,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     matryoshka = MATRYOSHKA + (["--matryoshka_weights", *args.weights] if args.weights else [])
-    matryoshka += ["--rotation_refine_steps", str(args.refine)] if args.refine else []
-    if args.refine and args.refine_objective:
-        matryoshka += ["--rotation_refine_objective", args.refine_objective]
+    matryoshka += rotation_flags(args.refine, args.refine_objective)
     rows = []
     stsb, scifact = args.data_root / "stsb" / "raw", args.data_root / "scifact"
     scifact_build = functools.partial(scifact_rows, mined=args.mined)

@@ -31,7 +31,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from data_utils.tokenizer_inputs import TRUNCATIONS, head_and_tail, head_tail_counts
+from data_utils.tokenizer_inputs import check_truncation, head_and_tail, head_tail_counts
 from lorasmith.errors import ConfigError
 
 FORMATS = ("auto", "chat", "plain")
@@ -66,8 +66,7 @@ class PromptSpec:
         check_verbalizer_texts(self.verbalizers)
         if self.format not in ("chat", "plain"):
             raise ConfigError(f"prompt format must be 'chat' or 'plain' here, got {self.format!r}")
-        if self.truncation not in TRUNCATIONS:
-            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}; got {self.truncation!r}")
+        check_truncation(self.truncation, self.head_tokens, self.tail_tokens)
 
     @property
     def label_names(self) -> list[str]:

@@ -61,6 +61,18 @@ CHUNK_POOLINGS = ("mean", "max")
 SUN_HEAD, SUN_TAIL = 128, 382  # Sun et al. 2019's head + tail of BERT's 510 text tokens
 
 
+def check_truncation(truncation: str, head_tokens: int | None, tail_tokens: int | None) -> None:
+    """ConfigError unless ``truncation`` is one of :data:`TRUNCATIONS` and the head / tail counts are token counts
+    >= 0 that keep some text (the checks of every holder of these three settings: recipes and prompt specs)."""
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}; got {truncation!r}")
+    for key, value in (("head_tokens", head_tokens), ("tail_tokens", tail_tokens)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{key} must be a number of tokens >= 0; got {value!r}")
+    if head_tokens == 0 and tail_tokens == 0:
+        raise ConfigError("head_tokens and tail_tokens are both 0: no text would be kept")
+
+
 @dataclass
 class LongTextOptions:
     """What happens to a text longer than its token budget (see the module docstring).
@@ -121,19 +133,13 @@ class LongTextOptions:
 
     def check_long_text(self) -> None:
         """ConfigError for an unknown strategy, a negative count, or head_tail together with chunks."""
+        check_truncation(self.truncation, self.head_tokens, self.tail_tokens)
         for key, value, allowed in (
-            ("truncation", self.truncation, TRUNCATIONS),
             ("long_documents", self.long_documents, LONG_DOCUMENTS),
             ("chunk_pooling", self.chunk_pooling, CHUNK_POOLINGS),
         ):
             if value not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-        for key in ("head_tokens", "tail_tokens"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{key} must be a number of tokens >= 0; got {value!r}")
-        if self.head_tokens == 0 and self.tail_tokens == 0:
-            raise ConfigError("head_tokens and tail_tokens are both 0: no text would be kept")
         if self.chunk_overlap < 0 or self.max_chunks < 1:
             raise ConfigError(
                 f"chunk_overlap must be >= 0 and max_chunks >= 1; got {self.chunk_overlap} and {self.max_chunks}"

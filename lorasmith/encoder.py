@@ -6,7 +6,7 @@
    pooling, normalized).
 2. a lorasmith output folder (has ``lorasmith.json``, kind ``embedding``): ``merged/`` when present, else
    ``base_model`` (+ ``gguf_file``) with the PEFT adapter from ``adapter/``; pooling, normalisation,
-   max length, query/document prefixes and the rotation of a ``pca_rotation`` run from the manifest.
+   max length, query/document prefixes and the Matryoshka rotation (when the run fitted one) from the manifest.
 3. a sentence-transformers folder (has ``modules.json``): pooling from ``1_Pooling/config.json``,
    normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``, a square
    linear ``Dense`` module as ``rotation`` (any other module is refused: it could not be reproduced).
@@ -55,7 +55,7 @@ class Embedder:
     Attributes: ``model`` (HF model returning ``last_hidden_state``), ``tokenizer``, ``pooling`` (one of
     ``lorasmith.pooling.POOLING_MODES``), ``normalize``, ``max_length``, ``query_prefix``, ``document_prefix``,
     ``truncate_dim`` (None = the model's full width), ``rotation`` (``(D, D)`` fp32 or None: pooled vectors are
-    multiplied by it before normalisation and truncation; a ``pca_rotation`` run's, or a sentence-transformers
+    multiplied by it before normalisation and truncation; a Matryoshka-rotation run's, or a sentence-transformers
     ``Dense`` module without bias or activation).
     """
 

@@ -90,6 +90,7 @@ FIELD_RULES: dict[str, Rule] = {
     # train.embed (EmbedConfig)
     "temperature": above(0),
     "embed_batch_size": at_least(1),
+    "mini_batch_size": at_least(0),
     "eval_ks": at_least(1),
     "matryoshka_dims": at_least(1),
     "dropout": within(0, 1, high_included=False),

@@ -184,9 +184,15 @@ def _cli_keys(parser: RecipeParser, argv: Sequence[str]) -> list[str]:
 
 
 def _unknown_keys_message(unknown: list[str], parser: TrlParser) -> str:
+    """Every unknown key with the closest valid names, or, for a key a dataclass lists in its ``renamed_keys``
+    (class attribute: old key -> what to write now), what replaced it."""
     known = sorted({action.dest for action in parser._actions if action.dest != "help"})
+    renamed = {old: new for dc in parser.dataclass_types for old, new in getattr(dc, "renamed_keys", {}).items()}
     parts = []
     for key in unknown:
+        if key in renamed:
+            parts.append(f"'{key}' was replaced: write {renamed[key]}")
+            continue
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         parts.append(f"'{key}'" + (f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""))
     return "unknown recipe key(s): " + "; ".join(parts) + ". Run with --help for every valid key."

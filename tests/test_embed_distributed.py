@@ -1,7 +1,7 @@
 """train.embed on 2 processes x batch B logs the same per-step losses as 1 process x batch 2B (dropout 0, same
 seed and data order): the negatives are gathered across processes with the big batch's gradient. The PCA rotation
 fitted after training (texts embedded on both processes, gathered) is the one process's, also when it is refined for
-the Matryoshka widths (``rotation_refine_steps``, on neighbour rankings or on the training loss: refined on each
+the Matryoshka widths (``matryoshka_rotation.refine``, on neighbour rankings or on the training loss: refined on each
 process, the main process's broadcast)."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def logged_steps(output_dir: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("task", "loss", "extra"),
     [
-        ("pairs", "infonce", ["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10"]),
-        ("scored_pairs", "{cosent: 1, ibn: {weight: 1, threshold: 0.5}, angle: 1}", []),
-        ("tags", "infonce", ["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10",
-                             "--rotation_refine_objective", "training_loss"]),
+        ("pairs", "infonce", ["--matryoshka_dims", "32", "8", "--matryoshka_rotation", "{refine: {steps: 10}}"]),
+        ("scored_pairs", "{cosent: 1, ibn: {weight: 1, threshold: 0.5}, angle: 1}", ["--matryoshka_rotation", "after"]),
+        ("tags", "infonce", ["--matryoshka_dims", "32", "8",
+                             "--matryoshka_rotation", "{refine: {steps: 10, objective: training_loss}}"]),
     ],
 )
 def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
@@ -58,7 +58,7 @@ def test_two_processes_log_the_losses_of_one_process_with_the_double_batch(
         "--max_steps", str(STEPS), "--logging_steps", "1", "--learning_rate", "1e-2", "--warmup_steps", "0",
         "--save_strategy", "steps", "--save_steps", str(STEPS), "--eval_strategy", "no",
         "--load_best_model_at_end", "false", "--export_merged", "false", "--report_to", "none", "--seed", "7",
-        "--pca_rotation", "true", *extra,
+        *extra,
     ]  # fmt: skip
     assert (
         run_main(main, [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"])

@@ -12,7 +12,7 @@ from lorasmith.errors import ConfigError
 from train.embed import make_parser
 from train.embed.batch import PAD_ID, text_ids
 from train.embed.collator import ContrastiveCollator
-from train.embed.config import resolve_task_defaults
+from train.embed.resolve import resolve_task_defaults
 from train.embed.tasks import EMBED_TASKS
 from train.embed.trainer import embedded_batch
 
@@ -100,7 +100,7 @@ def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_
         "--task", "scored_pairs", "--loss", "{cosent: 1, angle: {weight: 1, temperature: 0.1}}"
     )
     assert config.loss == {"cosent": 1, "angle": {"weight": 1, "temperature": 0.1}}
-    resolve_task_defaults(config, EMBED_TASKS["scored_pairs"], has_eval_data=True)
+    config = resolve_task_defaults(config, EMBED_TASKS["scored_pairs"], has_eval_data=True)
     assert (config.eval_task, config.metric_for_best_model, config.greater_is_better) == (
         "scored_pairs",
         "spearman",
@@ -108,7 +108,7 @@ def test_loss_accepts_yaml_on_the_command_line_and_best_metric_follows_the_eval_
     )
 
     _, _, _, config = parse("--task", "tags")
-    resolve_task_defaults(config, EMBED_TASKS["tags"], has_eval_data=False)
+    config = resolve_task_defaults(config, EMBED_TASKS["tags"], has_eval_data=False)
     assert (config.eval_task, config.load_best_model_at_end, config.eval_strategy) == ("tags", False, "no")
 
 

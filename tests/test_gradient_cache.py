@@ -33,9 +33,10 @@ from train.embed.collator import (
     length_sorted_chunks,
     token_slots,
 )
-from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig, resolve_mini_batches
+from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig
 from train.embed.loss_spec import build_objective
 from train.embed.model import build_embedding_model, in_text_order, set_dropout
+from train.embed.resolve import resolve_mini_batches
 from train.embed.tasks import EMBED_TASKS
 from train.embed.trainer import embedded_batch
 
@@ -302,11 +303,9 @@ def test_sharded_forwards_refuse_chunks_and_the_cache_and_default_to_plain():
             resolve_mini_batches(EmbedConfig(gradient_cache=True, mini_batch_size=4), distribution)
         with pytest.raises(ConfigError, match="mini_batch_size > 0 cannot run"):
             resolve_mini_batches(EmbedConfig(mini_batch_size=4), distribution)
-        config = EmbedConfig()
-        resolve_mini_batches(config, distribution)
+        config = resolve_mini_batches(EmbedConfig(), distribution)
         assert config.mini_batch_size == 0
-    config = EmbedConfig(gradient_cache=True)
-    resolve_mini_batches(config, "deepspeed-zero2")
+    config = resolve_mini_batches(EmbedConfig(gradient_cache=True), "deepspeed-zero2")
     assert config.mini_batch_size == DEFAULT_MINI_BATCH_SIZE == 32
     with pytest.raises(ConfigError, match="gradient_cache needs mini_batch_size > 0"):
         EmbedConfig(gradient_cache=True, mini_batch_size=0)

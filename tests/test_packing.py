@@ -23,9 +23,10 @@ from train.common.args import ModelArguments
 from train.common.modeling import load_tokenizer
 from train.embed import main
 from train.embed.collator import ContrastiveCollator, length_sorted_chunks
-from train.embed.config import EmbedConfig, resolve_mini_batches
+from train.embed.config import EmbedConfig
 from train.embed.model import build_embedding_model
 from train.embed.packing import pack_steps, packing_problem, resolve_packing
+from train.embed.resolve import resolve_mini_batches
 from train.embed.tasks import EMBED_TASKS
 
 
@@ -183,8 +184,7 @@ def test_packing_config_errors():
     for distribution in ("deepspeed-zero3", "fsdp"):
         with pytest.raises(ConfigError, match="packing and mini_batch_size > 0 cannot run"):
             resolve_mini_batches(EmbedConfig(packing=True), distribution)
-    config = EmbedConfig(packing=True)
-    resolve_mini_batches(config, "ddp")
+    config = resolve_mini_batches(EmbedConfig(packing=True), "ddp")
     assert config.mini_batch_size > 0
 
 

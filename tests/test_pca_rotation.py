@@ -1,8 +1,8 @@
-"""PCA rotation (``pca_rotation: true``): the fitted matrix is orthogonal and ordered by variance, it is fitted on
+"""The Matryoshka rotation (``matryoshka_rotation: {fit: after}``): the fitted matrix is orthogonal and ordered by variance, it is fitted on
 the training texts in their roles and prefixes, a finished run keeps every full-width cosine and metric while its
 truncated embeddings are the first principal components, and every way of loading the run (lorasmith manifest with
 merged/ or adapter only, the merged/ folder, sentence-transformers) applies the same rotation. Folders with modules
-lorasmith cannot reproduce are refused instead of silently embedding differently. ``rotation_refine_steps`` keeps
+lorasmith cannot reproduce are refused instead of silently embedding differently. ``refine: {steps: N}`` keeps
 the rotation orthogonal while it brings the truncated neighbour rankings closer to the full-width ones."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_rotation_is_orthogonal_ordered_by_variance_and_signed_deterministically
 
 def truncated_kl(embeddings: torch.Tensor, rotation: torch.Tensor, width: int, temperature: float = 0.05) -> float:
     """Mean over rows of KL(full-width neighbour distribution || width-``width`` one), each row's own entry left
-    out: what ``rotation_refine_steps`` lowers, computed here over every row at once."""
+    out: what ``refine`` lowers, computed here over every row at once."""
     vectors = F.normalize(embeddings.double(), dim=-1)
     rotated = vectors @ rotation.double()
     narrow = F.normalize(rotated[:, :width], dim=-1)
@@ -133,11 +133,11 @@ def test_rotated_run_keeps_full_width_cosines_and_every_loader_applies_the_rotat
     out = tmp_path / "run"
     argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
             "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
-            "--matryoshka_dims", "32", "8", "--pca_rotation", "true", "--export_merged", export_merged]  # fmt: skip
+            "--matryoshka_dims", "32", "8", "--matryoshka_rotation", "after", "--export_merged", export_merged]  # fmt: skip
     assert run_main(main, argv) == 0
     manifest = json.loads((out / "lorasmith.json").read_text())
     assert manifest["embedding"]["rotation"] == "rotation.safetensors"
-    assert "pca_rotation" in (out / "README.md").read_text()
+    assert "matryoshka_rotation" in (out / "README.md").read_text()
 
     rotated = Embedder.load(out, device="cpu", show_progress=False)
     rotation = rotated.rotation
@@ -214,10 +214,10 @@ def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_
     out = tmp_path / "run"
     argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "scored_pairs", "--train_data", data["scored_pairs"],
             "--eval_data", data["scored_pairs"], "--output_dir", str(out), "--use_peft", "true", *FAST,
-            "--matryoshka_dims", "32", "8", "--pca_rotation", "true", "--rotation_refine_steps", "40",
+            "--matryoshka_dims", "32", "8", "--matryoshka_rotation", "{fit: after, refine: {steps: 40}}",
             "--export_merged", "false"]  # fmt: skip
     assert run_main(main, argv) == 0
-    assert "rotation_refine_steps" in (out / "README.md").read_text()
+    assert "matryoshka_rotation.refine" in (out / "README.md").read_text()
     rotated, rotation = saved_rotation(out)
     train = load_sts_data(data["scored_pairs"])
     fitted_on = rotated.encode(list(dict.fromkeys([*train["sentence1"], *train["sentence2"]])))
@@ -234,12 +234,15 @@ def test_refined_run_saves_an_orthogonal_rotation_closer_to_full_width_rankings_
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--matryoshka_dims", "32", "8", "--rotation_refine_steps", "10"], "set pca_rotation: true as well"),
-        (["--pca_rotation", "true", "--rotation_refine_steps", "10"], "rotation_refine_steps needs matryoshka_dims"),
-        (["--pca_rotation", "true", "--rotation_refine_steps", "-1"], "rotation_refine_steps must be >= 0"),
-        (["--pca_rotation", "true", "--matryoshka_dims", "32", "8", "--rotation_refine_steps", "5",
-          "--rotation_refine_temperature", "0"], "rotation_refine_temperature must be > 0"),
-        (["--matryoshka_pca_basis", "true"], "matryoshka_pca_basis trains the matryoshka_dims widths"),
+        (["--matryoshka_dims", "32", "8", "--matryoshka_rotation", "{fit: before, refine: {steps: 10}}"],
+         "set matryoshka_rotation.fit to after or both"),
+        (["--matryoshka_rotation", "{refine: {steps: 10}}"], "matryoshka_rotation.refine needs matryoshka_dims"),
+        (["--matryoshka_rotation", "{refine: {steps: -1}}"], "matryoshka_rotation.refine.steps must be >= 0"),
+        (["--matryoshka_dims", "32", "8", "--matryoshka_rotation", "{refine: {steps: 5, temperature: 0}}"],
+         "matryoshka_rotation.refine.temperature must be > 0"),
+        (["--matryoshka_rotation", "before"], "fit: before trains the matryoshka_dims widths"),
+        (["--pca_rotation", "true", "--rotation_refine_steps", "10"],
+         "'pca_rotation' was replaced: write matryoshka_rotation: {fit: after}"),
     ],
 )
 def test_bad_refinement_settings_fail_before_any_model_is_loaded(tmp_path, capsys, flags, message):
@@ -251,12 +254,12 @@ def test_bad_refinement_settings_fail_before_any_model_is_loaded(tmp_path, capsy
 
 def test_bad_sample_count_fails_before_any_model_is_loaded(tmp_path, capsys):
     argv = ["--model_name_or_path", "missing-model", "--task", "pairs", "--train_data", "x.jsonl",
-            "--pca_rotation", "true", "--pca_rotation_samples", "1", "--output_dir", str(tmp_path)]  # fmt: skip
+            "--matryoshka_rotation", "{samples: 1}", "--output_dir", str(tmp_path)]  # fmt: skip
     assert run_main(main, argv) == 2
-    assert "pca_rotation_samples must be >= 2" in capsys.readouterr().err
+    assert "matryoshka_rotation.samples must be >= 2" in capsys.readouterr().err
 
 
-# --- matryoshka_pca_basis: training in the untrained model's principal axes ------------------------------------
+# --- fit: before: training in the untrained model's principal axes ------------------------------------
 
 
 def basis_run(tiny_bert_dir, data: dict, out, *flags: str):
@@ -277,12 +280,12 @@ def test_pca_basis_is_the_untrained_models_pca_and_is_in_place_from_the_first_ev
     data = data_files(tmp_path)
     untrained = Embedder.load(tiny_bert_dir, device="cpu", show_progress=False)
     basis = pca_rotation(untrained.encode(training_texts(data)))
-    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true")
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_rotation", "before")
 
     saved = Embedder.load(out, device="cpu", show_progress=False).rotation
     assert saved is not None and torch.allclose(saved.T @ saved, torch.eye(32), atol=1e-5)
-    assert (saved - basis).abs().max() < 1e-4  # no pca_rotation after training: the basis itself is saved
-    assert "matryoshka_pca_basis" in (out / "README.md").read_text()
+    assert (saved - basis).abs().max() < 1e-4  # no rotation fitted after training: the basis itself is saved
+    assert "fit: before" in (out / "README.md").read_text()
     # the evaluation before training already embedded in the basis: width 8 = the first 8 principal components
     untrained_in_basis = Embedder.load(tiny_bert_dir, device="cpu", show_progress=False, truncate_dim=8)
     untrained_in_basis.rotation = basis
@@ -307,7 +310,7 @@ def test_pca_basis_changes_only_what_the_narrower_widths_train(tiny_bert_dir, tm
     trained = {
         (weights, basis): unrotated(
             basis_run(tiny_bert_dir, data, tmp_path / f"w{weights}-{basis}", "--matryoshka_weights", "1", weights,
-                      "--matryoshka_pca_basis", basis)  # fmt: skip
+                      *(["--matryoshka_rotation", "before"] if basis == "true" else []))  # fmt: skip
         )
         for weights in ("0", "1")
         for basis in ("false", "true")
@@ -316,9 +319,9 @@ def test_pca_basis_changes_only_what_the_narrower_widths_train(tiny_bert_dir, tm
     assert (trained[("1", "false")] - trained[("1", "true")]).abs().max() > 1e-3
 
 
-def test_pca_rotation_after_a_pca_basis_run_is_composed_with_the_basis(tiny_bert_dir, tmp_path):
+def test_fit_both_composes_the_rotation_after_training_with_the_basis(tiny_bert_dir, tmp_path):
     data = data_files(tmp_path)
-    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true", "--pca_rotation", "true")
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_rotation", "both")
     rotated = Embedder.load(out, device="cpu", show_progress=False)
     rotation = rotated.rotation
     assert torch.allclose(rotation.T @ rotation, torch.eye(32), atol=1e-5)
@@ -335,10 +338,10 @@ def test_pca_rotation_after_a_pca_basis_run_is_composed_with_the_basis(tiny_bert
 
 def test_a_resumed_pca_basis_run_fits_the_same_basis_from_the_untrained_weights(tiny_bert_dir, tmp_path):
     data = data_files(tmp_path)
-    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_pca_basis", "true", "--save_steps", "2",
+    out = basis_run(tiny_bert_dir, data, tmp_path / "run", "--matryoshka_rotation", "before", "--save_steps", "2",
                     "--save_strategy", "steps")  # fmt: skip
     first = Embedder.load(out, device="cpu", show_progress=False).rotation
-    basis_run(tiny_bert_dir, data, out, "--matryoshka_pca_basis", "true", "--save_steps", "2",
+    basis_run(tiny_bert_dir, data, out, "--matryoshka_rotation", "before", "--save_steps", "2",
               "--save_strategy", "steps", "--max_steps", "4")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["train"]["global_step"], metrics["train"]["resumed_from_step"]) == (4, 2)

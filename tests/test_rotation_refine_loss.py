@@ -1,4 +1,4 @@
-"""``rotation_refine_objective: training_loss``: the PCA rotation is refined on the run's own loss at its narrower
+"""``matryoshka_rotation: {refine: {objective: training_loss}}``: the PCA rotation is refined on the run's own loss at its narrower
 Matryoshka widths, on batches of cached training-row embeddings laid out as in training. The result stays
 orthogonal (full-width cosines unchanged), lowers the narrow-width loss (checked here by a hand-written InfoNCE over
 every row), is seeded, works for every task layout and for several datasets, and bad settings fail before any model
@@ -172,10 +172,10 @@ def test_a_run_refined_on_its_training_loss_saves_a_rotation_with_a_lower_narrow
     out = tmp_path / "run"
     argv = ["--model_name_or_path", str(tiny_bert_dir), "--task", "pairs", "--train_data", data["pairs"],
             "--output_dir", str(out), "--use_peft", "true", *FAST, "--matryoshka_dims", "32", "8",
-            "--pca_rotation", "true", "--rotation_refine_steps", "60", "--rotation_refine_objective", "training_loss",
+            "--matryoshka_rotation", "{fit: after, refine: {steps: 60, objective: training_loss}}",
             "--export_merged", "false"]  # fmt: skip
     assert run_main(main, argv) == 0
-    assert "`rotation_refine_objective: training_loss`" in (out / "README.md").read_text()
+    assert "`objective: training_loss`" in (out / "README.md").read_text()
     embedder, rotation = saved_rotation(out)
     rows = [json.loads(line) for line in open(data["pairs"])]
     texts = list(dict.fromkeys([row["anchor"] for row in rows] + [row["positive"] for row in rows]))
@@ -187,15 +187,15 @@ def test_a_run_refined_on_its_training_loss_saves_a_rotation_with_a_lower_narrow
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--task", "pairs", "--rotation_refine_objective", "labels"],
-         "rotation_refine_objective must be one of neighbours, training_loss; got 'labels'"),
-        (["--task", "simcse_unsup", "--rotation_refine_objective", "training_loss"],
+        (["--task", "pairs", "--matryoshka_rotation", "{refine: {steps: 5, objective: labels}}"],
+         "matryoshka_rotation.refine.objective must be one of neighbours, training_loss; got 'labels'"),
+        (["--task", "simcse_unsup", "--matryoshka_rotation", "{refine: {steps: 5, objective: training_loss}}"],
          "task simcse_unsup pairs each text with itself"),
     ],
 )  # fmt: skip
 def test_bad_refine_objective_settings_fail_before_any_model_is_loaded(tmp_path, capsys, flags, message):
     argv = ["--model_name_or_path", "missing-model", "--train_data", "x.jsonl", "--output_dir", str(tmp_path),
-            "--pca_rotation", "true", "--matryoshka_dims", "32", "8", "--rotation_refine_steps", "5", *flags]  # fmt: skip
+            "--matryoshka_dims", "32", "8", *flags]  # fmt: skip
     assert run_main(main, argv) == 2
     assert message in capsys.readouterr().err
 
@@ -204,8 +204,7 @@ def test_a_simcse_dataset_among_several_is_named_when_refining_on_the_training_l
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(sort_keys=False, data={
         "task": "pairs", "output_dir": str(tmp_path / "o"), "model_name_or_path": "missing",
-        "matryoshka_dims": [32, 8], "pca_rotation": True, "rotation_refine_steps": 5,
-        "rotation_refine_objective": "training_loss",
+        "matryoshka_dims": [32, 8], "matryoshka_rotation": {"refine": {"steps": 5, "objective": "training_loss"}},
         "train_data": {"qa": "qa.jsonl", "wiki": {"data": "wiki.txt", "task": "simcse_unsup"}}}))  # fmt: skip
     assert run_main(main, ["--config", str(recipe)]) == 2
     assert "train_data 'wiki' (task simcse_unsup)" in capsys.readouterr().err

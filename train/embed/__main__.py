@@ -28,36 +28,19 @@ from transformers import set_seed
 
 import data_utils
 from lorasmith import recipe_parser
-from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common import launch, learnable, outputs, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
 from train.embed.collator import ContrastiveCollator
-from train.embed.config import (
-    EmbedConfig,
-    check_refine_task,
-    encoding_mode,
-    resolve_mini_batches,
-    resolve_task_defaults,
-)
+from train.embed.config import EmbedConfig, encoding_mode
 from train.embed.export import export_embedding_model, write_embedding_card, write_embedding_manifest
-from train.embed.loss_spec import build_objective
-from train.embed.matryoshka import matryoshka_dims
 from train.embed.model import build_embedding_model
-from train.embed.objective import ContrastiveObjective
 from train.embed.packing import resolve_packing
-from train.embed.rotation import fit_pca_basis, fit_rotation
-from train.embed.sampling import (
-    DatasetMix,
-    MixCollator,
-    SamplerEpoch,
-    SingleDatasetBatches,
-    TrainSource,
-    train_sources,
-)
-from train.embed.tasks import EMBED_TASKS, EmbedTask, embed_task
+from train.embed.resolve import EmbedRun, resolve_run
+from train.embed.sampling import DatasetMix, MixCollator, SamplerEpoch, SingleDatasetBatches, TrainSource
+from train.embed.tasks import EMBED_TASKS, EmbedTask
 from train.embed.trainer import ContrastiveTrainer
 
 
@@ -65,26 +48,15 @@ def make_parser():
     return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig))
 
 
-def configure(data_args: DataArguments, config: EmbedConfig) -> tuple[EmbedTask, ContrastiveObjective]:
-    """(task record, objective) from the recipe, with the task's defaults filled into ``config`` and every loss,
-    Matryoshka width list and encoding option checked before any data or model is read (ConfigError)."""
-    resolve_mini_batches(config, launch.distribution(config))
-    task = embed_task(data_args.task)
-    resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
-    return task, build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
-
-
-def load_training_data(data_args: DataArguments, config: EmbedConfig, task: EmbedTask, world_size: int):
-    """(train, eval or None), read and checked: several training datasets each suit the loss, every dataset can
-    teach something (``learnable``), and the run makes at least one optimizer step."""
-    sources = train_sources(data_args.train_data, data_args.task, data_args.columns)
-    check_source_tasks(sources, task, config)
-    train_ds, eval_ds = load_datasets(data_args, config, sources)
+def load_training_data(data_args: DataArguments, embed_run: EmbedRun, world_size: int):
+    """(train, eval or None), read and checked: every dataset can teach something (``learnable``), and the run
+    makes at least one optimizer step."""
+    config = embed_run.config
+    train_ds, eval_ds = load_datasets(data_args, config, embed_run.sources)
     parts = (
         zip(train_ds.names, train_ds.datasets, train_ds.tasks, strict=True)
         if isinstance(train_ds, DatasetMix)
-        else [(str(data_args.train_data), train_ds, task)]
+        else [(str(data_args.train_data), train_ds, embed_run.task)]
     )
     for source, dataset, source_task in parts:
         learnable.check_contrastive_rows(dataset, source_task, source)
@@ -120,18 +92,6 @@ def load_datasets(data_args: DataArguments, config: EmbedConfig, sources: list[T
             data_args.eval_data, config.eval_task, data_args.columns, data_args.max_eval_samples
         )
     return train, evaluation
-
-
-def check_source_tasks(sources: list[TrainSource] | None, task: EmbedTask, config: EmbedConfig) -> None:
-    """ConfigError naming the dataset when one of several training datasets has a task the loss cannot use."""
-    for source in sources or ():
-        try:
-            check_refine_task(config, embed_task(source.task))
-            build_objective(
-                embed_task(source.task), config.loss or task.default_loss, temperature=config.temperature
-            )
-        except ConfigError as error:
-            raise ConfigError(f"train_data '{source.name}' (task {source.task}): {error}") from None
 
 
 def training_batches(
@@ -170,11 +130,11 @@ def training_batches(
 
 
 def main(argv=None):
-    args = recipe_parser.parse_recipe(make_parser(), argv)
-    data_args, model_args, run_args, config = args
-    world_size = launch.check_launch(config, run_args, model_args)
-    task, objective = configure(data_args, config)
-    train_ds, eval_ds = load_training_data(data_args, config, task, world_size)  # before any model is loaded
+    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
+    world_size = launch.check_launch(parsed, run_args, model_args)
+    embed_run = resolve_run(data_args, parsed, launch.distribution(parsed))
+    config, args = embed_run.config, (data_args, model_args, run_args, embed_run.config)
+    train_ds, eval_ds = load_training_data(data_args, embed_run, world_size)  # before any model is loaded
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None
 
@@ -183,16 +143,14 @@ def main(argv=None):
     model = build_embedding_model(
         model_args, config.pooling, config.normalize, bool(config.activation_checkpointing), config.dropout
     )
-    if objective.matryoshka is not None:
-        objective.matryoshka.check_width(model.hidden_size())
+    if embed_run.objective.matryoshka is not None:
+        embed_run.objective.matryoshka.check_width(model.hidden_size())
     packing = resolve_packing(config, model, tokenizer, model_args.max_length)
     collator, train_batches, batch_callbacks = training_batches(
-        train_ds, tokenizer, task, model_args, config, world_size, packing
+        train_ds, tokenizer, embed_run.task, model_args, config, world_size, packing
     )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
-    plan.update(
-        _plan(data_args, model_args, config, objective, train_ds, eval_ds, world_size, train_batches, packing)
-    )
+    plan.update(_plan(data_args, model_args, embed_run, train_ds, eval_ds, world_size, train_batches, packing))
     print_plan("train.embed", plan)
     if run_args.dry_run:
         return None
@@ -205,40 +163,48 @@ def main(argv=None):
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=run.lifecycle_callbacks() + batch_callbacks,
-        objective=objective,
-        task=task,
+        objective=embed_run.objective,
+        task=embed_run.task,
         lora_only=bool(model_args.use_peft or model_args.adapter_path) and not model_args.full_finetune,
         train_batches=train_batches,
     )
     recipe, resume_from = run.prepare_output_dir(args)
-
-    if config.matryoshka_pca_basis:  # on the untrained weights, also when resuming (the checkpoint loads later)
-        fit_pca_basis(trainer, train_ds, config.pca_rotation_samples, config.seed)
-    metrics = {}
-    if config.eval_before_training and resume_from is None:
-        metrics["before"] = _strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
-    result = run.train(trainer, resume_from)
-    if result is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
+    metrics = train_and_evaluate(trainer, embed_run.extensions, train_ds, eval_ds, resume_from)
+    if metrics is None:  # stopped by a signal: the checkpoint is saved, the same command resumes
         return trainer
-    metrics["train"] = result.metrics
-    if config.pca_rotation:  # after training (and the best-model reload), before the final evaluation
-        fit_rotation(trainer, train_ds, config.pca_rotation_samples, config.seed)
-    if eval_ds is not None:
-        metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
-
     saved = export_embedding_model(trainer, model_args, export_merged=run_args.export_merged)
+    card_text = "\n\n".join(extension.card_text() for extension in embed_run.extensions)
     run.finish(
-        trainer, recipe, saved, _write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved
+        trainer, recipe, saved, _write_run_files, trainer, model_args, data_args.task, recipe, metrics, saved, card_text
     )
     return trainer
 
 
+def train_and_evaluate(trainer, extensions, train_ds, eval_ds, resume_from: str | None) -> dict | None:
+    """Evaluate before (a fresh run with ``eval_before_training``), train, evaluate after, with every extension's
+    hooks around training; the ``before`` / ``train`` / ``after`` metrics, or None when a signal stopped training."""
+    for extension in extensions:  # on the untrained weights, also when resuming (the checkpoint loads later)
+        extension.before_training(trainer, train_ds)
+    metrics = {}
+    if trainer.args.eval_before_training and resume_from is None:
+        metrics["before"] = _strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
+    result = run.train(trainer, resume_from)
+    if result is None:
+        return None
+    metrics["train"] = result.metrics
+    for extension in extensions:  # after training (and the best-model reload), before the final evaluation
+        extension.after_training(trainer, train_ds)
+    if eval_ds is not None:
+        metrics["after"] = _strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
+    return metrics
+
+
 def _plan(
-    data_args, model_args, config, objective, train_ds, eval_ds, world_size: int, train_batches, packing: bool
+    data_args, model_args, embed_run: EmbedRun, train_ds, eval_ds, world_size: int, train_batches, packing: bool
 ) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
+    config, objective = embed_run.config, embed_run.objective
     global_anchors = config.per_device_train_batch_size * world_size
-    rotation_rows = min(config.pca_rotation_samples, len(train_ds))  # what pca_rotation / matryoshka_pca_basis fit on
     if train_batches is None:
         task = f"{data_args.task}, {len(train_ds)} training rows"
         negatives = EMBED_TASKS[data_args.task].describe_negatives(train_ds, global_anchors)
@@ -271,23 +237,7 @@ def _plan(
         "negatives per anchor": negatives,
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
-        + (
-            f", trained in the untrained model's PCA basis (fit on {rotation_rows} rows' texts)"
-            if config.matryoshka_pca_basis
-            else ""
-        )
-        + (
-            f", PCA rotation after training (fit on {rotation_rows} rows' texts"
-            + (
-                f", refined {config.rotation_refine_steps} steps on "
-                + ("the training loss" if config.rotation_refine_objective == "training_loss" else "neighbour rankings")
-                if config.rotation_refine_steps
-                else ""
-            )
-            + ")"
-            if config.pca_rotation
-            else ""
-        ),
+        + "".join(f", {extension.plan_phrase(len(train_ds))}" for extension in embed_run.extensions),
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,
     }
@@ -303,22 +253,14 @@ def _strip_prefix(metrics: dict, prefix: str) -> dict:
 HEADLINE_METRICS = ("spearman", "pearson", "recall@1", "recall@5", "ndcg@5", "ndcg@10", "mrr@10", "map@10")
 
 
-def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict, saved: dict) -> None:
-    """metrics.json, lorasmith.json and the model card; prints the before / after table. Main process only."""
+def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict, saved: dict, card_text: str) -> None:
+    """metrics.json, lorasmith.json and the model card (``card_text``: the extensions' paragraphs); prints the
+    before / after table. Main process only."""
     output_dir = trainer.args.output_dir
     all_metrics = outputs.write_metrics(output_dir, metrics)
     write_embedding_manifest(trainer, model_args, saved)
     write_embedding_card(
-        output_dir,
-        model_args,
-        task,
-        recipe,
-        _headline(all_metrics),
-        trainer.args.matryoshka_dims,
-        rotated=trainer.args.pca_rotation,
-        refine_steps=trainer.args.rotation_refine_steps,
-        refine_objective=trainer.args.rotation_refine_objective,
-        pca_basis=trainer.args.matryoshka_pca_basis,
+        output_dir, model_args, task, recipe, _headline(all_metrics), trainer.args.matryoshka_dims, card_text
     )
     if "after" in metrics:
         print(outputs.metrics_table(_headline(metrics)), flush=True)

@@ -19,20 +19,15 @@ Defaults that differ from ``TrainingArguments`` (chosen for contrastive fine-tun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import yaml
 from transformers import TrainingArguments
 
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
-from train.common.launch import check_best_metric
-from train.common.run import disable_evaluation_without_data
-from train.embed.evaluation import metric_names
-from train.embed.matryoshka import matryoshka_dims
-from train.embed.sampling import SAMPLING
-from train.embed.tasks import EMBED_TASKS, EVAL_METRICS, EmbedTask
-
-REFINE_OBJECTIVES = ("neighbours", "training_loss")  # rotation_refine_objective
+from train.embed import rotation
+from train.embed.tasks import EMBED_TASKS, EVAL_METRICS
 
 # Most texts per forward when the recipe does not say. The chunking (collator.LengthSortedChunker) picks the cuts
 # itself (fewest forwards at <= 10 % padding over the run), so this is only a cap: bench/embed_throughput.py
@@ -42,8 +37,6 @@ REFINE_OBJECTIVES = ("neighbours", "training_loss")  # rotation_refine_objective
 # chunks of 8 left 0.20 padding). Under gradient_cache the cap bounds activation memory: set it to what one
 # forward may hold.
 DEFAULT_MINI_BATCH_SIZE = 32
-# Distributions whose forward runs collectives per layer: every process must run the same number of forwards.
-SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
 
 SYMMETRIC = ", ".join(name for name, task in EMBED_TASKS.items() if task.symmetric)
 
@@ -55,7 +48,14 @@ def per_task(attribute: str) -> str:
 
 @dataclass
 class EmbedConfig(TrainingArguments):
-    """Training arguments of the contrastive embedding trainer (``python -m train.embed --help`` lists all)."""
+    """Training arguments of the contrastive embedding trainer (``python -m train.embed --help`` lists all).
+
+    Per-field ranges are checked by ``lorasmith.recipe_checks`` before this is built; ``__post_init__`` checks
+    what involves several fields; ``train.embed.resolve.resolve_run`` fills what depends on the task, the data and
+    the launch, once, into a new config."""
+
+    # recipe keys that were replaced, and what to write instead (recipe_parser names them in its error)
+    renamed_keys: ClassVar[dict[str, str]] = rotation.RENAMED_KEYS
 
     # ---- objective ----
     loss: dict | str | None = field(
@@ -160,48 +160,7 @@ class EmbedConfig(TrainingArguments):
         default=None,
         metadata={"help": "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1."},
     )
-    pca_rotation: bool = field(
-        default=False,
-        metadata={
-            "help": "Once training has ended, rotate the embedding space onto the principal axes of the training "
-            "texts' embeddings (an orthogonal map: full-width cosines unchanged; the first dimensions carry the most "
-            "variance, so truncated embeddings keep more). Saved with the model; see train/embed/rotation.py."
-        },
-    )
-    matryoshka_pca_basis: bool = field(
-        default=False,
-        metadata={
-            "help": "With matryoshka_dims: before training, rotate the embedding space onto the principal axes of "
-            "the untrained model's embeddings of the training texts, so the Matryoshka widths are trained as prefixes "
-            "of those axes from the first step (an orthogonal map: full-width cosines unchanged). With pca_rotation "
-            "the rotation fitted after training is composed with it. Saved with the model; see rotation.py."
-        },
-    )
-    pca_rotation_samples: int = field(
-        default=20000,
-        metadata={"help": "Training rows whose texts pca_rotation / matryoshka_pca_basis are fitted on (seeded sample)."},
-    )
-    rotation_refine_steps: int = field(
-        default=0,
-        metadata={
-            "help": "With pca_rotation and matryoshka_dims: after the PCA fit, train the rotation (kept orthogonal) "
-            "for N steps so that at every narrower Matryoshka width each training text ranks the other training "
-            "texts as the full width does (KL of softmax(cosine / rotation_refine_temperature), weighted by "
-            "matryoshka_weights); full-width cosines stay unchanged. 0 = the PCA rotation as is; e.g. 600."
-        },
-    )
-    rotation_refine_temperature: float = field(
-        default=0.05, metadata={"help": "Softmax temperature of the rotation_refine_steps neighbour rankings."}
-    )
-    rotation_refine_objective: str = field(
-        default="neighbours",
-        metadata={
-            "help": "What rotation_refine_steps minimises: neighbours (each training text's neighbour ranking at "
-            "the narrower widths matched to the full width's) or training_loss (the run's own loss and weights at "
-            "the narrower Matryoshka widths, on batches of 512 of the sampled training rows, embedded once; not "
-            "for simcse_unsup, whose two views are one text without dropout). Full-width cosines stay unchanged."
-        },
-    )
+    matryoshka_rotation: dict | str | None = rotation.recipe_field()
     dataset_sampling: str = field(
         default="proportional",
         metadata={
@@ -258,112 +217,14 @@ class EmbedConfig(TrainingArguments):
             raise ConfigError(
                 "remove_unused_columns must be false for train.embed (the collator reads the texts)"
             )
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1); got {self.dropout}")
-        if self.mini_batch_size is not None and self.mini_batch_size < 0:
-            raise ConfigError(f"mini_batch_size must be >= 0 (0 = one forward per role); got {self.mini_batch_size}")
         if self.gradient_cache and self.mini_batch_size == 0:
             raise ConfigError("gradient_cache needs mini_batch_size > 0 (the texts per re-encoded chunk)")
         if self.packing and self.mini_batch_size == 0:
             raise ConfigError("packing needs mini_batch_size > 0 (it packs the length-sorted texts of a step)")
-        if not self.eval_ks or min(self.eval_ks) < 1:
-            raise ConfigError(f"eval_ks must be positive integers; got {self.eval_ks}")
-        matryoshka_dims(self.matryoshka_dims, self.matryoshka_weights)  # ConfigError on bad widths / weights
-        if self.pca_rotation_samples < 2:
-            raise ConfigError(f"pca_rotation_samples must be >= 2; got {self.pca_rotation_samples}")
-        self._check_rotation_refinement()
-        if self.dataset_sampling not in SAMPLING:
-            raise ConfigError(f"dataset_sampling must be one of {', '.join(SAMPLING)}; got {self.dataset_sampling!r}")
-
-    def _check_rotation_refinement(self) -> None:
-        if self.rotation_refine_steps < 0:
-            raise ConfigError(f"rotation_refine_steps must be >= 0; got {self.rotation_refine_steps}")
-        if self.rotation_refine_temperature <= 0:
-            raise ConfigError(f"rotation_refine_temperature must be > 0; got {self.rotation_refine_temperature}")
-        if self.rotation_refine_objective not in REFINE_OBJECTIVES:
-            raise ConfigError(
-                f"rotation_refine_objective must be one of {', '.join(REFINE_OBJECTIVES)}; "
-                f"got {self.rotation_refine_objective!r}"
-            )
-        if self.rotation_refine_steps and not self.pca_rotation:
-            raise ConfigError("rotation_refine_steps refines the PCA rotation: set pca_rotation: true as well")
-        if self.matryoshka_pca_basis and not self.matryoshka_dims:
-            raise ConfigError(
-                "matryoshka_pca_basis trains the matryoshka_dims widths in the principal-axes basis: set "
-                "matryoshka_dims as well (e.g. 384 256 128 64); without narrower widths a rotation changes no loss"
-            )
-        if self.rotation_refine_steps and not self.matryoshka_dims:
-            raise ConfigError(
-                "rotation_refine_steps needs matryoshka_dims with narrower widths (e.g. 384 256 128 64): they are "
-                "the widths whose neighbour rankings it matches to the full width's"
-            )
-
-
-def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> None:
-    """Fill the settings that depend on the task and on whether there is eval data (in place).
-
-    - ``eval_task`` defaults to the task's (``EmbedTask.eval_task``);
-    - without eval data: no evaluation and no best-model reload;
-    - ``metric_for_best_model`` left unset (TrainingArguments turns that into ``loss``, which an embedding
-      evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better;
-      a name the evaluation does not report is a ConfigError (``launch.check_best_metric``).
-
-    Query / document prefixes on a symmetric task (whose texts are embedded without them) are a ConfigError.
-    """
-    check_refine_task(config, task)
-    if task.symmetric and (config.query_prefix or config.document_prefix):
-        raise ConfigError(
-            f"query_prefix / document_prefix do not apply to task {task.name}: both sides are the same kind of text "
-            "and are embedded without prefixes (as eval.sts does). Remove them, or use pairs / triplets / tags"
-        )
-    config.eval_task = config.eval_task or task.eval_task
-    disable_evaluation_without_data(config, has_eval_data)
-    if not has_eval_data:
-        config.eval_before_training = False
-        return
-    if config.metric_for_best_model in (None, "loss", "eval_loss"):
-        config.metric_for_best_model = EVAL_METRICS[config.eval_task]
-        config.greater_is_better = True
-    check_best_metric(config, metric_names(config.eval_task, config.eval_ks, config.matryoshka_dims))
-
-
-def check_refine_task(config: EmbedConfig, task: EmbedTask) -> None:
-    """ConfigError when ``rotation_refine_objective: training_loss`` would refine on ``task``'s loss and that loss
-    has nothing to fit on cached embeddings: a task whose positive is the anchor's own text (SimCSE's two dropout
-    views are one embedding once cached)."""
-    if config.rotation_refine_steps and config.rotation_refine_objective == "training_loss" and task.positive_is_anchor:
-        raise ConfigError(
-            f"rotation_refine_objective training_loss refines on the training loss of cached embeddings, but task "
-            f"{task.name} pairs each text with itself (two dropout views, one embedding once cached): use "
-            "rotation_refine_objective: neighbours"
-        )
-
-
-def resolve_mini_batches(config: EmbedConfig, distribution: str) -> None:
-    """Fill ``mini_batch_size`` for ``distribution`` (``launch.distribution``) and refuse what cannot run, before
-    any model is loaded (in place).
-
-    Under DeepSpeed ZeRO-3 and FSDP every forward gathers the sharded weights layer by layer, a collective every
-    process must join: length-sorted chunks (their number differs between processes) and the gradient cache
-    cannot run there. The default becomes 0 (one forward per role, as many on every process); an explicit
-    ``mini_batch_size > 0`` or ``gradient_cache`` is a ConfigError naming the launches that support them.
-    """
-    if distribution in SHARDED_FORWARD:
-        name = "DeepSpeed ZeRO-3" if distribution == "deepspeed-zero3" else "FSDP"
-        if config.gradient_cache or config.mini_batch_size or config.packing:
-            raise ConfigError(
-                f"gradient_cache, packing and mini_batch_size > 0 cannot run under {name}: its sharded forwards "
-                "need the same number of forwards on every process, and length-sorted chunks differ per process. "
-                "Use accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and "
-                "keeps the cache), or set gradient_cache: false, packing: false and mini_batch_size: 0"
-            )
-        config.mini_batch_size = 0
-    elif config.mini_batch_size is None:
-        config.mini_batch_size = DEFAULT_MINI_BATCH_SIZE
 
 
 def encoding_mode(config: EmbedConfig, packing: bool) -> str:
-    """The plan's description of how a step is encoded (after :func:`resolve_mini_batches`; ``packing``: what
+    """The plan's description of how a step is encoded (of a resolved config; ``packing``: what
     ``packing.resolve_packing`` decided)."""
     same = "negatives per anchor unchanged (the loss sees the whole global batch)"
     size = config.mini_batch_size

@@ -5,7 +5,7 @@
 - ``merged/``: the full model (adapter merged into an unquantized base, or the fully fine-tuned weights,
   gathered from their shards under ZeRO-3), loadable with ``transformers.AutoModel``, plus the sentence-transformers module files so that
   ``SentenceTransformer("output_dir/merged")`` pools and normalises exactly as training did;
-- ``rotation.safetensors`` (``pca_rotation`` / ``matryoshka_pca_basis`` runs; also a ``Dense`` module of ``merged/``),
+- ``rotation.safetensors`` (runs with a Matryoshka rotation, ``rotation.py``; also a ``Dense`` module of ``merged/``),
 - ``lorasmith.json`` (kind ``embedding``: pooling, normalisation, max length, prefixes, Matryoshka widths, rotation),
   ``README.md`` model card (with ``truncate_dim`` usage when the run trained Matryoshka widths).
 ``metrics.json`` and ``recipe.yaml`` are written by the entrypoint.
@@ -69,7 +69,7 @@ def embedding_settings(trainer) -> dict:
     """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
     max length, the prefixes actually used (symmetric tasks use none), the Matryoshka widths trained
     (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``) and the rotation file
-    (``rotation``, None without ``pca_rotation``)."""
+    (``rotation``, None without a Matryoshka rotation)."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     collator = trainer.data_collator
     return {
@@ -85,7 +85,7 @@ def embedding_settings(trainer) -> dict:
 
 def write_embedding_manifest(trainer, model_args: ModelArguments, saved: dict) -> Path:
     """``lorasmith.json`` of kind ``embedding`` (how ``lorasmith.encoder.Embedder.load`` rebuilds the model), after the
-    ``rotation.safetensors`` it names (``pca_rotation`` / ``matryoshka_pca_basis`` runs). Main process only."""
+    ``rotation.safetensors`` it names (runs with a Matryoshka rotation). Main process only."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
     if model.rotation is not None:
         write_rotation(trainer.args.output_dir, model.rotation)
@@ -100,15 +100,11 @@ def write_embedding_card(
     recipe: dict,
     metrics: dict,
     matryoshka_dims: list[int] | None = None,
-    *,
-    rotated: bool = False,
-    refine_steps: int = 0,
-    refine_objective: str = "neighbours",
-    pca_basis: bool = False,
+    extensions_text: str = "",
 ):
     """``README.md``: what was trained, how to embed with it (sentence-transformers and lorasmith, at a Matryoshka
-    width when ``matryoshka_dims``; the rotation explained when ``rotated``, and its refinement for the Matryoshka
-    widths when ``refine_steps``, by ``refine_objective``; the training basis when ``pca_basis``), metrics, recipe."""
+    width when ``matryoshka_dims``), the extensions' paragraphs (``extensions_text``, e.g. the Matryoshka
+    rotation's), metrics, recipe."""
     usage = f"""```python
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{Path(output_dir) / MERGED_DIR}")
@@ -124,33 +120,8 @@ or `python -m eval.sts --model {output_dir} --data FILE`."""
 Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
 `SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
 `normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
-    if pca_basis:
-        usage += """
-
-Training ran in the principal-axes basis of the untrained model's embeddings of the training texts
-(`matryoshka_pca_basis`: an orthogonal map, full-width cosines unchanged), so each Matryoshka width was trained as
-the first `d` of those axes."""
-        if not rotated:  # else the rotation paragraph below says where the (composed) rotation is saved
-            usage += """ The rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and
-lorasmith applies it on load."""
-    if rotated:
-        usage += """
-
-The embeddings are rotated onto the principal axes of the training texts' embeddings (`pca_rotation`: an
-orthogonal map, so full-width cosines are unchanged and the first dimensions carry the most variance); the
-rotation is the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load.
-Truncated embeddings (`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal
-components."""
-        if refine_steps:
-            goal = (
-                "the run's own training loss at each narrower Matryoshka width is minimised on the training rows"
-                if refine_objective == "training_loss"
-                else "at each narrower Matryoshka width the training texts rank their neighbours as they do at full width"
-            )
-            usage += f"""
-The rotation was then refined for {refine_steps} steps (`rotation_refine_steps`,
-`rotation_refine_objective: {refine_objective}`), kept orthogonal, so that {goal}: the first `d` dimensions
-are no longer exactly principal components, and full-width cosines are still unchanged."""
+    if extensions_text:
+        usage += "\n\n" + extensions_text
     write_model_card(
         output_dir,
         title=f"{Path(str(model_args.model_name_or_path)).name} fine-tuned for embeddings ({task})",

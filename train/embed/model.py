@@ -37,8 +37,8 @@ class EmbeddingModel(nn.Module):
         normalize: L2-normalise the pooled vectors (rows of the outputs have norm 1).
 
     ``rotation`` (``(D, D)`` or None): an orthogonal map applied to the pooled vectors before normalisation
-    (``rotation.py``, installed by :meth:`set_rotation` once training has ended, or before it with
-    ``matryoshka_pca_basis``; otherwise None while training). A non-persistent buffer: not in checkpoints.
+    (``rotation.py``, installed by :meth:`set_rotation` once training has ended, or before it with the
+    rotation's ``fit: before``; otherwise None while training). A non-persistent buffer: not in checkpoints.
     """
 
     def __init__(self, encoder: PreTrainedModel | PeftModel, pooling: str, normalize: bool):

@@ -1,4 +1,14 @@
-"""PCA rotation of a trained embedding space (``pca_rotation: true``), fitted once training has ended.
+"""The Matryoshka rotation: an orthogonal map of the embedding space fitted to the training texts, one extension.
+
+Everything about it lives here: its recipe key (``matryoshka_rotation``, :class:`MatryoshkaRotation`), its checks,
+its plan phrase, its model-card text, its before / after training hooks and the fitting itself. Removing the
+feature is this file plus that key; the model applies any ``(D, D)`` rotation it is given (``EmbeddingModel.rotation``,
+saved as ``rotation.safetensors`` and a sentence-transformers ``Dense`` module).
+
+    matryoshka_rotation:
+      fit: after            # after (default) | before | both
+      samples: 20000        # training rows whose texts it is fitted on (seeded sample)
+      refine: {steps: 600, objective: neighbours, temperature: 0.05}   # optional, needs fit after / both
 
 The rotation is an orthogonal ``(D, D)`` matrix ``R`` whose columns are the principal axes of the training texts'
 embeddings, by decreasing variance. Embeddings become ``pooled @ R`` (before normalisation):
@@ -8,48 +18,255 @@ embeddings, by decreasing variance. Embeddings become ``pooled @ R`` (before nor
 - the first ``d`` dimensions now hold the ``d`` directions of most variance, so a truncated embedding
   (``truncate_dim``, Matryoshka widths) keeps more of the geometry than the first ``d`` raw dimensions do.
 
-It is fitted on the texts the run trained on (a seeded sample of up to ``pca_rotation_samples`` rows, each text in
-the role and with the prefix it had in training), embedded by the final model; under a distributed launch the
-encoding is sharded and gathered, so every process fits the same matrix from the same embeddings.
+``fit: after`` fits it once training has ended, on the texts the run trained on (a seeded sample of up to
+``samples`` rows, each text in the role and with the prefix it had in training), embedded by the final model; under
+a distributed launch the encoding is sharded and gathered, so every process fits the same matrix from the same
+embeddings.
 
-With ``rotation_refine_steps`` (and ``matryoshka_dims``) the PCA rotation is then trained further, kept orthogonal,
-so that at every narrower Matryoshka width each training text ranks the other training texts as the full width
-does (:func:`refine_rotation`). PCA keeps the most variance in the first dimensions; what retrieval at a width needs
-is each text's nearest neighbours, and the refinement optimises that directly while full-width cosines stay exact.
-With ``rotation_refine_objective: training_loss`` the refinement minimises the run's own loss instead (its losses,
+``refine`` (with ``matryoshka_dims``) then trains that rotation further, kept orthogonal. ``objective: neighbours``
+makes each training text rank the other training texts at every narrower Matryoshka width as the full width does
+(:func:`refine_rotation`): PCA keeps the most variance in the first dimensions, what retrieval at a width needs is
+each text's nearest neighbours. ``objective: training_loss`` minimises the run's own loss instead (its losses,
 weights and Matryoshka widths narrower than the embeddings, :func:`refine_rotation_on_loss`) on batches of the same
-sampled training rows, embedded once: the narrow widths are fitted to the task the run was trained for, with batches
-as large as the refinement likes (the embeddings are cached), while full-width cosines stay exact.
-With ``matryoshka_pca_basis`` (and ``matryoshka_dims``) a PCA rotation of the *untrained* model's embeddings of the
-same texts is installed before the first step (:func:`fit_pca_basis`): every forward then embeds in that basis, so
-the Matryoshka losses train prefixes of principal axes from the start instead of the first raw dimensions. A
-``pca_rotation`` fitted after training is fitted on those rotated embeddings and composed with the basis. On resume
-the basis is fitted again from the freshly loaded (untrained) weights before the checkpoint is restored: the same
-matrix.
+sampled training rows, embedded once, so the narrow widths are fitted to the task the run was trained for. Either
+way full-width cosines stay exact.
 
-Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 steps
-move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 with ``neighbours`` and to +0.95 (64-d above full
-width) with ``training_loss`` on the test queries, and from -7.64 to -5.29 / +3.18 on the held-out training queries;
-on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) ``neighbours`` takes the 64-d Spearman loss from
--1.90 (no rotation) to -0.33.
+``fit: before`` (with ``matryoshka_dims``) installs a PCA rotation of the *untrained* model's embeddings of the same
+texts before the first step (:func:`fit_pca_basis`): every forward then embeds in that basis, so the Matryoshka
+losses train prefixes of principal axes from the start instead of the first raw dimensions. ``fit: both`` adds the
+rotation fitted after training on those rotated embeddings, composed with the basis. On resume the basis is fitted
+again from the freshly loaded (untrained) weights before the checkpoint is restored: the same matrix.
+
+Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 refine
+steps move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 with ``neighbours`` and to +0.95 (64-d above
+full width) with ``training_loss`` on the test queries, and from -7.64 to -5.29 / +3.18 on the held-out training
+queries; on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) ``neighbours`` takes the 64-d Spearman
+loss from -1.90 (no rotation) to -0.33.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import yaml
 from accelerate.utils import broadcast
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lorasmith.errors import ConfigError
 from train.embed.collator import ContrastiveCollator
-from train.embed.matryoshka import matryoshka_dims
+from train.embed.matryoshka import MatryoshkaDims
 from train.embed.objective import ContrastiveObjective
 from train.embed.sampling import DatasetMix
+from train.embed.tasks import EmbedTask
 from train.embed.trainer import embedded_batch
+
+KEY = "matryoshka_rotation"
+FITS = ("after", "before", "both")
+REFINE_OBJECTIVES = ("neighbours", "training_loss")
+REFINE_KEYS = ("steps", "objective", "temperature")
+
+# The flat keys this one replaced: a recipe that still writes one is told what to write instead.
+RENAMED_KEYS = {
+    "pca_rotation": f"{KEY}: {{fit: after}}",
+    "matryoshka_pca_basis": f"{KEY}: {{fit: before}} (fit: both together with pca_rotation)",
+    "pca_rotation_samples": f"{KEY}: {{samples: N}}",
+    "rotation_refine_steps": f"{KEY}: {{refine: {{steps: N}}}}",
+    "rotation_refine_temperature": f"{KEY}: {{refine: {{temperature: T}}}}",
+    "rotation_refine_objective": f"{KEY}: {{refine: {{objective: neighbours | training_loss}}}}",
+}
+
+HELP = (
+    "Matryoshka rotation: an orthogonal map of the embedding space (full-width cosines unchanged), fitted on the "
+    "training texts' embeddings and saved with the model: {fit: after | before | both, samples: 20000, refine: "
+    "{steps: N, objective: neighbours | training_loss, temperature: 0.05}}, or only the fit (--matryoshka_rotation "
+    "after). after: once training ends, onto the principal axes of the trained model's embeddings (truncated "
+    "embeddings keep the most variance); refine (with matryoshka_dims) then trains it for N steps so the narrower "
+    "widths rank neighbours as the full width does (neighbours) or minimise the run's own loss (training_loss, not "
+    "for simcse_unsup). before (needs matryoshka_dims): train in the untrained model's principal axes from the first "
+    "step; both: before, then after composed with it. See train/embed/rotation.py. Default: off."
+)
+
+
+def recipe_field():
+    """The ``EmbedConfig`` field of :data:`KEY`: the recipe's raw value (a mapping, a fit name or YAML text)."""
+    return field(default=None, metadata={"help": HELP})
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """``refine:`` of the recipe: ``steps`` >= 1 of Adam on the orthogonal rotation, minimising ``objective``
+    (one of :data:`REFINE_OBJECTIVES`); ``temperature`` > 0 is the neighbour rankings' softmax temperature."""
+
+    steps: int
+    objective: str = "neighbours"
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
+class MatryoshkaRotation:
+    """The recipe's ``matryoshka_rotation``, checked: when it is fitted (``fit``: after, before or both), on how
+    many training rows (``samples`` >= 2), the optional ``refine`` (after-training fit only) and the run's
+    Matryoshka widths (``matryoshka``, needed by ``fit: before`` / ``both`` and by ``refine``)."""
+
+    fit: str
+    samples: int
+    refine: Refinement | None
+    matryoshka: MatryoshkaDims | None
+
+    @property
+    def before(self) -> bool:
+        return self.fit in ("before", "both")
+
+    @property
+    def after(self) -> bool:
+        return self.fit in ("after", "both")
+
+    @classmethod
+    def from_recipe(cls, value, matryoshka: MatryoshkaDims | None) -> MatryoshkaRotation | None:
+        """``None`` when the key is unset; else the checked settings.
+
+        Raises:
+            ConfigError: not a mapping / fit name, an unknown key, a bad value (named ``matryoshka_rotation.<key>``),
+                ``fit: before`` / ``both`` or ``refine`` without ``matryoshka_dims``, ``refine`` with ``fit: before``.
+        """
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("{") else {"fit": value.strip()}
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{KEY} must be a mapping {{fit:, samples:, refine:}} or one of {', '.join(FITS)}; got {value!r}"
+            )
+        _check_keys(value, ("fit", "samples", "refine"), KEY)
+        fit = value.get("fit", "after")
+        if fit not in FITS:
+            raise ConfigError(f"{KEY}.fit must be one of {', '.join(FITS)}; got {fit!r}")
+        samples = value.get("samples", 20000)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+            raise ConfigError(f"{KEY}.samples must be >= 2; got {samples!r}")
+        if fit != "after" and matryoshka is None:
+            raise ConfigError(
+                f"{KEY} fit: {fit} trains the matryoshka_dims widths in the principal-axes basis: set matryoshka_dims "
+                "as well (e.g. 384 256 128 64); without narrower widths a rotation changes no loss"
+            )
+        refine = _refinement(value.get("refine"))
+        if refine is not None and fit == "before":
+            raise ConfigError(
+                f"{KEY}.refine refines the rotation fitted after training: set {KEY}.fit to after or both"
+            )
+        if refine is not None and matryoshka is None:
+            raise ConfigError(
+                f"{KEY}.refine needs matryoshka_dims with narrower widths (e.g. 384 256 128 64): they are the widths "
+                "it fits the rotation for"
+            )
+        return cls(fit, samples, refine, matryoshka)
+
+    def check_task(self, task: EmbedTask) -> None:
+        """ConfigError when ``refine.objective: training_loss`` would refine on ``task``'s loss and that loss has
+        nothing to fit on cached embeddings: a task whose positive is the anchor's own text (SimCSE's two dropout
+        views are one embedding once cached)."""
+        if self.refine and self.refine.objective == "training_loss" and task.positive_is_anchor:
+            raise ConfigError(
+                f"{KEY}.refine.objective training_loss refines on the training loss of cached embeddings, but task "
+                f"{task.name} pairs each text with itself (two dropout views, one embedding once cached): use "
+                "objective: neighbours"
+            )
+
+    def plan_phrase(self, train_rows: int) -> str:
+        """The plan's words for it, e.g. ``PCA rotation after training (fit on 512 rows' texts, refined 600
+        steps on neighbour rankings)``."""
+        rows = min(self.samples, train_rows)
+        phrases = (
+            [f"trained in the untrained model's PCA basis (fit on {rows} rows' texts)"] if self.before else []
+        )
+        if self.after:
+            refined = ""
+            if self.refine:
+                goal = (
+                    "the training loss" if self.refine.objective == "training_loss" else "neighbour rankings"
+                )
+                refined = f", refined {self.refine.steps} steps on {goal}"
+            phrases.append(f"PCA rotation after training (fit on {rows} rows' texts{refined})")
+        return ", ".join(phrases)
+
+    def card_text(self) -> str:
+        """The model card's paragraphs: the basis training ran in, the rotation, its refinement, where it is saved."""
+        saved = "the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load"
+        paragraphs = []
+        if self.before:
+            paragraphs.append(
+                "Training ran in the principal-axes basis of the untrained model's embeddings of the training texts\n"
+                f"(`{KEY}: {{fit: {self.fit}}}`: an orthogonal map, full-width cosines unchanged), so each Matryoshka "
+                "width was\ntrained as the first `d` of those axes."
+                + ("" if self.after else f" The rotation is {saved}.")
+            )
+        if self.after:
+            text = (
+                "The embeddings are rotated onto the principal axes of the training texts' embeddings "
+                f"(`{KEY}`: an\northogonal map, so full-width cosines are unchanged and the first dimensions carry the "
+                f"most variance); the\nrotation is {saved}.\nTruncated embeddings "
+                "(`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal\ncomponents."
+            )
+            if self.refine:
+                goal = (
+                    "the run's own training loss at each narrower Matryoshka width is minimised on the training rows"
+                    if self.refine.objective == "training_loss"
+                    else "at each narrower Matryoshka width the training texts rank their neighbours as they do at "
+                    "full width"
+                )
+                text += (
+                    f"\nThe rotation was then refined for {self.refine.steps} steps (`{KEY}.refine`, "
+                    f"`objective: {self.refine.objective}`),\nkept orthogonal, so that {goal}: the first `d` "
+                    "dimensions are no longer exactly principal components, and full-width cosines are still unchanged."
+                )
+            paragraphs.append(text)
+        return "\n\n".join(paragraphs)
+
+    def before_training(self, trainer, train_ds) -> None:
+        """``fit: before`` / ``both``: install the untrained model's PCA basis (:func:`fit_pca_basis`). Call on every
+        process before the first evaluation, also when resuming (the checkpoint's weights load later)."""
+        if self.before:
+            fit_pca_basis(trainer, train_ds, self.samples, trainer.args.seed)
+
+    def after_training(self, trainer, train_ds) -> None:
+        """``fit: after`` / ``both``: fit (and refine) the rotation on the final model (:func:`fit_rotation`). Call
+        on every process after training and the best-model reload, before the final evaluation."""
+        if self.after:
+            fit_rotation(trainer, train_ds, self)
+
+
+def _check_keys(value: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(map(str, value)) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(known)}")
+
+
+def _refinement(value) -> Refinement | None:
+    """``refine:`` checked; ``None`` when absent or ``steps: 0``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{KEY}.refine must be a mapping {{steps:, objective:, temperature:}}; got {value!r}"
+        )
+    _check_keys(value, REFINE_KEYS, f"{KEY}.refine")
+    steps = value.get("steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"{KEY}.refine.steps must be >= 0; got {steps!r}")
+    objective = value.get("objective", "neighbours")
+    if objective not in REFINE_OBJECTIVES:
+        raise ConfigError(
+            f"{KEY}.refine.objective must be one of {', '.join(REFINE_OBJECTIVES)}; got {objective!r}"
+        )
+    temperature = value.get("temperature", 0.05)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
+        raise ConfigError(f"{KEY}.refine.temperature must be > 0; got {temperature!r}")
+    return Refinement(steps, objective, float(temperature)) if steps else None
 
 
 def pca_rotation(embeddings: Tensor) -> Tensor:
@@ -209,10 +426,10 @@ def training_text_embeddings(trainer, texts: list[str]) -> Tensor:
 
 
 def fit_pca_basis(trainer, train_ds, limit: int, seed: int) -> Tensor:
-    """``matryoshka_pca_basis``: before training, install the PCA rotation of the untrained model's embeddings of
-    the training texts on the ``EmbeddingModel``, so training (and every Matryoshka width) runs in that basis.
-    Returns the ``(D, D)`` rotation. Call on every process, before ``trainer.train`` (also when resuming: the
-    weights are still the untrained ones then, so the matrix is the original run's)."""
+    """``fit: before``: install the PCA rotation of the untrained model's embeddings of the training texts on the
+    ``EmbeddingModel``, so training (and every Matryoshka width) runs in that basis. Returns the ``(D, D)``
+    rotation. Call on every process, before ``trainer.train`` (also when resuming: the weights are still the
+    untrained ones then, so the matrix is the original run's)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if model.rotation is not None:
         raise RuntimeError("fit_pca_basis: the model is already rotated; the basis is fitted on the untrained model")
@@ -222,46 +439,46 @@ def fit_pca_basis(trainer, train_ds, limit: int, seed: int) -> Tensor:
     return rotation
 
 
-def fit_rotation(trainer, train_ds, limit: int, seed: int) -> Tensor:
-    """Fit the rotation on the final model (``trainer.embedder()``, sharded over processes) and install it on the
-    trained ``EmbeddingModel`` (``rotation``), so that evaluation and export use it; returns the installed
-    ``(D, D)`` matrix. A model trained in a ``matryoshka_pca_basis`` is fitted in that basis and gets the composed
-    rotation ``basis @ fitted``. Call on every process: with ``rotation_refine_steps`` each process refines on its
-    device and the main process's matrix is broadcast."""
-    args = trainer.args
-    parts = rotation_rows(train_ds, trainer.data_collator, limit, seed)
+def fit_rotation(trainer, train_ds, settings: MatryoshkaRotation) -> Tensor:
+    """Fit the rotation on the final model (``trainer.embedder()``, sharded over processes), refine it when
+    ``settings.refine`` says so, and install it on the trained ``EmbeddingModel`` (``rotation``), so that evaluation
+    and export use it; returns the installed ``(D, D)`` matrix. A model trained in a PCA basis (``fit: both``) is
+    fitted in that basis and gets the composed rotation ``basis @ fitted``. Call on every process: each process
+    refines on its device and the main process's matrix is broadcast."""
+    seed = trainer.args.seed
+    parts = rotation_rows(train_ds, trainer.data_collator, settings.samples, seed)
     texts = rows_texts(parts)
     embeddings = training_text_embeddings(trainer, texts)
     rotation = pca_rotation(embeddings)
-    if args.rotation_refine_steps:
+    refine = settings.refine
+    if refine is not None:
         device = trainer.accelerator.device
-        show_progress = trainer.accelerator.is_main_process and not args.disable_tqdm
-        if args.rotation_refine_objective == "training_loss":
+        show_progress = trainer.accelerator.is_main_process and not trainer.args.disable_tqdm
+        if refine.objective == "training_loss":
             refined = refine_rotation_on_loss(
                 rotation.to(device),
                 embeddings.to(device),
                 texts,
                 parts,
                 trainer.objective,
-                steps=args.rotation_refine_steps,
+                steps=refine.steps,
                 seed=seed,
                 show_progress=show_progress,
             )
         else:
-            matryoshka = matryoshka_dims(args.matryoshka_dims, args.matryoshka_weights)
             refined = refine_rotation(
                 rotation.to(device),
                 embeddings.to(device),
-                list(matryoshka.dims),
-                list(matryoshka.weights),
-                steps=args.rotation_refine_steps,
-                temperature=args.rotation_refine_temperature,
+                list(settings.matryoshka.dims),
+                list(settings.matryoshka.weights),
+                steps=refine.steps,
+                temperature=refine.temperature,
                 seed=seed,
                 show_progress=show_progress,
             )
         rotation = broadcast(refined, from_process=0).cpu()
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if model.rotation is not None:  # trained in a matryoshka_pca_basis: the embeddings above were in it
+    if model.rotation is not None:  # trained in a PCA basis (fit: both): the embeddings above were in it
         rotation = model.rotation.detach().cpu().float() @ rotation
     model.set_rotation(rotation)
     return rotation

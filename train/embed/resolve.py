@@ -1,0 +1,163 @@
+"""The embedding recipe resolved once, before any data or model is read: :func:`resolve_run` -> :class:`EmbedRun`.
+
+What a run does depends on more than one dataclass: the task (``DataArguments.task``), whether there is eval data,
+the launch (DeepSpeed ZeRO-3 / FSDP forwards) and the extensions. They are all decided here, in one pass, and the
+result is immutable: a new ``EmbedConfig`` with the task's defaults and the mini-batch size filled
+(``dataclasses.replace``: the parsed one is never edited), the task record, every training dataset, the objective
+with its Matryoshka widths and the extensions' settings. Every ConfigError of that pass names the key (and the
+dataset, with several) and comes before any file or model is opened.
+
+An extension (:class:`Extension`) is an optional step around training that owns its recipe key, checks, plan
+phrase, model-card text and hooks in one module (``rotation.py`` is one). Adding one is that module, its field in
+``config.py`` and one line in :func:`resolve_run`; the entrypoint calls every extension the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Protocol
+
+from lorasmith.errors import ConfigError
+from train.common.launch import check_best_metric
+from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig
+from train.embed.evaluation import metric_names
+from train.embed.loss_spec import build_objective
+from train.embed.matryoshka import matryoshka_dims
+from train.embed.objective import ContrastiveObjective
+from train.embed.rotation import MatryoshkaRotation
+from train.embed.sampling import SAMPLING, TrainSource, train_sources
+from train.embed.tasks import EVAL_METRICS, EmbedTask, embed_task
+
+# Distributions whose forward runs collectives per layer: every process must run the same number of forwards.
+SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
+
+
+class Extension(Protocol):
+    """An optional step around training, resolved from its own recipe key (None when the key is unset)."""
+
+    def check_task(self, task: EmbedTask) -> None:
+        """ConfigError when the extension cannot serve a training dataset of ``task``."""
+
+    def plan_phrase(self, train_rows: int) -> str:
+        """Its words in the plan's ``pooling`` row."""
+
+    def card_text(self) -> str:
+        """Its paragraph(s) of the model card."""
+
+    def before_training(self, trainer, train_ds) -> None:
+        """On every process, before the first evaluation (also when resuming: the checkpoint loads later)."""
+
+    def after_training(self, trainer, train_ds) -> None:
+        """On every process, after training and the best-model reload, before the final evaluation."""
+
+
+@dataclass(frozen=True)
+class EmbedRun:
+    """A resolved embedding run.
+
+    Attributes:
+        config: the ``TrainingArguments`` the trainer gets: ``eval_task``, ``metric_for_best_model``, evaluation
+            switches and ``mini_batch_size`` resolved (:func:`resolve_task_defaults`, :func:`resolve_mini_batches`).
+        task: the run's task record (``DataArguments.task``).
+        sources: the named training datasets of a multi-dataset ``train_data``, or None for one plain source.
+        objective: every loss with its weight, at every Matryoshka width.
+        extensions: the extensions the recipe turns on (the Matryoshka rotation), in the order they run.
+    """
+
+    config: EmbedConfig
+    task: EmbedTask
+    sources: list[TrainSource] | None
+    objective: ContrastiveObjective
+    extensions: tuple[Extension, ...]
+
+
+def resolve_run(data_args, config: EmbedConfig, distribution: str) -> EmbedRun:
+    """Resolve the parsed recipe for ``distribution`` (``launch.distribution``).
+
+    Raises:
+        ConfigError: a bad loss, Matryoshka width list, extension setting or ``dataset_sampling``; a training dataset whose
+            task the loss or the rotation cannot use (named); settings the task or the launch cannot run.
+    """
+    if config.dataset_sampling not in SAMPLING:
+        raise ConfigError(
+            f"dataset_sampling must be one of {', '.join(SAMPLING)}; got {config.dataset_sampling!r}"
+        )
+    task = embed_task(data_args.task)
+    matryoshka = matryoshka_dims(config.matryoshka_dims, config.matryoshka_weights)
+    objective = build_objective(task, config.loss, temperature=config.temperature, matryoshka=matryoshka)
+    extensions = tuple(
+        extension
+        for extension in (MatryoshkaRotation.from_recipe(config.matryoshka_rotation, matryoshka),)
+        if extension is not None
+    )
+    sources = train_sources(data_args.train_data, data_args.task, data_args.columns)
+    for extension in extensions if sources is None else ():
+        extension.check_task(task)
+    for source in sources or ():
+        try:
+            source_task = embed_task(source.task)
+            build_objective(source_task, config.loss or task.default_loss, temperature=config.temperature)
+            for extension in extensions:
+                extension.check_task(source_task)
+        except ConfigError as error:
+            raise ConfigError(f"train_data '{source.name}' (task {source.task}): {error}") from None
+    config = resolve_mini_batches(config, distribution)
+    config = resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
+    return EmbedRun(config, task, sources, objective, extensions)
+
+
+def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> EmbedConfig:
+    """``config`` with the settings that depend on the task and on whether there is eval data filled (a new one).
+
+    - ``eval_task`` defaults to the task's (``EmbedTask.eval_task``);
+    - without eval data: no evaluation and no best-model reload;
+    - ``metric_for_best_model`` left unset (TrainingArguments turns that into ``loss``, which an embedding
+      evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better;
+      a name the evaluation does not report is a ConfigError (``launch.check_best_metric``).
+
+    Query / document prefixes on a symmetric task (whose texts are embedded without them) are a ConfigError.
+    """
+    if task.symmetric and (config.query_prefix or config.document_prefix):
+        raise ConfigError(
+            f"query_prefix / document_prefix do not apply to task {task.name}: both sides are the same kind of text "
+            "and are embedded without prefixes (as eval.sts does). Remove them, or use pairs / triplets / tags"
+        )
+    eval_task = config.eval_task or task.eval_task
+    if not has_eval_data:
+        return dataclasses.replace(
+            config,
+            eval_task=eval_task,
+            eval_strategy="no",
+            load_best_model_at_end=False,
+            eval_before_training=False,
+        )
+    updates = {"eval_task": eval_task}
+    if config.metric_for_best_model in (None, "loss", "eval_loss"):
+        updates.update(metric_for_best_model=EVAL_METRICS[eval_task], greater_is_better=True)
+    config = dataclasses.replace(config, **updates)
+    check_best_metric(config, metric_names(config.eval_task, config.eval_ks, config.matryoshka_dims))
+    return config
+
+
+def resolve_mini_batches(config: EmbedConfig, distribution: str) -> EmbedConfig:
+    """``config`` with ``mini_batch_size`` filled for ``distribution`` (a new one); refuses what cannot run.
+
+    Under DeepSpeed ZeRO-3 and FSDP every forward gathers the sharded weights layer by layer, a collective every
+    process must join: length-sorted chunks (their number differs between processes) and the gradient cache
+    cannot run there. The default becomes 0 (one forward per role, as many on every process); an explicit
+    ``mini_batch_size > 0`` or ``gradient_cache`` is a ConfigError naming the launches that support them.
+    """
+    if distribution in SHARDED_FORWARD:
+        name = "DeepSpeed ZeRO-3" if distribution == "deepspeed-zero3" else "FSDP"
+        if config.gradient_cache or config.mini_batch_size or config.packing:
+            raise ConfigError(
+                f"gradient_cache, packing and mini_batch_size > 0 cannot run under {name}: its sharded forwards "
+                "need the same number of forwards on every process, and length-sorted chunks differ per process. "
+                "Use accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and "
+                "keeps the cache), or set gradient_cache: false, packing: false and mini_batch_size: 0"
+            )
+        return dataclasses.replace(config, mini_batch_size=0)
+    if config.mini_batch_size is None:
+        return dataclasses.replace(config, mini_batch_size=DEFAULT_MINI_BATCH_SIZE)
+    return config
