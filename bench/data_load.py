@@ -8,7 +8,7 @@ Each measurement runs in a fresh Python process (imports done before the clock s
 - ``datasets``: ``load_dataset("text" | "csv")`` into an empty cache folder (parse + write Arrow).
 - ``data_utils cold``: ``data_utils.load(task=...)`` with an empty cache (parse, validate, write Arrow).
 - ``data_utils cached``: the same call again, as every other process of a launch makes it (memory-mapped).
-Targets (issue 15): cold time and peak memory <= 1.5 x datasets'.
+Targets: cold time and peak memory <= 1.5 x datasets'.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ that configuration's alone: packaged MiniLM + LoRA r=16 (query/key/value/dense),
 texts of max_length 128 tokens (synthetic sentences truncated to 128, the worst case), fp32, 2 steps, the second
 timed. Configurations: ``cache on`` (``gradient_cache``, ``--mini-batch-size`` texts per chunk), ``cache off``
 (one forward per role, all activations kept), ``sentence-transformers cached`` (CachedMultipleNegativesRankingLoss,
-same mini-batch). A configuration that fails (e.g. out of memory) shows its exit code. Targets from issue 12:
+same mini-batch). A configuration that fails (e.g. out of memory) shows its exit code. Targets:
 cache-on peak at the largest batch <= 1.3x its peak at the smallest; cache-on step <= 1.6x cache-off at equal batch.
 ``--quick`` measures batches 32 and 128 only. Run it alone on a quiet machine.
 """

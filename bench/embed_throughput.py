@@ -20,7 +20,7 @@ Overhead: train.embed reads the rows in order (``train_sampling_strategy: sequen
 (the same EmbeddingModel, collator, objective and AdamW; no Trainer) runs the very same batches in this process;
 overhead = train.embed's seconds for steps 11-N (its logged windows of 10 steps: data, forward, backward,
 optimizer; the first window, with the one-time warm-up, left out) / the bare loop's seconds for the same steps
-(batches collated before the clock starts). Targets from issue 12 are printed next to the numbers.
+(batches collated before the clock starts). The targets are printed next to the numbers.
 ``--repeats R`` runs the three R times in turn (train.embed, bare loop, sentence-transformers, again...) and prints
 the medians, with the speed ratio of each repeat: on a shared machine identical runs differ by +-10 %, so the
 median of paired ratios is the number to quote.

@@ -7,7 +7,7 @@ versions that do not work together, e.g.
 
 Callers:
 - ``tests/test_integrations.py``: the suite fails on a drifted install instead of passing while a user's
-  ``add_adapter`` breaks (issue 17); ``.ci/refresh-lock`` runs it before it writes ``constraints.txt``.
+  ``add_adapter`` breaks; ``.ci/refresh-lock`` runs it before it writes ``constraints.txt``.
 - the benchmarks that compare against another library's trainer (``bench/embed_stsb.py``, ``bench/sft_sst2.py``):
   ``check_comparisons`` before training anything, so a comparison that cannot run is skipped with the reason
   instead of dying half-way (``--check-deps`` runs only that).

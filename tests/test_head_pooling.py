@@ -1,4 +1,4 @@
-"""``head_pooling: mean`` (issue 16): an encoder's head reads the masked mean of the token states, in training and
+"""``head_pooling: mean``: an encoder's head reads the masked mean of the token states, in training and
 after reload; decoders are refused before any weight loads."""
 
 import json
@@ -82,9 +82,8 @@ def test_gradients_reach_every_token_state_through_the_mean():
 
 
 def test_decoders_are_refused_before_any_weight_loads(tiny_llama_dir, monkeypatch):
-    from train.seq_classify import model as seqcls_model
-
     from train.common.args import ModelArguments
+    from train.seq_classify import model as seqcls_model
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded")

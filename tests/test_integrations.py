@@ -1,4 +1,4 @@
-"""The integration points lorasmith relies on, with the INSTALLED versions (seconds; issue 17).
+"""The integration points lorasmith relies on, with the INSTALLED versions (seconds).
 
 The rest of the suite can pass while a user's install is broken at a point only a benchmark or a user's own
 code reaches (transformers 5.24 + peft 0.21.2: ``add_adapter`` refuses the peft, so sentence-transformers' LoRA

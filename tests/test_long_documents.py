@@ -1,4 +1,4 @@
-"""Long documents (issue 16): head_tail truncation, chunked windows with pooled logits, the plan's counts, and the
+"""Long documents: head_tail truncation, chunked windows with pooled logits, the plan's counts, and the
 strategy recorded in lorasmith.json and applied again at prediction (seq_classify and sft_classify)."""
 
 import json

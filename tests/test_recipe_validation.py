@@ -1,4 +1,4 @@
-"""Bad inputs end as one clear message and exit 2, before any model weight is read (issue 15: tracebacks and
+"""Bad inputs end as one clear message and exit 2, before any model weight is read (tracebacks and
 valid-looking but wrong inputs).
 
 Three classes, each with its own mechanism:

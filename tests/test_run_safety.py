@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silently wrong (issue 15): re-running a finished run, output folders that are not
+"""Nothing lost, nothing silently wrong: re-running a finished run, output folders that are not
 runs, exports cut short, Ctrl-C, and training that cannot learn.
 
 The lifecycle cases run ``tests/scripts/tiny_trainer.py`` (the entrypoints' run sequence around a tiny LoRA

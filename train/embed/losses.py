@@ -13,7 +13,8 @@ one process the share *is* the loss. Two families:
   terms (texts with 1 or 5 tags, pairs below the positive threshold, a short last batch).
 * **Whole-batch ranking losses** (:class:`CoSENTLoss`, :class:`AnglELoss`, :class:`CosineMSELoss`) compare
   every aligned pair with every other pair, so each process computes the *full* global loss from the
-  gathered pairs (identical on every process; ENVIRONMENT.md Q4 variant B).
+  gathered pairs (identical on every process, so DDP's gradient average is the big batch's;
+  ``tests/test_contrastive_distributed.py`` checks it against one process).
 
 Similarities are cosines (embeddings are L2-normalised inside the losses). ``temperature`` ``t`` divides
 the cosine before the softmax / ranking: ``t = 0.05`` is ``scale = 20`` in sentence-transformers; smaller
@@ -259,7 +260,7 @@ class InfoNCELoss(ContrastiveLoss):
 
 
 class InBatchNegativesLoss(InfoNCELoss):
-    """In-batch negatives for scored pairs (AnglE's ``ibn`` loss, seed 003's "In-Batch Negatives Loss").
+    """In-batch negatives for scored pairs (AnglE's ``ibn`` loss, "In-Batch Negatives Loss").
 
     Inputs: local ``anchor (B, D)`` (sentence1), ``scores (B,)`` in ``[0, 1]`` and ``pair_index (B,)``;
     global ``candidates`` (every sentence2) and ``candidate_ids``.
