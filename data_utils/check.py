@@ -15,7 +15,7 @@ data is valid, 2 on a data or configuration error (message on stderr, no traceba
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -24,40 +24,42 @@ import numpy as np
 from datasets import ClassLabel, Dataset
 
 from data_utils.loader import load
-from data_utils.options import add_read_arguments, read_options_from
+from data_utils.options import ReadOptions
 from data_utils.readers import column_values
 from data_utils.schemas import SCHEMAS
 from data_utils.tokenizer_inputs import model_max_length
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 
 _BAR_WIDTH = 30
 _TOP_TAGS = 10
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_utils.check",
-        allow_abbrev=False,
-        description="Validate a data file for a lorasmith task and print a summary.",
-        epilog="Any other --key value is passed to data_utils.load as a task option "
-        "(e.g. --score_range 0,5 --text_columns a,b --multi_label).",
-    )
-    parser.add_argument(
-        "--task", choices=SCHEMAS, default=None, help="task schema to validate (default: only read)"
-    )
-    parser.add_argument("--data", required=True, help="file, glob, save_to_disk folder or hub dataset id")
-    parser.add_argument("--columns", default=None, help="column mapping, e.g. anchor=question,negative=n1+n2")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer name or path, or an embedded model ('minilm'): report token lengths")
-    parser.add_argument(
-        "--max-length",
-        type=int,
+@dataclasses.dataclass(kw_only=True)
+class CheckArguments(ReadOptions):
+    """The flags of ``python -m data_utils.check``; any other ``--key value`` is a task option for ``load``."""
+
+    task: str | None = dataclasses.field(
         default=None,
-        help="count rows longer than this (default: the tokenizer's limit)",
+        metadata={"choices": tuple(SCHEMAS), "help": "task schema to validate (default: only read)"},
     )
-    add_read_arguments(parser)
-    return parser
+    data: str = dataclasses.field(metadata={"help": "file, glob, save_to_disk folder or hub dataset id"})
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "column mapping, e.g. anchor=question,negative=n1+n2"}
+    )
+    tokenizer: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "tokenizer name or path, or an embedded model ('minilm'): report token lengths"},
+    )
+    max_length: int | None = dataclasses.field(
+        default=None, metadata={"help": "count rows longer than this (default: the tokenizer's limit)"}
+    )
+
+
+def make_parser() -> RecipeParser:
+    return make_cli_parser([CheckArguments], prog="python -m data_utils.check", description=__doc__)
 
 
 def parse_load_options(tokens: Sequence[str]) -> dict[str, str]:
@@ -236,12 +238,11 @@ def token_length_summary(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = make_parser().parse_known_args(argv)
-    return run_main(_check, args, extra)
+    return run_main(lambda: _check(*parse_cli(make_parser(), argv, remaining=True)))
 
 
-def _check(args: argparse.Namespace, extra: list[str]) -> None:
-    options = {**read_options_from(args), **parse_load_options(extra)}
+def _check(args: CheckArguments, extra: list[str]) -> None:
+    options = {**args.read_options(), **parse_load_options(extra)}
     dataset = load(args.data, task=args.task, columns=args.columns, **options)
     lines = [
         f"data: {args.data}",

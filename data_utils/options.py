@@ -3,8 +3,8 @@
 ``ReadOptions`` declares how a file is read: ``sep``, ``quoting``, ``header``, ``encoding``, ``format``,
 ``sheet``, ``split``, ``field``. ``load(**options)`` accepts exactly these names (``READ_OPTIONS``),
 recipes get them as fields (``train.common.args.DataArguments`` extends ``ReadOptions``) and CLIs as
-flags (``add_read_arguments``: ``--sep``, ``--header`` ...), so every option an error message advises
-(``sep='\\t'``, ``encoding='utf-16'``, ``format=...``) exists under that name everywhere.
+flags (each CLI's arguments dataclass extends it: ``--sep``, ``--header`` ...), so every option an error
+message advises (``sep='\\t'``, ``encoding='utf-16'``, ``format=...``) exists under that name everywhere.
 
 ``load(..., score_range="0,5", text_columns="a,b", multi_label="true")`` must mean the same as the
 typed form, so that recipes, ``python -m data_utils.check --score_range 0,5`` and Python callers
@@ -13,7 +13,6 @@ share one spelling. Every coercion raises ``ConfigError`` naming the option.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
@@ -77,19 +76,9 @@ class ReadOptions:
         }
 
 
-READ_OPTIONS: dict[str, str] = {option.name: option.metadata["help"] for option in dataclasses.fields(ReadOptions)}
-
-
-def add_read_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sep``, ``--quoting``, ``--header`` ... (one flag per ``ReadOptions`` field, same help)."""
-    group = parser.add_argument_group("reading the data file")
-    for name, help_ in READ_OPTIONS.items():
-        group.add_argument(f"--{name}", dest=name, default=None, help=help_)
-
-
-def read_options_from(args: argparse.Namespace) -> dict[str, str]:
-    """The reader options given on a command line built with ``add_read_arguments``."""
-    return {name: getattr(args, name) for name in READ_OPTIONS if getattr(args, name, None) is not None}
+READ_OPTIONS: dict[str, str] = {
+    option.name: option.metadata["help"] for option in dataclasses.fields(ReadOptions)
+}
 
 
 def as_separator(value) -> str:
@@ -106,6 +95,7 @@ def as_separator(value) -> str:
 def as_header(value) -> bool:
     """``header``: true/false as ``as_bool``, and ``none`` meaning false (no header row)."""
     return False if str(value).strip().lower() == "none" else as_bool("header", value)
+
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}

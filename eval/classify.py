@@ -12,17 +12,18 @@ calibration error, all x 100 except counts.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
-from data_utils.options import add_read_arguments, read_options_from
-from eval.cli import add_output_argument, run_cli
+from data_utils.options import ReadOptions
+from eval.cli import OutputOption, run_cli
 from eval.metrics.classification import classification_metrics
 from eval.report import emit, format_table
 from lorasmith.classifiers import Classifier, load_classifier
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 PERCENT_KEYS = ("accuracy", "precision", "recall", "f1", "ece")
 
@@ -145,23 +146,29 @@ def label_texts(classifier: Classifier, texts: Sequence[str], batch_size: int = 
     return {"task": "classify", "predictions": results}
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.classify",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclasses.dataclass(kw_only=True)
+class ClassifyArguments(OutputOption, ReadOptions):
+    """The flags of ``python -m eval.classify``: ``--data`` or one or more ``--text``."""
+
+    model: str = dataclasses.field(metadata={"help": "lorasmith output folder of a classifier"})
+    data: str | None = dataclasses.field(
+        default=None, metadata={"help": "labelled file (csv, tsv, jsonl, ...)"}
     )
-    parser.add_argument("--model", required=True, help="lorasmith output folder of a classifier")
-    parser.add_argument("--data", help="labelled file (csv, tsv, jsonl, ...)")
-    parser.add_argument("--columns", help="role=column pairs mapping the model's text columns and 'label'")
-    parser.add_argument("--text", action="append", help="a text to label (repeatable); instead of --data")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    add_read_arguments(parser)
-    add_output_argument(parser)
-    return parser
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "role=column pairs mapping the model's text columns and 'label'"}
+    )
+    text: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"action": "extend", "help": "a text to label (repeatable); instead of --data"},
+    )
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "rows per forward pass (default 16)"})
 
 
-def _run(args: argparse.Namespace) -> dict:
+def make_parser() -> RecipeParser:
+    return make_cli_parser([ClassifyArguments], prog="python -m eval.classify", description=__doc__)
+
+
+def _run(args: ClassifyArguments) -> dict:
     if bool(args.data) == bool(args.text):
         raise ConfigError("give either --data FILE or one or more --text")
     classifier = load_classifier(args.model)
@@ -177,7 +184,7 @@ def _run(args: argparse.Namespace) -> dict:
         )
     else:
         result = evaluate_classifier(
-            classifier, args.data, columns=args.columns, batch_size=args.batch_size, **read_options_from(args)
+            classifier, args.data, columns=args.columns, batch_size=args.batch_size, **args.read_options()
         )
         text = metrics_text(result, classifier.label_names)
     result["model"] = args.model

@@ -1,8 +1,10 @@
-"""Pieces every eval CLI shares: model flags, error handling, distributed start-up."""
+"""Pieces every eval CLI shares: the flag dataclasses (model, how it embeds, output) a CLI's arguments dataclass
+inherits, running a CLI (flags parsed by ``lorasmith.recipe_parser``, user errors as exit 2), distributed start-up."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
@@ -11,59 +13,72 @@ import torch
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
 from lorasmith.process import check_world_size, run_main
-
-MODEL_HELP = (
-    "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
-    "or 'minilm' (the packaged all-MiniLM-L6-v2)"
-)
+from lorasmith.recipe_parser import RecipeParser, parse_cli
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, single_model: bool = True) -> None:
-    """--model (unless ``single_model`` is False) and the flags that override how models embed
-    (default: what the model folder says)."""
-    group = parser.add_argument_group("model")
-    if single_model:
-        group.add_argument("--model", required=True, help=MODEL_HELP)
-    group.add_argument(
-        "--pooling", choices=POOLING_MODES, help="override the pooling (default: from the folder, else mean)"
+@dataclasses.dataclass(kw_only=True)
+class ModelOption:
+    """``--model``: the one model a CLI evaluates."""
+
+    model: str = dataclasses.field(
+        metadata={
+            "help": "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
+            "or 'minilm' (the packaged all-MiniLM-L6-v2)"
+        }
     )
-    group.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
+
+
+@dataclasses.dataclass(kw_only=True)
+class EmbeddingOptions:
+    """The flags that override how models embed (default: what the model folder says), as ``load_embedder`` reads
+    them."""
+
+    pooling: str | None = dataclasses.field(
         default=None,
-        help="L2-normalize embeddings (default: from the folder, else yes)",
+        metadata={
+            "choices": POOLING_MODES,
+            "help": "override the pooling (default: from the folder, else mean)",
+        },
     )
-    group.add_argument(
-        "--max-length", type=int, help="truncate texts to this many tokens (default: from the folder)"
+    normalize: bool | None = dataclasses.field(
+        default=None,
+        metadata={
+            "action": argparse.BooleanOptionalAction,
+            "help": "L2-normalize embeddings (default: from the folder, else yes)",
+        },
     )
-    group.add_argument(
-        "--truncate-dim",
-        type=positive_int,
-        help="keep the first D dimensions of every embedding, re-normalized (Matryoshka-trained models; "
-        "default: all)",
+    max_length: int | None = dataclasses.field(
+        default=None, metadata={"help": "truncate texts to this many tokens (default: from the folder)"}
     )
-    group.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
-    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
-    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    truncate_dim: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "keep the first D dimensions of every embedding, re-normalized (Matryoshka-trained models; "
+            "default: all)"
+        },
+    )
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "texts per forward pass (default 64)"})
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)"}
+    )
+    no_progress: bool = dataclasses.field(default=False, metadata={"help": "hide the progress bar"})
+
+    def __post_init__(self):
+        if self.truncate_dim is not None and self.truncate_dim < 1:
+            raise ConfigError(f"--truncate-dim expects a positive integer, got {self.truncate_dim}")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+@dataclasses.dataclass(kw_only=True)
+class OutputOption:
+    """``--output``: a file that also receives the result JSON."""
+
+    output: str | None = dataclasses.field(
+        default=None, metadata={"help": "also write the result JSON to this file"}
+    )
 
 
-def add_output_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="also write the result JSON to this file")
-
-
-def load_embedder(args: argparse.Namespace, model: str | None = None):
-    """``Embedder.load(model or args.model)`` with the override flags of ``add_model_arguments``."""
+def load_embedder(args: EmbeddingOptions, model: str | None = None):
+    """``Embedder.load(model or args.model)`` with the override flags of :class:`EmbeddingOptions`."""
     from lorasmith.encoder import Embedder
 
     return Embedder.load(
@@ -134,13 +149,12 @@ def init_distributed() -> None:
     check_world_size(PartialState(cpu=not torch.cuda.is_available()))
 
 
-def run_cli(
-    body: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None
-) -> int:
-    """Parse ``argv``, run ``body(args)``; a user error prints one line to stderr and returns 2."""
-    args = parser.parse_args(argv)
+def run_cli(body: Callable, parser: RecipeParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` into the parser's arguments dataclass and run ``body(args)``; a user error (a bad flag
+    included) prints one line to stderr and returns 2."""
 
     def start_and_run():
+        (args,) = parse_cli(parser, argv)
         check_device(getattr(args, "device", None))
         check_writable(getattr(args, "output", None), "--output")
         check_writable(getattr(args, "output_dir", None), "--output-dir", folder=True)

@@ -19,28 +19,28 @@ metric), ``results.json`` (every metric of every run) and ``results.png``.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from accelerate import PartialState
 
 from data_utils.schemas import parse_columns
-from eval.cli import add_model_arguments, load_embedder, run_cli
+from eval.cli import EmbeddingOptions, load_embedder, run_cli
 from eval.probe import evaluate_probe
 from eval.report import emit, format_table, write_json
 from eval.retrieval import evaluate_retrieval
 from eval.sts import evaluate_sts
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 PATH_KEYS = ("data", "corpus", "queries", "qrels")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Evaluator:
     """What a suite task of one ``kind`` runs: ``evaluate(embedder, batch_size=..., **options)``, the option
     keys it accepts and the metric the matrix shows by default."""
@@ -63,7 +63,7 @@ EVALUATORS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SuiteTask:
     name: str
     kind: str
@@ -197,24 +197,26 @@ def plot_matrix(matrix: dict[str, dict[str, float]], column_labels: Sequence[str
     plt.close(figure)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.matrix",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclasses.dataclass(kw_only=True)
+class MatrixArguments(EmbeddingOptions):
+    """The flags of ``python -m eval.matrix``; the embedding overrides apply to every model."""
+
+    models: list[str] = dataclasses.field(
+        metadata={
+            "help": "models to compare: lorasmith, sentence-transformers or HF model folders, hub ids, 'minilm'"
+        }
     )
-    add_model_arguments(parser, single_model=False)
-    parser.add_argument(
-        "--models", nargs="+", required=True, help="models to compare (same forms as --model)"
+    suite: str = dataclasses.field(metadata={"help": "suite YAML (see above)"})
+    output_dir: str = dataclasses.field(
+        default="eval_matrix", metadata={"help": "where results.csv/json/png go (default eval_matrix)"}
     )
-    parser.add_argument("--suite", required=True, help="suite YAML (see above)")
-    parser.add_argument(
-        "--output-dir", default="eval_matrix", help="where results.csv/json/png go (default eval_matrix)"
-    )
-    return parser
 
 
-def _run(args: argparse.Namespace) -> dict:
+def make_parser() -> RecipeParser:
+    return make_cli_parser([MatrixArguments], prog="python -m eval.matrix", description=__doc__)
+
+
+def _run(args: MatrixArguments) -> dict:
     tasks = load_suite(args.suite)
     results = run_suite(
         args.models, tasks, lambda model: load_embedder(args, model), batch_size=args.batch_size

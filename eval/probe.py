@@ -10,7 +10,7 @@ accuracy x 100 and its standard deviation over the folds.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,15 +18,11 @@ from accelerate import PartialState
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from data_utils.options import add_read_arguments, read_options_from
-from eval.cli import (
-    add_model_arguments,
-    add_output_argument,
-    load_embedder,
-    run_cli,
-)
+from data_utils.options import ReadOptions
+from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder, run_cli
 from eval.report import emit, format_table
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 SENTEVAL_C_GRID = tuple(2.0**t for t in range(-2, 5))
 
@@ -107,25 +103,29 @@ def evaluate_probe(
     }
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass(kw_only=True)
+class ProbeArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
+    """The flags of ``python -m eval.probe``."""
+
+    data: str = dataclasses.field(metadata={"help": "labelled file (csv, tsv, jsonl, ...)"})
+    text_column: str = dataclasses.field(
+        default="text", metadata={"help": "column holding the text (default text)"}
     )
-    add_model_arguments(parser)
-    parser.add_argument("--data", required=True, help="labelled file (csv, tsv, jsonl, ...)")
-    parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
-    parser.add_argument("--columns", help="role=column pairs, e.g. label=sentiment")
-    parser.add_argument("--folds", type=int, default=10, help="outer cross-validation folds (default 10)")
-    parser.add_argument(
-        "--select-c", action="store_true", help="choose C per fold by inner CV (SentEval grid)"
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "role=column pairs, e.g. label=sentiment"}
     )
-    parser.add_argument("--seed", type=int, default=0, help="fold shuffling seed (default 0)")
-    add_read_arguments(parser)
-    add_output_argument(parser)
-    return parser
+    folds: int = dataclasses.field(default=10, metadata={"help": "outer cross-validation folds (default 10)"})
+    select_c: bool = dataclasses.field(
+        default=False, metadata={"help": "choose C per fold by inner CV (SentEval grid)"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "fold shuffling seed (default 0)"})
 
 
-def _run(args: argparse.Namespace) -> dict:
+def make_parser() -> RecipeParser:
+    return make_cli_parser([ProbeArguments], prog="python -m eval.probe", description=__doc__)
+
+
+def _run(args: ProbeArguments) -> dict:
     embedder = load_embedder(args)
     result = evaluate_probe(
         embedder,
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> dict:
         select_c=args.select_c,
         seed=args.seed,
         batch_size=args.batch_size,
-        **read_options_from(args),
+        **args.read_options(),
     )
     result["model"] = args.model
     if PartialState().is_main_process:

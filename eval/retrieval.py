@@ -15,30 +15,24 @@ the embeddings; cosine when the model normalizes).
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from data_utils.options import add_read_arguments, read_options_from
-from eval.cli import (
-    add_model_arguments,
-    add_output_argument,
-    load_embedder,
-    parse_ks,
-    run_cli,
-)
+from data_utils.options import ReadOptions
+from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder, parse_ks, run_cli
 from eval.metrics.retrieval import METRIC_NAMES, exact_topk, topk_retrieval_metrics
 from eval.report import emit, format_table
 from lorasmith.errors import ConfigError, DataError
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 
-@dataclass
+@dataclasses.dataclass
 class RetrievalTask:
     """Queries, a corpus and graded judgments (qrels: query id -> {document id: grade})."""
 
@@ -244,35 +238,42 @@ def evaluate_retrieval(
     return result
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.retrieval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@dataclasses.dataclass(kw_only=True)
+class RetrievalArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
+    """The flags of ``python -m eval.retrieval``: ``--data`` (with ``--task``) or the three BEIR files."""
+
+    data: str | None = dataclasses.field(
+        default=None, metadata={"help": "pairs or tags file (csv, jsonl, ...)"}
     )
-    add_model_arguments(parser)
-    source = parser.add_argument_group("data")
-    source.add_argument("--data", help="pairs or tags file (csv, jsonl, ...)")
-    source.add_argument(
-        "--task", choices=["pairs", "tags"], default="pairs", help="what --data holds (default pairs)"
+    task: str = dataclasses.field(
+        default="pairs", metadata={"choices": ("pairs", "tags"), "help": "what --data holds (default pairs)"}
     )
-    source.add_argument("--columns", help="role=column pairs (pairs: anchor, positive; tags: text, tags)")
-    source.add_argument("--corpus", help="BEIR corpus.jsonl (_id, title, text)")
-    source.add_argument("--queries", help="BEIR queries.jsonl (_id, text)")
-    source.add_argument("--qrels", help="BEIR qrels TSV (query-id, corpus-id, score; header optional)")
-    parser.add_argument("--k", default="1,5,10", help="cut-offs, comma-separated (default 1,5,10)")
-    parser.add_argument(
-        "--query-prefix", help="prepended to queries (default: from lorasmith.json, else none)"
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "role=column pairs (pairs: anchor, positive; tags: text, tags)"}
     )
-    parser.add_argument(
-        "--document-prefix", help="prepended to documents (default: from lorasmith.json, else none)"
+    corpus: str | None = dataclasses.field(
+        default=None, metadata={"help": "BEIR corpus.jsonl (_id, title, text)"}
     )
-    add_read_arguments(parser)
-    add_output_argument(parser)
-    return parser
+    queries: str | None = dataclasses.field(default=None, metadata={"help": "BEIR queries.jsonl (_id, text)"})
+    qrels: str | None = dataclasses.field(
+        default=None, metadata={"help": "BEIR qrels TSV (query-id, corpus-id, score; header optional)"}
+    )
+    k: str = dataclasses.field(
+        default="1,5,10", metadata={"help": "cut-offs, comma-separated (default 1,5,10)"}
+    )
+    query_prefix: str | None = dataclasses.field(
+        default=None, metadata={"help": "prepended to queries (default: from lorasmith.json, else none)"}
+    )
+    document_prefix: str | None = dataclasses.field(
+        default=None, metadata={"help": "prepended to documents (default: from lorasmith.json, else none)"}
+    )
 
 
-def _run(args: argparse.Namespace) -> dict:
+def make_parser() -> RecipeParser:
+    return make_cli_parser([RetrievalArguments], prog="python -m eval.retrieval", description=__doc__)
+
+
+def _run(args: RetrievalArguments) -> dict:
     ks = parse_ks(args.k)
     embedder = load_embedder(args)
     result = evaluate_retrieval(
@@ -287,7 +288,7 @@ def _run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         query_prefix=args.query_prefix,
         document_prefix=args.document_prefix,
-        read_options=read_options_from(args),
+        read_options=args.read_options(),
     )
     result["model"] = args.model
     if PartialState().is_main_process:

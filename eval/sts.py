@@ -1,6 +1,6 @@
 """Semantic textual similarity: cosine of pair embeddings vs gold scores -> Spearman and Pearson x 100.
 
-    python -m eval.sts --model minilm --data ../shared/data/stsb/raw/sts-test.csv
+    python -m eval.sts --model minilm --data data/sts-test.csv
     python -m eval.sts --model out/embed-run --data pairs.csv --columns sentence1=q,sentence2=a,score=label
 
 Every file goes through ``data_utils.load(task="scored_pairs")``, which recognises the STS Benchmark
@@ -11,22 +11,18 @@ The reader flags (``--sep``, ``--header``, ``--encoding`` ...) are ``data_utils.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from data_utils.options import add_read_arguments, read_options_from
+from data_utils.options import ReadOptions
 from data_utils.readers import is_stsb_release_file  # noqa: F401 - eval.sts's name for the shared detection
-from eval.cli import (
-    add_model_arguments,
-    add_output_argument,
-    load_embedder,
-    run_cli,
-)
+from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder, run_cli
 from eval.metrics.correlation import pearson, spearman
 from eval.report import emit, format_table
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 
 def load_sts_data(data: str, *, columns: dict[str, str] | str | None = None, score_range=None, **read_options):
@@ -73,22 +69,26 @@ def sts_correlations(
     return {"spearman": 100 * spearman(cosine, list(scores)), "pearson": 100 * pearson(cosine, list(scores))}
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.sts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclasses.dataclass(kw_only=True)
+class StsArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
+    """The flags of ``python -m eval.sts``."""
+
+    data: str = dataclasses.field(
+        metadata={"help": "scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)"}
     )
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--data", required=True, help="scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)"
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "role=column pairs for sentence1, sentence2, score"}
     )
-    parser.add_argument("--columns", help="role=column pairs for sentence1, sentence2, score")
-    parser.add_argument("--score-range", help="'lo,hi' of the gold scores (default: data_utils detects it)")
-    add_read_arguments(parser)
-    add_output_argument(parser)
-    return parser
+    score_range: str | None = dataclasses.field(
+        default=None, metadata={"help": "'lo,hi' of the gold scores (default: data_utils detects it)"}
+    )
 
 
-def _run(args: argparse.Namespace) -> dict:
+def make_parser() -> RecipeParser:
+    return make_cli_parser([StsArguments], prog="python -m eval.sts", description=__doc__)
+
+
+def _run(args: StsArguments) -> dict:
     embedder = load_embedder(args)
     result = evaluate_sts(
         embedder,
@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> dict:
         columns=args.columns,
         score_range=args.score_range,
         batch_size=args.batch_size,
-        **read_options_from(args),
+        **args.read_options(),
     )
     result["model"] = args.model
     if PartialState().is_main_process:

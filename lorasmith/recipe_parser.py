@@ -1,5 +1,10 @@
 """Recipe + command-line parsing shared by every entrypoint (the error boundary is ``lorasmith.process.run_main``).
 
+Every command line is declared as dataclasses: one flag per field, its help in ``metadata["help"]``,
+``--field_name`` and ``--field-name`` both accepted, ``metadata["aliases"]`` for more spellings. Training
+entrypoints read a recipe (``make_parser`` + ``parse_recipe``, below); the other CLIs (evaluation, mining, sweeps,
+data check) take flags only (``make_cli_parser`` + ``parse_cli``).
+
 A run is configured by one YAML recipe (``--config configs/<task>/R.yaml``) whose keys are the fields of
 the entrypoint's dataclasses; any ``--key value`` on the command line overrides the recipe. The recipe's values
 become the parser's defaults (TRL's ``TrlParser.set_defaults_with_config``, including its ``env:`` block), the
@@ -17,6 +22,7 @@ On a machine without CUDA, CPU-friendly defaults (``use_cpu``, no bf16) are set 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -67,6 +73,45 @@ def make_parser(dataclass_types: Sequence[type]) -> RecipeParser:
         field_names = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
         parser.set_defaults(**{k: v for k, v in {"use_cpu": True, "bf16": False}.items() if k in field_names})
     return parser
+
+
+def make_cli_parser(dataclass_types: Sequence[type], *, prog: str, description: str) -> RecipeParser:
+    """A :class:`RecipeParser` for a command line without a recipe: ``description`` is printed as written and
+    flags cannot be abbreviated (``--coll`` is not taken for ``--collect``)."""
+    return RecipeParser(
+        dataclass_types,
+        prog=prog,
+        description=description,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def parse_cli(parser: RecipeParser, argv: Sequence[str] | None = None, *, remaining: bool = False) -> tuple:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into the parser's dataclasses, in parser order. With ``remaining``,
+    the tokens no flag takes (``--key value`` passed on elsewhere) come last instead of being an error.
+
+    Raises:
+        ConfigError: a value argparse cannot read, a missing required flag, an unknown flag (without
+            ``remaining``), or a dataclass's own check (``__post_init__``).
+    """
+    if remaining:
+        namespace, rest = parser.parse_known_args(argv)
+        return (*_dataclasses_from(parser, namespace), rest)
+    return _dataclasses_from(parser, parser.parse_args(argv))
+
+
+def _dataclasses_from(parser: RecipeParser, namespace: argparse.Namespace) -> tuple:
+    """The parser's dataclasses built from ``namespace``; a failing ``__post_init__`` check is a ConfigError."""
+    try:
+        return tuple(
+            dataclass_type(
+                **{f.name: getattr(namespace, f.name) for f in dataclasses.fields(dataclass_type) if f.init}
+            )
+            for dataclass_type in parser.dataclass_types
+        )
+    except ValueError as error:  # a dataclass's own __post_init__ check (ConfigError is a ValueError)
+        raise ConfigError(str(error)) from None
 
 
 @dataclasses.dataclass
@@ -167,13 +212,7 @@ def parse_recipe(parser: RecipeParser, argv: Sequence[str] | None = None) -> tup
     problems = check_values(vars(namespace), field_types(parser.dataclass_types), user_keys, where)
     if problems:
         raise ConfigError("invalid recipe value(s):\n  " + "\n  ".join(problems))
-    try:
-        return tuple(
-            dataclass_type(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(dataclass_type) if f.init})
-            for dataclass_type in parser.dataclass_types
-        )
-    except ValueError as error:  # a dataclass's own __post_init__ check (ConfigError is a ValueError)
-        raise ConfigError(str(error)) from None
+    return _dataclasses_from(parser, namespace)
 
 
 def _cli_keys(parser: RecipeParser, argv: Sequence[str]) -> list[str]:

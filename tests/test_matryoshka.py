@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from test_embed_train import FAST, data_files, sentences
 
-from eval.cli import add_model_arguments, load_embedder
+from eval.cli import EmbeddingOptions, ModelOption, load_embedder
 from lorasmith.encoder import Embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from lorasmith.recipe_parser import make_cli_parser, parse_cli
 from train.embed import main
 from train.embed.batch import EmbeddedBatch, text_ids
 from train.embed.evaluation import embedding_metrics
@@ -127,14 +128,13 @@ def test_embedder_truncates_then_normalises(tiny_bert_dir):
 
 
 def test_eval_cli_flag_truncate_dim(tiny_bert_dir):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_model_arguments(parser)
-    args = parser.parse_args(["--model", str(tiny_bert_dir), "--truncate-dim", "4", "--device", "cpu"])
-    assert load_embedder(args).encode(["the cat reads the map."]).shape == (1, 4)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--model", "m", "--truncate-dim", "0"])
+    parser = make_cli_parser([EmbeddingOptions, ModelOption], prog="test", description="")
+    options, chosen = parse_cli(
+        parser, ["--model", str(tiny_bert_dir), "--truncate-dim", "4", "--device", "cpu"]
+    )
+    assert load_embedder(options, chosen.model).encode(["the cat reads the map."]).shape == (1, 4)
+    with pytest.raises(ConfigError, match="--truncate-dim expects a positive integer"):
+        parse_cli(parser, ["--model", "m", "--truncate-dim", "0"])
 
 
 def test_evaluation_reports_the_main_metric_at_each_width(tiny_bert_dir, tmp_path):

@@ -29,7 +29,7 @@ than the embeddings: ~1 KB per document is another ~1 GB.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,8 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eval.cli import EmbeddingOptions, ModelOption, load_embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 from train.mine.candidates import sharded_topk
 from train.mine.filters import SAMPLING, FilterSettings, apply_filters, select_negatives
 from train.mine.inputs import build_inputs
@@ -48,83 +50,94 @@ ENCODE_SLICE = 65536  # texts encoded (fp32) before their embeddings are cast to
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def make_parser() -> argparse.ArgumentParser:
-    from eval.cli import add_model_arguments
+@dataclasses.dataclass(kw_only=True)
+class MineArguments(EmbeddingOptions, ModelOption):
+    """The flags of ``python -m train.mine`` (checked together by :func:`validate`)."""
 
-    parser = argparse.ArgumentParser(
+    pairs: str = dataclasses.field(
+        metadata={"help": "(query, positive) pairs: any file data_utils reads (task pairs)"}
+    )
+    columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "column map of the pairs, e.g. anchor=question,positive=answer"}
+    )
+    corpus: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "documents to mine from (default: every distinct positive of the pairs)"},
+    )
+    corpus_columns: str | None = dataclasses.field(
+        default=None, metadata={"help": "column map of the corpus, e.g. text=body (default column: text)"}
+    )
+    output: str = dataclasses.field(metadata={"help": "triplets file to write (.jsonl)"})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace --output if it exists"})
+    format: str = dataclasses.field(
+        default="n-tuple",
+        metadata={
+            "choices": FORMATS,
+            "help": "n-tuple: one row per pair with a 'negatives' list (default); triplet: one row per negative",
+        },
+    )
+    keep_short: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "keep pairs with fewer than --num-negatives negatives (format triplet only; default: drop them)"
+        },
+    )
+    num_negatives: int = dataclasses.field(default=3, metadata={"help": "negatives per pair (default 3)"})
+    range_min: int = dataclasses.field(
+        default=0, metadata={"help": "skip the closest N non-positive documents (default 0)"}
+    )
+    range_max: int = dataclasses.field(
+        default=100, metadata={"help": "take candidates up to this rank, exclusive (default 100)"}
+    )
+    max_score: float | None = dataclasses.field(
+        default=None, metadata={"help": "drop candidates scoring above this (cosine)"}
+    )
+    min_score: float | None = dataclasses.field(
+        default=None, metadata={"help": "drop candidates scoring below this (cosine)"}
+    )
+    margin: float | None = dataclasses.field(
+        default=None, metadata={"help": "keep a candidate only if score <= positive - margin"}
+    )
+    relative_margin: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "keep a candidate only if score <= positive x (1 - margin) (false-negative guard; 0.05 is common)"
+        },
+    )
+    sampling: str = dataclasses.field(
+        default="top", metadata={"choices": SAMPLING, "help": "top (default) or random in the window"}
+    )
+    seed: int = dataclasses.field(default=42, metadata={"help": "seed of --sampling random (default 42)"})
+    query_prefix: str | None = dataclasses.field(
+        default=None, metadata={"help": "prepended to queries (default: what the model folder says)"}
+    )
+    document_prefix: str | None = dataclasses.field(
+        default=None, metadata={"help": "prepended to documents (default: what the model folder says)"}
+    )
+    embedding_dtype: str = dataclasses.field(
+        default="float32",
+        metadata={
+            "choices": tuple(DTYPES),
+            "help": "storage of the embeddings; float16 halves it (scores are computed in fp32)",
+        },
+    )
+    chunk_size: int = dataclasses.field(
+        default=16384, metadata={"help": "corpus rows scored at once (default 16384)"}
+    )
+    query_block_size: int = dataclasses.field(
+        default=1024, metadata={"help": "queries scored at once; the unit of sharding (default 1024)"}
+    )
+
+
+def make_parser() -> RecipeParser:
+    return make_cli_parser(
+        [MineArguments],
         prog="python -m train.mine",
-        allow_abbrev=False,
         description="Mine hard negatives for (query, positive) pairs and write a triplets JSONL file.",
     )
-    add_model_arguments(parser)
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--pairs", required=True, help="(query, positive) pairs: any file data_utils reads (task pairs)"
-    )
-    data.add_argument("--columns", help="column map of the pairs, e.g. anchor=question,positive=answer")
-    data.add_argument(
-        "--corpus", help="documents to mine from (default: every distinct positive of the pairs)"
-    )
-    data.add_argument(
-        "--corpus-columns", help="column map of the corpus, e.g. text=body (default column: text)"
-    )
-    data.add_argument("--output", required=True, help="triplets file to write (.jsonl)")
-    data.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    data.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="n-tuple",
-        help="n-tuple: one row per pair with a 'negatives' list (default); triplet: one row per negative",
-    )
-    data.add_argument(
-        "--keep-short",
-        action="store_true",
-        help="keep pairs with fewer than --num-negatives negatives (format triplet only; default: drop them)",
-    )
-    mining = parser.add_argument_group("mining")
-    mining.add_argument("--num-negatives", type=int, default=3, help="negatives per pair (default 3)")
-    mining.add_argument(
-        "--range-min", type=int, default=0, help="skip the closest N non-positive documents (default 0)"
-    )
-    mining.add_argument(
-        "--range-max", type=int, default=100, help="take candidates up to this rank, exclusive (default 100)"
-    )
-    mining.add_argument("--max-score", type=float, help="drop candidates scoring above this (cosine)")
-    mining.add_argument("--min-score", type=float, help="drop candidates scoring below this (cosine)")
-    mining.add_argument("--margin", type=float, help="keep a candidate only if score <= positive - margin")
-    mining.add_argument(
-        "--relative-margin",
-        type=float,
-        help="keep a candidate only if score <= positive x (1 - margin) (false-negative guard; 0.05 is common)",
-    )
-    mining.add_argument(
-        "--sampling", choices=SAMPLING, default="top", help="top (default) or random in the window"
-    )
-    mining.add_argument("--seed", type=int, default=42, help="seed of --sampling random (default 42)")
-    mining.add_argument("--query-prefix", help="prepended to queries (default: what the model folder says)")
-    mining.add_argument(
-        "--document-prefix", help="prepended to documents (default: what the model folder says)"
-    )
-    memory = parser.add_argument_group("memory")
-    memory.add_argument(
-        "--embedding-dtype",
-        choices=tuple(DTYPES),
-        default="float32",
-        help="storage of the embeddings; float16 halves it (scores are computed in fp32)",
-    )
-    memory.add_argument(
-        "--chunk-size", type=int, default=16384, help="corpus rows scored at once (default 16384)"
-    )
-    memory.add_argument(
-        "--query-block-size",
-        type=int,
-        default=1024,
-        help="queries scored at once; the unit of sharding (default 1024)",
-    )
-    return parser
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: MineArguments) -> None:
     """ConfigError for a bad combination of flags, before anything is loaded."""
     output = Path(args.output)
     if output.suffix != ".jsonl":
@@ -163,12 +176,11 @@ def encode(embedder, texts: Sequence[str], prefix: str, batch_size: int, dtype: 
     return torch.cat(parts) if parts else torch.empty(0, embedder.dimension, dtype=dtype)
 
 
-def mine(args: argparse.Namespace) -> MiningSummary:
+def mine(args: MineArguments) -> MiningSummary:
     """Run the whole pipeline (see the module docstring); the main process writes ``args.output``."""
     from accelerate import PartialState
 
     import data_utils
-    from eval.cli import load_embedder
     from lorasmith.process import check_world_size
 
     validate(args)
@@ -251,7 +263,7 @@ def mine(args: argparse.Namespace) -> MiningSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(lambda: mine(make_parser().parse_args(argv)))
+    return run_main(lambda: mine(*parse_cli(make_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Sweeps: train every cell of a grid (or every trial of an Optuna search), evaluate, tabulate, plot.
 
-    # seed 003's loss matrix: 7 loss combinations on STS-B, each evaluated on an STS + SentEval suite
+    # a loss matrix: 7 loss combinations on STS-B, each evaluated on an STS + SentEval suite
     python -m train.sweep --config configs/sweeps/loss_matrix.yaml
     # what would run (every cell's command and status), nothing written
     python -m train.sweep --config configs/sweeps/loss_matrix.yaml --dry-run
@@ -20,44 +20,46 @@ configuration error.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 from lorasmith.errors import LorasmithError
+from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 from train.sweep import cells as cells_mod
 from train.sweep import results, runner, search, slurm, state, suite
 from train.sweep.grid import expand_grid
 from train.sweep.spec import SweepSpec, load_sweep
 
-FLAGS = {"--dry-run": "dry_run", "--dry_run": "dry_run", "--slurm": "slurm", "--collect": "collect"}
+
+@dataclasses.dataclass
+class SweepArguments:
+    """The flags of ``python -m train.sweep``; every other ``--key value`` overrides the sweep file."""
+
+    sweep_file: str = dataclasses.field(
+        metadata={"aliases": ["--config"], "help": "the sweep file (format: train/sweep/spec.py)"}
+    )
+    dry_run: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "print every cell's status and command (with --slurm: the sbatch commands); run nothing"
+        },
+    )
+    slurm: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "submit one SLURM job array (a task per unfinished cell) and a collect job"},
+    )
+    collect: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "write the results as they stand, training nothing (a grid cell whose training ended "
+            "first gets its suite run and its done marker)"
+        },
+    )
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str, dict, list[str]]:
-    """(sweep file, {dry_run, slurm, collect}, ``--key value`` overrides). A flag may take ``true``/``false``."""
-    argv, flags, overrides, config = list(argv), dict.fromkeys(FLAGS.values(), False), [], None
-    while argv:
-        item = argv.pop(0)
-        if item in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        if item == "--config":
-            if not argv:
-                raise LorasmithError(
-                    "--config needs a sweep file, e.g. --config configs/sweeps/loss_matrix.yaml"
-                )
-            config = argv.pop(0)
-        elif item in FLAGS:
-            value = argv.pop(0).lower() if argv and argv[0].lower() in ("true", "false") else "true"
-            flags[FLAGS[item]] = value == "true"
-        else:
-            overrides.append(item)
-            if argv:
-                overrides.append(argv.pop(0))
-    if config is None:
-        raise LorasmithError(
-            "usage: python -m train.sweep --config SWEEP.yaml [--dry-run] [--slurm] [--collect] [--key value ...]"
-        )
-    return config, flags, overrides
+def make_parser() -> RecipeParser:
+    return make_cli_parser([SweepArguments], prog="python -m train.sweep", description=__doc__)
 
 
 def grid_cells(spec: SweepSpec) -> list[cells_mod.Cell]:
@@ -117,17 +119,17 @@ def report(spec: SweepSpec, cells: list[cells_mod.Cell], extra: dict | None = No
 
 
 def run(argv: Sequence[str]) -> int:
-    config, flags, overrides = parse_args(argv)
-    spec = load_sweep(config, overrides)
+    args, overrides = parse_cli(make_parser(), argv, remaining=True)
+    spec = load_sweep(args.sweep_file, overrides)
     if spec.suite is not None:
         suite.suite_columns(spec.suite)  # a bad suite fails now, not after the first training
     if spec.search is not None:
-        if flags["slurm"]:
-            return slurm.submit_array(spec, [], flags["dry_run"])
-        if flags["dry_run"]:
+        if args.slurm:
+            return slurm.submit_array(spec, [], args.dry_run)
+        if args.dry_run:
             print_plan(spec, [])
             return 0
-        if not flags["collect"]:
+        if not args.collect:
             search.run_search(spec)
         trials = search.trial_cells(spec, search.open_study(spec))
         extra = {c.name: {"trial": t.number, "objective": t.value} for c, t in trials}
@@ -136,13 +138,13 @@ def run(argv: Sequence[str]) -> int:
         print(f"[sweep] {search.best_trial_line(spec)}", flush=True)
         return code
     cells = grid_cells(spec)
-    if flags["slurm"]:
-        return slurm.submit_array(spec, cells, flags["dry_run"])
-    if flags["dry_run"]:
+    if args.slurm:
+        return slurm.submit_array(spec, cells, args.dry_run)
+    if args.dry_run:
         print_plan(spec, cells)
         return 0
     cells_mod.write_manifest(spec, cells)
-    if flags["collect"]:
+    if args.collect:
         slurm.record_task_failures(spec, cells)
         finalize_trained(spec, cells)
     else:

@@ -7,7 +7,7 @@ Files in the sweep's ``output_dir``:
   output tail of a failed cell), then every metric: ``<metrics.json group>.<name>`` (``after.spearman``,
   ``eval.f1_macro``, ``train.train_loss``) and ``suite.<task>.<metric>`` for the eval suite;
 - ``results.json``: the same rows with the exact values, plus the matrix and its labels;
-- ``matrix.npy``: float64 array (cells x eval tasks) as seed 003 exports it, NaN where a cell has no value;
+- ``matrix.npy``: float64 array (cells x eval tasks), NaN where a cell has no value;
   ``matrix_labels.json`` holds its row labels (cell names, in results order) and column labels;
 - plots (``plots.py``): ``heatmap.png``, and ``bars_<task>.png`` per eval task when the grid varies ``loss``.
 

@@ -23,7 +23,7 @@ Format (paths are relative to the directory the sweep runs from, like every path
         lora_r: {type: categorical, choices: [4, 8, 16]}
     suite: configs/sweeps/loss_matrix_suite.yaml   # optional eval.matrix suite run on every trained cell (embed)
     accelerate_config: single_gpu      # optional: each cell runs under `accelerate launch --config_file ...`
-    save_model: true                   # false (alias train_mode: false, seed 001): log-only cells
+    save_model: true                   # false (alias train_mode: false): log-only cells
     slurm: {sbatch_args: [--gres=gpu:1, --time=04:00:00], max_parallel: 4, collect_args: []}
 
 Invariants: unknown keys are errors naming the closest valid key; ``grid`` and ``search`` exclude each other;
@@ -186,7 +186,7 @@ def _validate(path: Path, raw: dict, cli_overrides: tuple) -> SweepSpec:
 
 
 def _save_model(path: Path, raw: dict, overrides: dict) -> bool:
-    """``save_model`` (or seed 001's ``train_mode``), at the top of the sweep file or in ``overrides``."""
+    """``save_model`` (or its alias ``train_mode``), at the top of the sweep file or in ``overrides``."""
     found = {}
     for where in (raw, overrides):
         for key in ("save_model", "train_mode"):
