@@ -1,5 +1,5 @@
-"""The output-folder contract between the trainers (writers) and eval (reader); its names are defined here only
-(``train`` imports them).
+"""The run folder: what a finished lorasmith ``output_dir`` holds, written by the three trainers and read back
+by eval, the sweeps and re-runs. Every name in it is defined here, and so is how each file is written and read.
 
 A lorasmith ``output_dir`` looks like::
 
@@ -10,11 +10,17 @@ A lorasmith ``output_dir`` looks like::
                             sentence-transformers files (modules.json, 1_Pooling/config.json,
                             sentence_bert_config.json, 2_Dense/ when rotated, then the Normalize module when
                             normalized)
-      rotation.safetensors  embeddings of a ``pca_rotation`` run: the (D, D) rotation applied after pooling
-      metrics.json          final evaluation metrics
+      rotation.safetensors  embeddings with the Matryoshka rotation: the (D, D) rotation applied after pooling
+      metrics.json          final evaluation metrics (groups such as ``before`` / ``after`` / ``train``)
       README.md             model card
-      recipe.yaml           the recipe that produced the folder
-      checkpoint-*/         Trainer checkpoints
+      recipe.yaml           the resolved recipe that produced the folder (written before training starts)
+      lorasmith_run.json    the run record, written last: the run is finished once it says ``complete``
+      checkpoint-*/         Trainer checkpoints; complete once ``lorasmith_checkpoint.json`` is in them
+      incomplete-checkpoints/, previous-runs/   what re-runs moved aside (never deleted)
+      adapter.partial/, merged.partial/         an export in progress (:func:`partial_folder`)
+
+Every file is written atomically (temp file + rename; folders through :func:`publish_folder`), so an
+interrupted run never leaves a half-written file behind. Only the main process writes.
 
 Manifest (``lorasmith.json``) keys:
 
@@ -38,9 +44,14 @@ Manifest (``lorasmith.json``) keys:
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from lorasmith.errors import ConfigError
@@ -54,8 +65,26 @@ METRICS_NAME = "metrics.json"
 MODEL_CARD_NAME = "README.md"
 ROTATION_NAME = "rotation.safetensors"
 RECIPE_NAME = "recipe.yaml"
+RUN_RECORD_NAME = "lorasmith_run.json"
+MARKER_NAME = "lorasmith_checkpoint.json"
+INCOMPLETE_DIR = "incomplete-checkpoints"
+PREVIOUS_RUNS_DIR = "previous-runs"
+PARTIAL_SUFFIX = ".partial"
+# what a run writes at the top of output_dir besides checkpoint-* ("runs": the Trainer's TensorBoard logs)
+RUN_ARTIFACTS = (RECIPE_NAME, METRICS_NAME, MANIFEST_NAME, MODEL_CARD_NAME, ADAPTER_DIR, MERGED_DIR, "runs",
+                 RUN_RECORD_NAME)
+# names only lorasmith puts in output_dir: a folder holding one of them (or a checkpoint) is a lorasmith run
+RUN_MARKS = (RECIPE_NAME, RUN_RECORD_NAME, PREVIOUS_RUNS_DIR, INCOMPLETE_DIR)
 # what a manifest's ``kind`` may be (the classifier kinds are ``lorasmith.classifiers.CLASSIFIER_TYPES``' keys)
 MODEL_KINDS = ("embedding", "seq_classifier", "prompt_classifier")
+
+
+def lorasmith_version() -> str:
+    """The installed lorasmith version recorded in manifests; "source" for an uninstalled checkout."""
+    try:
+        return version("lorasmith")
+    except PackageNotFoundError:
+        return "source"
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
@@ -76,6 +105,151 @@ def read_manifest(folder: str | Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_recipe(output_dir: str | os.PathLike, recipe: dict) -> None:
+    """Write ``recipe.yaml``: the resolved configuration that produced this folder."""
+    write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True))
+
+
+def read_run_record(output_dir: str | os.PathLike) -> dict | None:
+    """The run record of ``output_dir`` (``complete``, ``fingerprint``, ``global_step``, ``epoch``, ``max_steps``,
+    ``num_train_epochs``, ``finished_at``, ``continued_from``), None when absent or unreadable."""
+    try:
+        record = json.loads((Path(output_dir) / RUN_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_run_record(output_dir: str | os.PathLike, record: dict) -> None:
+    """Write the run record (atomically: it is what says a run finished)."""
+    write_atomic(Path(output_dir) / RUN_RECORD_NAME, json.dumps(yaml_safe(record), indent=2, sort_keys=True) + "\n")
+
+
+def write_metrics(output_dir: str | os.PathLike, metrics: dict) -> dict:
+    """Merge ``metrics`` into ``metrics.json`` (keys like ``before``/``after``/``train`` accumulate) and return all."""
+    path = Path(output_dir) / METRICS_NAME
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(yaml_safe(metrics))
+    write_atomic(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+def write_model_card(
+    output_dir: str | os.PathLike, *, title: str, base_model: str, task: str, recipe: dict, metrics: dict, usage: str
+) -> None:
+    """``README.md`` with what was trained, how to use it, the metrics table and the full recipe; a run that was
+    finished and then trained further (its run record in ``output_dir`` lists the earlier completions) says so."""
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft" if recipe.get("use_peft") else "library_name: transformers",
+        "tags: [lorasmith, " + task + "]",
+        "---",
+        f"# {title}",
+        "",
+        f"Fine-tuned from `{base_model}` with [lorasmith](https://pypi.org/project/lorasmith/) (task: `{task}`).",
+        "",
+        *_continuation_lines(read_run_record(output_dir)),
+        "## Usage",
+        "",
+        usage.strip(),
+        "",
+        "## Metrics",
+        "",
+        metrics_table(metrics),
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True).strip(),
+        "```",
+        "",
+    ]
+    write_atomic(Path(output_dir) / MODEL_CARD_NAME, "\n".join(lines))
+
+
+def _continuation_lines(record: dict | None) -> list[str]:
+    """The card's note on a run trained further after it had finished (``record``: the run record found while
+    writing the card, i.e. the earlier completions), or nothing for a run trained in one go."""
+    if not record:
+        return []
+    earlier = [*record.get("continued_from", []), record]
+    steps = ", then ".join(f"step {entry['global_step']}" for entry in earlier)
+    return [
+        f"Continued training: this run first finished at {steps} and was then trained further from that "
+        "checkpoint with the same recipe (a higher max_steps / num_train_epochs). The metrics below are the final "
+        "model's; metrics.json's `train` group covers the steps of the last session (`train_loss_steps`), "
+        "`global_step` is the total.",
+        "",
+    ]
+
+
+def scalar_metrics(report: dict, names: Sequence[str] | None = None, *, per_class_f1: bool = False) -> dict:
+    """The numbers of an evaluation report that fit a log line or a metrics-table column.
+
+    ``report``'s int/float entries (only ``names``, in that order, when given; nested tables such as
+    ``per_class`` or ``confusion_matrix`` are left out), plus with ``per_class_f1`` each class's F1 from
+    ``report["per_class"]`` as ``class_f1/<label>``.
+    """
+    keys = report if names is None else [name for name in names if name in report]
+    scalars = {key: report[key] for key in keys if isinstance(report[key], (int, float))}
+    if per_class_f1:
+        scalars.update({f"class_f1/{name}": row["f1"] for name, row in report["per_class"].items()})
+    return scalars
+
+
+def metrics_table(metrics: dict) -> str:
+    """A Markdown table of scalar metrics; nested groups (``before``, ``after``) become columns."""
+    groups = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if flat:
+        groups = {"value": flat, **groups}
+    if not groups:
+        return "(no metrics recorded)"
+    names = sorted({k for group in groups.values() for k, v in group.items() if isinstance(v, (int, float))})
+    header = "| metric | " + " | ".join(groups) + " |"
+    rule = "|---|" + "---|" * len(groups)
+    rows = [
+        f"| {name} | " + " | ".join(_format(group.get(name)) for group in groups.values()) + " |" for name in names
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def yaml_safe(value):
+    """Make enums, tuples and paths YAML/JSON-safe."""
+    if isinstance(value, dict):
+        return {str(k): yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [yaml_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return getattr(value, "value", str(value))
+
+
+def partial_folder(folder: Path) -> Path:
+    """Where ``folder`` is written until it is complete: a sibling (same filesystem, so the rename is atomic)."""
+    return folder.with_name(folder.name + PARTIAL_SUFFIX)
+
+
+def publish_folder(partial: Path, folder: Path) -> None:
+    """Rename the complete ``partial`` to ``folder``. An older ``folder`` is renamed aside first and removed only
+    once the new one is in place, so ``folder`` is never a mix of both."""
+    if not folder.exists():
+        os.replace(partial, folder)
+        return
+    aside = folder.with_name(folder.name + ".replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(folder, aside)
+    os.replace(partial, folder)
+    shutil.rmtree(aside)
 
 
 def write_sentence_transformers_files(
@@ -166,7 +340,7 @@ def read_sentence_transformers_config(folder: str | Path) -> dict | None:
 
 
 def write_rotation(folder: str | Path, rotation: torch.Tensor) -> Path:
-    """``folder/rotation.safetensors`` (key ``rotation``, ``(D, D)`` fp32) of a ``pca_rotation`` run."""
+    """``folder/rotation.safetensors`` (key ``rotation``, ``(D, D)`` fp32) of a run with the Matryoshka rotation."""
     path = Path(folder) / ROTATION_NAME
     save_file({"rotation": rotation.contiguous().float().cpu()}, str(path))
     return path

@@ -9,8 +9,9 @@ from transformers import TrainingArguments
 from lorasmith.errors import ConfigError, DataError
 from lorasmith.process import run_main
 from lorasmith.recipe_parser import make_parser, parse_recipe
+from lorasmith.run_folder import write_metrics, write_model_card, write_recipe
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.outputs import recipe_dict, write_metrics, write_model_card, write_recipe
+from train.common.run import recipe_dict
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import yaml
 from multiproc import CPU_DDP_CONFIG, REPO, free_port, run_multiprocess
 
 from data_utils import sample_path
-from train.common.resume import MARKER_NAME
+from lorasmith.run_folder import MARKER_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import multiproc
 import pytest
 from multiproc import REPO, run_multiprocess
 
-from train.common.resume import MARKER_NAME
+from lorasmith.run_folder import MARKER_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from transformers import TrainerControl
 
+from lorasmith import run_folder
 from lorasmith.errors import ConfigError
 from train.common import launch, resume, run
 from train.common.signals import StopOnSignal
@@ -55,14 +56,14 @@ def test_rerun_resumes_from_newest_complete_checkpoint_and_moves_half_written_on
 
     assert resume_from == str(tmp_path / "checkpoint-4")
     assert not half_written.exists()
-    moved = tmp_path / resume.INCOMPLETE_DIR / "checkpoint-6"
+    moved = tmp_path / run_folder.INCOMPLETE_DIR / "checkpoint-6"
     assert (moved / "adapter_model.safetensors").read_bytes() == b"weights"  # moved, not deleted
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text()) == RECIPE
 
 
 def test_marker_records_step_world_and_global_batch(tmp_path):
     folder = save_checkpoint(tmp_path, 3, RECIPE)
-    marker = json.loads((folder / resume.MARKER_NAME).read_text())
+    marker = json.loads((folder / run_folder.MARKER_NAME).read_text())
     assert (marker["step"], marker["world_size"], marker["global_batch_size"]) == (3, 1, 4)
     assert marker["fingerprint"] == resume.recipe_fingerprint(RECIPE)
 
@@ -112,7 +113,7 @@ def test_overwrite_output_dir_moves_the_previous_run_aside(tmp_path):
 
     assert resume.prepare_output_dir(training_args(tmp_path), run_args(overwrite_output_dir=True), other) is None
 
-    (previous,) = (tmp_path / resume.PREVIOUS_RUNS_DIR).iterdir()
+    (previous,) = (tmp_path / run_folder.PREVIOUS_RUNS_DIR).iterdir()
     assert sorted(p.name for p in previous.iterdir()) == ["checkpoint-4", "metrics.json", "recipe.yaml"]
     assert yaml.safe_load((previous / "recipe.yaml").read_text()) == RECIPE
     assert (tmp_path / "notes.txt").read_text() == "the user's own file"

@@ -23,9 +23,10 @@ import pytest
 import torch
 from multiproc import REPO
 
+from lorasmith import run_folder
 from lorasmith.errors import ConfigError, DataError, OutputError
 from lorasmith.process import run_main
-from train.common import learnable, outputs, resume, run
+from train.common import learnable, resume, run
 
 TINY = REPO / "tests" / "scripts" / "tiny_trainer.py"
 
@@ -67,7 +68,7 @@ def no_model_loads(monkeypatch):
 def test_rerunning_a_finished_run_changes_nothing_and_exits_0(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert run_main(tiny_module().main, tiny_args(tiny_llama_dir, out)) == 0
-    record = json.loads((out / outputs.RUN_RECORD_NAME).read_text())
+    record = json.loads((out / run_folder.RUN_RECORD_NAME).read_text())
     assert (record["complete"], record["global_step"], record["continued_from"]) == (True, 4, [])
     before = snapshot(out)
     capsys.readouterr()
@@ -89,7 +90,7 @@ def test_raising_max_steps_continues_from_the_last_checkpoint_and_records_both(t
     printed = capsys.readouterr().out
     assert "finished at step 4, epoch" in printed and f"resuming from {out / 'checkpoint-4'}" in printed
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
-    record = json.loads((out / outputs.RUN_RECORD_NAME).read_text())
+    record = json.loads((out / run_folder.RUN_RECORD_NAME).read_text())
     assert record["complete"] and record["global_step"] == 6
     assert [entry["global_step"] for entry in record["continued_from"]] == [4]
 
@@ -145,10 +146,10 @@ def test_overwrite_output_dir_moves_the_users_files_aside_and_trains(tiny_llama_
     (out / "README.md").write_text("# my project\n")
     (out / "notes.txt").write_text("kept where it is\n")
     assert run_main(tiny_module().main, tiny_args(tiny_llama_dir, out, "--overwrite_output_dir", "true")) == 0
-    (moved,) = (out / resume.PREVIOUS_RUNS_DIR).iterdir()
+    (moved,) = (out / run_folder.PREVIOUS_RUNS_DIR).iterdir()
     assert (moved / "README.md").read_text() == "# my project\n"
     assert (out / "notes.txt").read_text() == "kept where it is\n"
-    assert json.loads((out / outputs.RUN_RECORD_NAME).read_text())["complete"]
+    assert json.loads((out / run_folder.RUN_RECORD_NAME).read_text())["complete"]
 
 
 def test_other_files_that_a_run_does_not_write_are_allowed(tmp_path):
@@ -290,18 +291,18 @@ def test_a_run_whose_export_failed_is_not_complete_and_the_rerun_exports(tiny_ll
         patch.setattr(PeftModel, "save_pretrained", fail)
         assert run_main(module.main, tiny_args(tiny_llama_dir, out)) == 2
     assert "the disk is full" in capsys.readouterr().err
-    assert not (out / "adapter").exists() and not (out / outputs.RUN_RECORD_NAME).exists()
+    assert not (out / "adapter").exists() and not (out / run_folder.RUN_RECORD_NAME).exists()
 
     assert run_main(module.main, tiny_args(tiny_llama_dir, out)) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4  # nothing trained past max_steps
     assert (out / "adapter" / "adapter_config.json").stat().st_size > 2
-    assert json.loads((out / outputs.RUN_RECORD_NAME).read_text())["complete"]
+    assert json.loads((out / run_folder.RUN_RECORD_NAME).read_text())["complete"]
 
 
 def test_run_files_respect_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        outputs.write_metrics(tmp_path, {"train": {"loss": 1.0}})
+        run_folder.write_metrics(tmp_path, {"train": {"loss": 1.0}})
     finally:
         os.umask(previous)
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
@@ -328,7 +329,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(tiny_llama_dir, t
 
     assert process.returncode == 130, stderr[-3000:]
     (checkpoint,) = out.glob("checkpoint-*")
-    assert (checkpoint / resume.MARKER_NAME).is_file()
+    assert (checkpoint / run_folder.MARKER_NAME).is_file()
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted (Ctrl-C): saved {checkpoint.name} in {out}; run the same command again to resume from it"
@@ -346,7 +347,7 @@ def test_ctrl_c_twice_quits_at_once_with_one_line(tiny_llama_dir, tmp_path):
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C): pressed twice: stopped without saving")
-    assert not (out / outputs.RUN_RECORD_NAME).exists()
+    assert not (out / run_folder.RUN_RECORD_NAME).exists()
 
 
 # --- 5. training that cannot learn -------------------------------------------------------------------------
@@ -427,13 +428,13 @@ def test_a_run_that_learned_nothing_exits_3_keeps_its_files_and_is_not_complete(
     trainer = zero_lora_trainer(tiny_llama_dir, tmp_path, [0.0, 0.0, 0.0])
 
     def main():
-        run.finish(trainer, {"lora_r": 2}, {"adapter": "adapter"}, outputs.write_metrics, tmp_path, {"train": {}})
+        run.finish(trainer, {"lora_r": 2}, {"adapter": "adapter"}, run_folder.write_metrics, tmp_path, {"train": {}})
 
     assert run_main(main) == 3
     captured = capsys.readouterr()
     assert "learned nothing: every logged loss was exactly 0 (3 logged over 3 steps)" in captured.err
     assert "saved to" not in captured.out
-    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / outputs.RUN_RECORD_NAME).exists()
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / run_folder.RUN_RECORD_NAME).exists()
 
 
 def test_nothing_learned_needs_zero_loss_and_zero_adapter(tiny_llama_dir, tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from train.common.resume import MARKER_NAME
+from lorasmith.run_folder import MARKER_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "squeue", "sinfo")

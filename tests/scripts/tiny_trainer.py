@@ -33,10 +33,10 @@ from transformers import (
     set_seed,
 )
 
-from lorasmith import recipe_parser
+from lorasmith import recipe_parser, run_folder
 from lorasmith.files import write_atomic
 from lorasmith.process import run_main
-from train.common import launch, outputs, run
+from train.common import launch, run
 from train.common.args import ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
@@ -95,7 +95,7 @@ def main(argv=None):
     if run.train(trainer, resume_from) is None:  # stopped by a signal
         return trainer
     metrics = {"world_size": world_size, "steps": trainer.state.global_step}
-    run.finish(trainer, recipe, {}, outputs.write_metrics, training_args.output_dir, metrics)
+    run.finish(trainer, recipe, {}, run_folder.write_metrics, training_args.output_dir, metrics)
     return trainer
 
 

@@ -144,7 +144,7 @@ class RunArguments:
     save_model: bool = field(
         default=True,
         metadata={
-            "help": "False: a log-only run (seed 001's train_mode false, sweeps): train, evaluate and write metrics.json "
+            "help": "False: a log-only run (sweeps, quick trials): train, evaluate and write metrics.json "
             "and logs, but no adapter/, merged/ or checkpoints."
         },
     )

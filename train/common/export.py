@@ -7,7 +7,7 @@ A quantized base is never merged in its 4/8-bit form (rounding): the base is rel
 weights may have to be gathered); the helpers it calls write on the main process only.
 
 Invariant: ``adapter/`` and ``merged/`` exist only complete. Each is written to ``<name>.partial/`` and renamed
-into place once everything in it is written (:func:`publish_folder`); an older complete folder is replaced only
+into place once everything in it is written (``run_folder.publish_folder``); an older complete folder is replaced only
 then. A crash (disk full, kill) leaves at most a ``.partial`` folder, which the next export removes first.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,29 +26,9 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from lorasmith.errors import OutputError
-from lorasmith.run_folder import ADAPTER_DIR, MERGED_DIR  # the output folder contract, defined once
+from lorasmith.run_folder import ADAPTER_DIR, MERGED_DIR, partial_folder, publish_folder
 from train.common.args import ModelArguments
 from train.common.modeling import load_model
-
-PARTIAL_SUFFIX = ".partial"
-
-
-def partial_folder(folder: Path) -> Path:
-    """Where ``folder`` is written until it is complete: a sibling (same filesystem, so the rename is atomic)."""
-    return folder.with_name(folder.name + PARTIAL_SUFFIX)
-
-
-def publish_folder(partial: Path, folder: Path) -> None:
-    """Rename the complete ``partial`` to ``folder``. An older ``folder`` is renamed aside first and removed only
-    once the new one is in place, so ``folder`` is never a mix of both."""
-    if not folder.exists():
-        os.replace(partial, folder)
-        return
-    aside = folder.with_name(folder.name + ".replaced")
-    shutil.rmtree(aside, ignore_errors=True)
-    os.replace(folder, aside)
-    os.replace(partial, folder)
-    shutil.rmtree(aside)
 
 
 def merge_saved_adapter(

@@ -403,7 +403,7 @@ def apply_tuning(
     """Make the loaded model trainable as the recipe says; returns the model to train.
 
     - quantized model: ``prepare_model_for_kbit_training`` (non-reentrant checkpointing when asked);
-    - ``adapter_path``: load that adapter trainable (continue training, seed 001 ``fine_tune_model_yn=1``);
+    - ``adapter_path``: load that adapter trainable (continue training an earlier run);
     - ``use_peft``: new LoRA adapter (optionally on chosen layers only);
     - ``full_finetune``: every base weight trains too (with LoRA: both).
     Raises ConfigError when nothing would train.

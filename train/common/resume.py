@@ -13,7 +13,7 @@ Invariants:
 - The marker carries the recipe (minus ``RESTART_KEYS``); checkpoints of another recipe are never resumed.
   An ``output_dir`` holding another recipe's run is a ConfigError naming the differing keys, unless
   ``overwrite_output_dir``: then that run's files move to ``output_dir/previous-runs/<time>/`` (nothing is deleted).
-- A run is finished once ``lorasmith_run.json`` (the run record, ``outputs.RUN_RECORD_NAME``) says ``complete``:
+- A run is finished once ``lorasmith_run.json`` (the run record, ``lorasmith.run_folder``) says ``complete``:
   ``run.finish`` writes it last, atomically, after the exports, metrics, manifest and card. Re-running a finished
   run with the same recipe changes nothing (:func:`check_output_dir` says so, before any model loads); raising
   ``max_steps`` / ``num_train_epochs`` trains further from its last checkpoint (the record becomes
@@ -43,13 +43,21 @@ from transformers import TrainerCallback
 
 from lorasmith.errors import ConfigError
 from lorasmith.files import write_atomic
-from train.common import outputs
+from lorasmith.run_folder import (
+    INCOMPLETE_DIR,
+    MARKER_NAME,
+    PREVIOUS_RUNS_DIR,
+    RECIPE_NAME,
+    RUN_ARTIFACTS,
+    RUN_MARKS,
+    read_run_record,
+    write_recipe,
+    write_run_record,
+    yaml_safe,
+)
 
 logger = logging.getLogger(__name__)
 
-MARKER_NAME = "lorasmith_checkpoint.json"
-INCOMPLETE_DIR = "incomplete-checkpoints"
-PREVIOUS_RUNS_DIR = "previous-runs"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 # Recipe keys that may change between the interrupted run and the re-run without making it another run.
@@ -63,17 +71,11 @@ RESTART_KEYS = frozenset(
 )
 # With a global batch in the recipe, the per-device split is the launch's business (world size, memory).
 BATCH_SPLIT_KEYS = frozenset({"per_device_train_batch_size", "gradient_accumulation_steps"})
-# What a lorasmith run writes at the top of output_dir (besides checkpoint-*), moved away by overwrite_output_dir.
-RUN_ARTIFACTS = (
-    "recipe.yaml", "metrics.json", "lorasmith.json", "README.md", "adapter", "merged", "runs", outputs.RUN_RECORD_NAME,
-)
-# Names only lorasmith puts in output_dir: a folder holding one of them (or a checkpoint) is a lorasmith run.
-RUN_MARKS = (outputs.RECIPE_NAME, outputs.RUN_RECORD_NAME, PREVIOUS_RUNS_DIR, INCOMPLETE_DIR)
 
 
 def comparable_recipe(recipe: dict) -> dict:
     """``recipe`` as YAML-plain data without the keys that may change on a restart (see ``RESTART_KEYS``)."""
-    plain = yaml.safe_load(yaml.safe_dump(outputs.yaml_safe(recipe), sort_keys=True))
+    plain = yaml.safe_load(yaml.safe_dump(yaml_safe(recipe), sort_keys=True))
     ignored = RESTART_KEYS | (BATCH_SPLIT_KEYS if plain.get("global_batch_size") else frozenset())
     return {k: v for k, v in plain.items() if k not in ignored}
 
@@ -95,7 +97,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
         self._recipe: dict | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / outputs.RECIPE_NAME
+        path = Path(args.output_dir) / RECIPE_NAME
         self._recipe = yaml.safe_load(path.read_text()) if path.exists() else {}
 
     def on_save(self, args, state, control, **kwargs):
@@ -181,7 +183,7 @@ def survey_output_dir(output_dir: Path, recipe: dict) -> OutputDirState:
     entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
     is_run = any(name in RUN_MARKS for name in entries) or bool(ours or foreign or incomplete)
     collisions = [] if is_run else [name for name in entries if name in RUN_ARTIFACTS]
-    record = outputs.read_run_record(output_dir)
+    record = read_run_record(output_dir)
     if record is not None and record.get("fingerprint") != fingerprint:
         record = None  # another recipe's run: ``differences`` already says so
     return OutputDirState(ours, foreign, incomplete, differences, collisions, record)
@@ -257,9 +259,9 @@ def prepare_output_dir(training_args, run_args, recipe: dict) -> str | None:
             _move_incomplete(output_dir, [f for f in found.incomplete if not explicit or Path(explicit) != f])
         output_dir.mkdir(parents=True, exist_ok=True)
         if continuing:  # finished once, trained further now: not complete until run.finish says so again
-            outputs.write_run_record(output_dir, {**found.record, "complete": False})
+            write_run_record(output_dir, {**found.record, "complete": False})
             print(f"lorasmith: {output_dir} finished at {_progress(found.record)}; training further", flush=True)
-        outputs.write_recipe(output_dir, recipe)
+        write_recipe(output_dir, recipe)
         if resume_from:
             _warn_on_batch_change(resume_from, recipe, training_args, state.num_processes)
             print(f"lorasmith: resuming from {resume_from}", flush=True)
@@ -339,7 +341,7 @@ def _complete_message(output_dir: Path, record: dict) -> str:
 
 
 def _previous_recipe(output_dir: Path) -> dict | None:
-    path = output_dir / outputs.RECIPE_NAME
+    path = output_dir / RECIPE_NAME
     if not path.exists():
         return None
     try:

@@ -23,6 +23,7 @@ run, 3 the run finished but learned nothing (outputs kept, not marked complete),
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from transformers import TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
+from lorasmith import run_folder
 from lorasmith.errors import ConfigError, NothingLearned
-from train.common import learnable, outputs, resume
+from train.common import learnable, resume
 from train.common.args import RunArguments
 from train.common.launch import CheckTrainableInputs
 from train.common.modeling import resolve_model_source
@@ -88,7 +90,7 @@ def check_output_dir(args: Sequence) -> bool:
 def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
     """(recipe, checkpoint to resume from or None) for the parsed recipe ``args`` (``recipe_parser.parse_recipe``'s tuple).
 
-    The recipe is ``outputs.recipe_dict(*args)``; ``output_dir`` is checked against it and ``recipe.yaml``
+    The recipe is :func:`recipe_dict` of ``args``; ``output_dir`` is checked against it and ``recipe.yaml``
     written by ``resume.prepare_output_dir``. Call on every process, after the Trainer is built.
     """
     run_args, training_args, recipe = _resolved_recipe(args)
@@ -105,7 +107,30 @@ def _resolved_recipe(args: Sequence) -> tuple[RunArguments, TrainingArguments, d
     if not run_args.save_model:  # log-only: no checkpoints; export_trained_model reads the flag and saves nothing
         training_args.save_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
     training_args.lorasmith_save_model = run_args.save_model
-    return run_args, training_args, outputs.recipe_dict(*args)
+    return run_args, training_args, recipe_dict(*args)
+
+
+def recipe_dict(*arguments) -> dict:
+    """The resolved run configuration: every field of the shared dataclasses and the non-default training fields.
+
+    Training arguments contribute only what differs from their class defaults (TrainingArguments has ~150
+    fields, most irrelevant), excluding bookkeeping that changes between identical runs.
+    """
+    recipe: dict = {}
+    for args in arguments:
+        values = args.to_dict() if hasattr(args, "to_dict") else dataclasses.asdict(args)
+        if hasattr(args, "to_dict"):  # a TrainingArguments subclass
+            defaults = _training_defaults(type(args))
+            values = {k: v for k, v in values.items() if defaults.get(k, object()) != v and k not in _VOLATILE}
+        recipe.update(values)
+    return recipe
+
+
+_VOLATILE = {"logging_dir", "resume_from_checkpoint", "local_rank", "_n_gpu", "use_cpu", "report_to"}
+
+
+def _training_defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 def train(trainer, resume_from: str | None) -> TrainOutput | None:
@@ -160,7 +185,7 @@ def manifest_fields(kind: str, model_args, saved: dict) -> dict:
     ``adapter`` / ``merged`` folders that ``saved`` (an export's return value) names."""
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file)
     return {
-        "lorasmith_version": outputs.lorasmith_version(),
+        "lorasmith_version": run_folder.lorasmith_version(),
         "kind": kind,
         "base_model": source.path,
         "gguf_file": source.gguf_file,
@@ -184,9 +209,9 @@ def finish(trainer, recipe: dict, saved: dict, write: Callable[..., None], *args
             f"the run finished but learned nothing: {problem}. Its files are in {output_dir} for inspection; the "
             "run is not marked complete."
         )
-    earlier = outputs.read_run_record(output_dir)
+    earlier = run_folder.read_run_record(output_dir)
     record = resume.completion_record(recipe, trainer.args, trainer.state, earlier)
-    on_main_process(outputs.write_run_record, output_dir, record)
+    on_main_process(run_folder.write_run_record, output_dir, record)
     if PartialState().is_main_process:
         folders = ", ".join(k for k, v in saved.items() if v) or "metrics only (no model saved)"
         print(f"saved to {output_dir}: {folders}; run complete", flush=True)

@@ -27,9 +27,9 @@ import sys
 from transformers import set_seed
 
 import data_utils
-from lorasmith import recipe_parser
+from lorasmith import recipe_parser, run_folder
 from lorasmith.process import run_main
-from train.common import launch, learnable, outputs, run
+from train.common import launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer
 from train.common.plan import print_plan, run_plan
@@ -257,19 +257,19 @@ def _write_run_files(trainer, model_args, task: str, recipe: dict, metrics: dict
     """metrics.json, lorasmith.json and the model card (``card_text``: the extensions' paragraphs); prints the
     before / after table. Main process only."""
     output_dir = trainer.args.output_dir
-    all_metrics = outputs.write_metrics(output_dir, metrics)
+    all_metrics = run_folder.write_metrics(output_dir, metrics)
     write_embedding_manifest(trainer, model_args, saved)
     write_embedding_card(
         output_dir, model_args, task, recipe, _headline(all_metrics), trainer.args.matryoshka_dims, card_text
     )
     if "after" in metrics:
-        print(outputs.metrics_table(_headline(metrics)), flush=True)
+        print(run_folder.metrics_table(_headline(metrics)), flush=True)
 
 
 def _headline(metrics: dict) -> dict:
     """The ``HEADLINE_METRICS`` of the before / after groups."""
     return {
-        group: outputs.scalar_metrics(values, HEADLINE_METRICS)
+        group: run_folder.scalar_metrics(values, HEADLINE_METRICS)
         for group, values in metrics.items()
         if group in ("before", "after")
     }

@@ -18,14 +18,15 @@ from pathlib import Path
 from transformers import AutoModel
 
 from lorasmith.run_folder import (
+    MERGED_DIR,
     ROTATION_NAME,
     write_manifest,
+    write_model_card,
     write_rotation,
     write_sentence_transformers_files,
 )
 from train.common.args import ModelArguments
-from train.common.export import MERGED_DIR, export_trained_model
-from train.common.outputs import write_model_card
+from train.common.export import export_trained_model
 from train.common.run import manifest_fields
 from train.embed.model import EmbeddingModel
 from train.embed.trainer import ENCODER_PREFIX

@@ -4,7 +4,7 @@ Quickstart (packaged MiniLM + LoRA on the bundled sample reviews, CPU, ~1 minute
 
     python -m train.seq_classify --config configs/classify/seqcls_quickstart.yaml
 
-LoRA on DistilBERT / IMDb (seed 004), any topology via the accelerate config:
+LoRA on DistilBERT / IMDb, any topology via the accelerate config:
 
     accelerate launch -m train.seq_classify --config configs/classify/seqcls_distilbert_imdb.yaml \
         --train_data train.jsonl --eval_data test.jsonl --output_dir outputs/distilbert-imdb

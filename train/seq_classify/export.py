@@ -20,10 +20,9 @@ from transformers import AutoModelForSequenceClassification
 
 from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.classifiers.sequence import KIND
-from lorasmith.run_folder import write_manifest
+from lorasmith.run_folder import MERGED_DIR, scalar_metrics, write_manifest, write_metrics, write_model_card
 from train.common.args import ModelArguments
-from train.common.export import MERGED_DIR, export_trained_model
-from train.common.outputs import scalar_metrics, write_metrics, write_model_card
+from train.common.export import export_trained_model
 from train.common.plan import print_plan
 from train.common.run import manifest_fields
 

@@ -25,7 +25,7 @@ from transformers import EvalPrediction, Trainer
 from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.classifiers.sequence import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError
-from train.common.outputs import scalar_metrics
+from lorasmith.run_folder import scalar_metrics
 from train.seq_classify.chunks import pooled_forward
 
 

@@ -4,7 +4,7 @@ Fields added, by concern:
 
 > Prompt (rendered by ``data_utils.prompts``; the label map and text columns are ``DataArguments.labels`` /
 > ``text_columns``)
-- ``system_message``: the system turn — role, task and condition (seed 002).
+- ``system_message``: the system turn — role, task and condition.
 - ``template``: the user turn with ``{column}`` placeholders; default ``{text}`` for one column,
   ``col: {col}`` lines for several.
 - ``prompt_format``: ``auto`` (the tokenizer's chat template if it has one), ``chat`` or ``plain``.
@@ -46,7 +46,7 @@ from train.common.run import disable_evaluation_without_data, require_train_data
 class SFTClassifyConfig(SFTConfig, LongTextOptions):
     system_message: str | None = field(
         default=None,
-        metadata={"help": "System turn: the role, the task and the condition to decide (seed 002)."},
+        metadata={"help": "System turn: the role, the task and the condition to decide."},
     )
     template: str | None = field(
         default=None,

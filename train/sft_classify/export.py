@@ -7,8 +7,7 @@ and the ``README.md`` model card. ``adapter/`` / ``merged/`` come from ``train.c
 from __future__ import annotations
 
 from lorasmith.classifiers.prompt import KIND
-from lorasmith.run_folder import write_manifest
-from train.common import outputs
+from lorasmith.run_folder import scalar_metrics, write_manifest, write_metrics, write_model_card
 from train.common.run import manifest_fields
 
 
@@ -29,15 +28,15 @@ def write_prompt_classifier_files(
             "prompt": spec.to_dict(),
         },
     )
-    all_metrics = outputs.write_metrics(output_dir, metrics)
-    outputs.write_model_card(
+    all_metrics = write_metrics(output_dir, metrics)
+    write_model_card(
         output_dir,
         title=f"{manifest['gguf_file'] or model_args.model_name_or_path} prompt classifier",
         base_model=model_args.model_name_or_path,
         task="prompt-classification",
         recipe=recipe,
         metrics={
-            group: outputs.scalar_metrics(values)
+            group: scalar_metrics(values)
             for group, values in all_metrics.items()
             if isinstance(values, dict)
         },

@@ -23,7 +23,7 @@ from data_utils.prompts import PromptSpec
 from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.classifiers.prompt import PromptClassifier
 from lorasmith.errors import DataError
-from train.common.outputs import scalar_metrics
+from lorasmith.run_folder import scalar_metrics
 
 
 class PromptClassificationTrainer(SFTTrainer):

@@ -2,7 +2,7 @@
 
 Format (paths are relative to the directory the sweep runs from, like every path in a recipe)::
 
-    name: seed003-loss-matrix          # optional; default: the sweep file's stem (SLURM job name, study name)
+    name: sts-loss-matrix             # optional; default: the sweep file's stem (SLURM job name, study name)
     entrypoint: embed                  # embed | seq_classify | sft_classify
     recipe: configs/embed/sts_cosent.yaml
     output_dir: outputs/sweeps/loss    # cells go to output_dir/cells/<cell name>/
