@@ -153,15 +153,35 @@ def test_sigterm_requests_a_checkpoint_and_a_stop_at_the_step_end():
 )
 def test_global_batch_size_sets_gradient_accumulation(global_batch, per_device, world, accumulation):
     args = SimpleNamespace(per_device_train_batch_size=per_device, gradient_accumulation_steps=1)
-    launch.apply_global_batch(args, run_args(global_batch_size=global_batch), world)
-    assert args.gradient_accumulation_steps == accumulation
-    assert per_device * args.gradient_accumulation_steps * world == global_batch
+    steps = launch.global_batch_accumulation(args, run_args(global_batch_size=global_batch), world)
+    assert steps == accumulation
+    assert per_device * steps * world == global_batch
+
+
+def test_training_args_are_resolved_into_a_new_object_and_the_parsed_one_is_kept(tmp_path):
+    """Global batch, no eval data and a log-only run are applied to a copy; init=False fields and lorasmith's
+    flags survive a later replace_args."""
+    from trl import SFTConfig
+
+    from train.common.args import RunArguments
+
+    parsed = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, eval_strategy="steps", eval_steps=5,
+                       load_best_model_at_end=True, save_strategy="steps", report_to="none", use_cpu=True)
+    plain = RunArguments(global_batch_size=32, save_model=False)
+    resolved = run.resolve_training_args(parsed, plain, 2, has_eval_data=False)
+    assert resolved is not parsed
+    assert (resolved.gradient_accumulation_steps, resolved.eval_strategy, resolved.save_strategy) == (4, "no", "no")
+    assert not resolved.load_best_model_at_end and resolved.lorasmith_save_model is False
+    assert (parsed.gradient_accumulation_steps, parsed.eval_strategy, parsed.load_best_model_at_end) == (1, "steps", True)
+    assert not hasattr(parsed, "lorasmith_save_model")
+    later = run.replace_args(resolved, learning_rate=1e-3)
+    assert later.lorasmith_save_model is False and later.gradient_accumulation_steps == 4
 
 
 def test_indivisible_global_batch_is_refused_with_sizes_that_fit():
     args = SimpleNamespace(per_device_train_batch_size=6, gradient_accumulation_steps=1)
     with pytest.raises(ConfigError, match=r"not a multiple of .* 6 x world size 4.*\[1, 2, 4, 8, 16\]"):
-        launch.apply_global_batch(args, run_args(global_batch_size=64), 4)
+        launch.global_batch_accumulation(args, run_args(global_batch_size=64), 4)
 
 
 def quantized_model_args(**overrides):

@@ -1,4 +1,4 @@
-"""Global-batch arithmetic shared by the entrypoints' start-up (``launch.apply_global_batch``) and the SLURM
+"""Global-batch arithmetic shared by the entrypoints' start-up (``launch.global_batch_accumulation``) and the SLURM
 launcher's dry run (``slurm/plan_launch.py``). Pure Python on purpose: the launcher imports it without torch.
 
 global batch = per_device_train_batch_size x gradient_accumulation_steps x world size (sequences per optimizer step).

@@ -109,7 +109,7 @@ def export_trained_model(
 
     Both are written under their ``.partial`` names and published together at the end (module docstring).
     Returns the manifest's ``adapter`` / ``merged`` entries (folder names, or None). A log-only run
-    (``save_model: false``, flagged on the training arguments by ``run.prepare_output_dir``) saves nothing.
+    (``save_model: false``, flagged on the training arguments by ``run.resolve_training_args``) saves nothing.
 
     Raises:
         OutputError: a folder could not be written (disk full, permissions); nothing was published.

@@ -57,17 +57,18 @@ def distribution(training_args) -> str:
     return "ddp" if PartialState().num_processes > 1 else "single"
 
 
-def apply_global_batch(training_args, run_args, world_size: int) -> None:
-    """Derive ``gradient_accumulation_steps`` from ``run_args.global_batch_size`` (no-op when unset).
+def global_batch_accumulation(training_args, run_args, world_size: int) -> int:
+    """The ``gradient_accumulation_steps`` that ``run_args.global_batch_size`` asks for (the recipe's own when
+    it is unset).
 
     global = per_device_train_batch_size x gradient_accumulation_steps x world_size must hold exactly, so the
     optimizer sees the recipe's batch whatever the number of GPUs or nodes (and a resumed epoch continues at
     the exact sample after the world size changed). ConfigError when it does not divide.
     """
     if not run_args.global_batch_size:
-        return
+        return training_args.gradient_accumulation_steps
     try:
-        training_args.gradient_accumulation_steps = gradient_accumulation_for(
+        return gradient_accumulation_for(
             run_args.global_batch_size, training_args.per_device_train_batch_size, world_size
         )
     except ValueError as error:
@@ -128,12 +129,12 @@ def check_full_model_export(training_args, model_args) -> None:
 def check_launch(training_args, run_args, model_args=None) -> int:
     """Every start-up check that needs no model, in order; returns the world size.
 
-    World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, the global batch (sets
-    ``gradient_accumulation_steps``), quantization x distribution and the full-model export under ZeRO-3.
+    World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, the global batch (it must divide), quantization x
+    distribution and the full-model export under ZeRO-3. It changes nothing (``run.resolve_training_args`` does).
     """
     world_size = check_world_size()
     check_precision(training_args)
-    apply_global_batch(training_args, run_args, world_size)
+    global_batch_accumulation(training_args, run_args, world_size)
     if model_args is not None:
         check_quantized_distribution(training_args, model_args)
         check_full_model_export(training_args, model_args)

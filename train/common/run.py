@@ -2,7 +2,8 @@
 
     args = recipe_parser.parse_recipe(parser, argv)                  # the parsed dataclasses, in parser order
     world_size = launch.check_launch(training_args, run_args, model_args)
-    require_train_data(data_args, "..."); first_rows(...); disable_evaluation_without_data(...)
+    training_args = resolve_training_args(training_args, run_args, world_size, has_eval_data=...)
+    require_train_data(data_args, "..."); first_rows(...)
     learnable.check_...(train data); learnable.check_optimizer_steps(rows, training_args, world_size)
     if check_output_dir(args): return                        # this recipe's run is finished: exit 0, untouched
     set_seed(training_args.seed)                             # before the model: LoRA's init is random
@@ -34,9 +35,8 @@ from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
 from lorasmith import run_folder
 from lorasmith.errors import ConfigError, NothingLearned
-from train.common import learnable, resume
+from train.common import launch, learnable, resume
 from train.common.args import RunArguments
-from train.common.launch import CheckTrainableInputs
 from train.common.modeling import resolve_model_source
 from train.common.signals import StopOnSignal
 
@@ -60,18 +60,41 @@ def first_rows(dataset, count: int | None):
     return dataset.select(range(count))
 
 
-def disable_evaluation_without_data(training_args, has_eval_data: bool) -> None:
-    """Without evaluation data: no evaluation and no best-checkpoint selection (in place)."""
+def resolve_training_args(training_args, run_args: RunArguments, world_size: int, *, has_eval_data: bool):
+    """The training arguments the Trainer gets, resolved once before any model loads (a new object: the parsed
+    one is never edited):
+
+    - ``gradient_accumulation_steps`` from ``global_batch_size`` (``launch.global_batch_accumulation``);
+    - without evaluation data: no evaluation and no best-checkpoint selection;
+    - ``save_model: false`` (log-only): no checkpoints, and ``lorasmith_save_model`` tells the export to save
+      nothing (``export_trained_model``).
+    """
+    changes = {"gradient_accumulation_steps": launch.global_batch_accumulation(training_args, run_args, world_size)}
     if not has_eval_data:
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.load_best_model_at_end = False
+        changes.update(eval_strategy=IntervalStrategy.NO, load_best_model_at_end=False)
+    if not run_args.save_model:
+        changes.update(save_strategy=IntervalStrategy.NO, load_best_model_at_end=False)
+    return replace_args(training_args, lorasmith_save_model=run_args.save_model, **changes)
+
+
+def replace_args(training_args, **changes):
+    """A copy of ``training_args`` (a TrainingArguments dataclass) with ``changes``: ``dataclasses.replace`` for
+    the fields ``__init__`` takes, then the ``init=False`` fields and lorasmith's own ``lorasmith_*`` flags
+    carried over (or set from ``changes``)."""
+    init = {f.name for f in dataclasses.fields(training_args) if f.init}
+    copy = dataclasses.replace(training_args, **{k: v for k, v in changes.items() if k in init})
+    carried = {f.name for f in dataclasses.fields(training_args) if not f.init}
+    carried |= {name for name in vars(training_args) if name.startswith("lorasmith_")}
+    for name in carried | (changes.keys() - init):
+        setattr(copy, name, changes.get(name, getattr(training_args, name, None)))
+    return copy
 
 
 def lifecycle_callbacks() -> list[TrainerCallback]:
     """The callbacks every entrypoint passes to its Trainer: stop on SIGTERM/SIGUSR1 with a checkpoint,
     mark checkpoints complete (what auto-resume trusts), refuse a LoRA model that activation checkpointing
     would leave without gradients."""
-    return [StopOnSignal(), resume.MarkCompleteCheckpoints(), CheckTrainableInputs()]
+    return [StopOnSignal(), resume.MarkCompleteCheckpoints(), launch.CheckTrainableInputs()]
 
 
 def stopped_by_signal(trainer) -> bool:
@@ -98,15 +121,9 @@ def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
 
 
 def _resolved_recipe(args: Sequence) -> tuple[RunArguments, TrainingArguments, dict]:
-    """(run arguments, training arguments, recipe) with the run options applied to the training arguments
-    (idempotent, so the check before the model and the preparation after the Trainer see one recipe).
-    ``save_model: false`` (log-only) turns checkpoints off here and the export off (``export_trained_model``).
-    """
+    """(run arguments, training arguments, recipe) of the resolved ``args`` (:func:`resolve_training_args`)."""
     run_args = next(a for a in args if isinstance(a, RunArguments))
     training_args = next(a for a in args if isinstance(a, TrainingArguments))
-    if not run_args.save_model:  # log-only: no checkpoints; export_trained_model reads the flag and saves nothing
-        training_args.save_strategy, training_args.load_best_model_at_end = IntervalStrategy.NO, False
-    training_args.lorasmith_save_model = run_args.save_model
     return run_args, training_args, recipe_dict(*args)
 
 

@@ -3,7 +3,7 @@
 What a run does depends on more than one dataclass: the task (``DataArguments.task``), whether there is eval data,
 the launch (DeepSpeed ZeRO-3 / FSDP forwards) and the extensions. They are all decided here, in one pass, and the
 result is immutable: a new ``EmbedConfig`` with the task's defaults and the mini-batch size filled
-(``dataclasses.replace``: the parsed one is never edited), the task record, every training dataset, the objective
+(``run.replace_args``: the parsed one is never edited), the task record, every training dataset, the objective
 with its Matryoshka widths and the extensions' settings. Every ConfigError of that pass names the key (and the
 dataset, with several) and comes before any file or model is opened.
 
@@ -14,12 +14,12 @@ phrase, model-card text and hooks in one module (``rotation.py`` is one). Adding
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
 from lorasmith.errors import ConfigError
 from train.common.launch import check_best_metric
+from train.common.run import replace_args
 from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig
 from train.embed.evaluation import metric_names
 from train.embed.loss_spec import build_objective
@@ -125,7 +125,7 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
         )
     eval_task = config.eval_task or task.eval_task
     if not has_eval_data:
-        return dataclasses.replace(
+        return replace_args(
             config,
             eval_task=eval_task,
             eval_strategy="no",
@@ -135,7 +135,7 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
     updates = {"eval_task": eval_task}
     if config.metric_for_best_model in (None, "loss", "eval_loss"):
         updates.update(metric_for_best_model=EVAL_METRICS[eval_task], greater_is_better=True)
-    config = dataclasses.replace(config, **updates)
+    config = replace_args(config, **updates)
     check_best_metric(config, metric_names(config.eval_task, config.eval_ks, config.matryoshka_dims))
     return config
 
@@ -157,7 +157,7 @@ def resolve_mini_batches(config: EmbedConfig, distribution: str) -> EmbedConfig:
                 "Use accelerate_configs/ddp.yaml or zero2.yaml (ZeRO-2 shards the optimizer and gradients and "
                 "keeps the cache), or set gradient_cache: false, packing: false and mini_batch_size: 0"
             )
-        return dataclasses.replace(config, mini_batch_size=0)
+        return replace_args(config, mini_batch_size=0)
     if config.mini_batch_size is None:
-        return dataclasses.replace(config, mini_batch_size=DEFAULT_MINI_BATCH_SIZE)
+        return replace_args(config, mini_batch_size=DEFAULT_MINI_BATCH_SIZE)
     return config

@@ -49,9 +49,10 @@ def make_parser():
 
 
 def main(argv=None):
-    args = recipe_parser.parse_recipe(make_parser(), argv)
-    data_args, model_args, run_args, training_args = args
-    world_size = launch.check_launch(training_args, run_args, model_args)
+    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
+    world_size = launch.check_launch(parsed, run_args, model_args)
+    training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
+    args = (data_args, model_args, run_args, training_args)
     data = prepare_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None

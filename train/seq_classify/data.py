@@ -33,7 +33,7 @@ from lorasmith.errors import ConfigError
 from train.common import launch, learnable
 from train.common.args import DataArguments
 from train.common.modeling import load_tokenizer
-from train.common.run import disable_evaluation_without_data, first_rows, require_train_data
+from train.common.run import first_rows, require_train_data
 from train.seq_classify.trainer import class_weight_vector, reported_metrics
 
 
@@ -182,7 +182,7 @@ class PreparedData:
 def prepare_data(data_args: DataArguments, model_args, training_args, world_size: int) -> PreparedData:
     """Read, validate and tokenize both splits, in the order that reports bad data before the tokenizer and
     bad settings before the model: labels, long-text options, single-class data, ``metric_for_best_model``
-    against the metrics evaluation reports, zero optimizer steps. Turns evaluation off without eval data."""
+    against the metrics evaluation reports, zero optimizer steps."""
     multi_label = training_args.multi_label
     train_raw, eval_raw = load_splits(data_args, multi_label)
     label_names, text_columns = label_names_from_dataset(train_raw), text_columns_of(train_raw)
@@ -196,7 +196,6 @@ def prepare_data(data_args: DataArguments, model_args, training_args, world_size
     train_labels = np.asarray(train.dataset["labels"]).astype(np.int64)
     learnable.check_label_classes(train_labels, label_names, str(data_args.train_data), multi_label)
     weights = class_weight_vector(training_args.class_weights, train_labels, label_names, multi_label)
-    disable_evaluation_without_data(training_args, evaluation is not None)
     launch.check_best_metric(training_args, reported_metrics(label_names, multi_label))
     learnable.check_optimizer_steps(len(train.dataset), training_args, world_size)
     return PreparedData(tokenizer, train, evaluation, label_names, text_columns, weights, long_text)

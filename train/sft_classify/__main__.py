@@ -30,7 +30,7 @@ from train.common import export, launch, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
-from train.sft_classify.config import SFTClassifyConfig
+from train.sft_classify.config import SFTClassifyConfig, resolve_sft_config
 from train.sft_classify.data import PromptData, label_rows, prepare_prompt_data
 from train.sft_classify.export import write_prompt_classifier_files
 from train.sft_classify.trainer import PromptClassificationTrainer, generation_report
@@ -41,9 +41,11 @@ def make_parser():
 
 
 def main(argv=None):
-    args = recipe_parser.parse_recipe(make_parser(), argv)
-    data_args, model_args, run_args, training_args = args
-    world_size = launch.check_launch(training_args, run_args, model_args)
+    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
+    world_size = launch.check_launch(parsed, run_args, model_args)
+    training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
+    data_args, training_args = resolve_sft_config(data_args, model_args, training_args)
+    args = (data_args, model_args, run_args, training_args)
     data = prepare_prompt_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None

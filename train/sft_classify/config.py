@@ -30,6 +30,7 @@ entrypoint copies them here, so they are not parsed from this class.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
@@ -39,7 +40,7 @@ from data_utils.prompts import FORMATS
 from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.errors import ConfigError
 from train.common.args import DataArguments, ModelArguments
-from train.common.run import disable_evaluation_without_data, require_train_data
+from train.common.run import replace_args, require_train_data
 
 
 @dataclass
@@ -108,15 +109,14 @@ class SFTClassifyConfig(SFTConfig, LongTextOptions):
 
 def resolve_sft_config(
     data_args: DataArguments, model_args: ModelArguments, training_args: SFTClassifyConfig
-) -> None:
-    """Validate the recipe's combination and settle the fields that depend on it, in place, before any data is
-    read: the task is ``labeled``; ``max_length`` and ``trust_remote_code`` are copied from ``model_args``;
-    without ``eval_data`` there is no evaluation."""
+) -> tuple[DataArguments, SFTClassifyConfig]:
+    """(data arguments, training arguments) with the fields that depend on the recipe's combination settled (new
+    objects, checked before any data is read): the task is ``labeled``; ``max_length`` and ``trust_remote_code``
+    are copied from ``model_args``."""
     if data_args.task not in (None, "labeled"):
         raise ConfigError(
             f"sft_classify trains on labeled data: task must be 'labeled' (or unset), got {data_args.task!r}"
         )
-    data_args.task = "labeled"
     training_args.check_long_text()
     if training_args.chunks:
         raise ConfigError(
@@ -127,6 +127,7 @@ def resolve_sft_config(
     if model_args.max_length is None or model_args.max_length < 8:
         raise ConfigError(f"max_length must be a number of tokens >= 8, got {model_args.max_length}")
     # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
-    training_args.max_length = model_args.max_length
-    training_args.trust_remote_code = model_args.trust_remote_code
-    disable_evaluation_without_data(training_args, bool(data_args.eval_data))
+    training_args = replace_args(
+        training_args, max_length=model_args.max_length, trust_remote_code=model_args.trust_remote_code
+    )
+    return dataclasses.replace(data_args, task="labeled"), training_args

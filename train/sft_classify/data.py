@@ -35,7 +35,7 @@ from train.common import launch, learnable
 from train.common.args import DataArguments, ModelArguments, label_answers
 from train.common.modeling import load_tokenizer
 from train.common.run import first_rows
-from train.sft_classify.config import SFTClassifyConfig, resolve_sft_config
+from train.sft_classify.config import SFTClassifyConfig
 from train.sft_classify.trainer import reported_metrics
 
 
@@ -180,9 +180,9 @@ def prepare_prompt_data(data_args, model_args, training_args, world_size: int) -
     """Read and check both splits, then build the prompts, in the order that reports bad data before the
     tokenizer and bad settings before the model: template columns, ``metric_for_best_model`` against the
     metrics evaluation reports, single-class data (a warning), label answers the tokenizer can score, prompts
-    that fit ``max_length``, zero optimizer steps. Fills the recipe's SFT defaults into ``training_args``."""
+    that fit ``max_length``, zero optimizer steps. ``data_args`` / ``training_args``: resolved
+    (``config.resolve_sft_config``)."""
     text_columns, template = prompt_columns(data_args, training_args)
-    resolve_sft_config(data_args, model_args, training_args)
     train, evaluation = load_labeled_splits(data_args, text_columns)
     label_names = train.features["label"].names
     launch.check_best_metric(training_args, reported_metrics(label_names))
