@@ -166,16 +166,6 @@ class LongTextOptions:
         """The JSON-ready fields (``lorasmith.json``'s ``long_text``)."""
         return {name: getattr(self, name) for name in LongTextOptions.__dataclass_fields__}
 
-    def describe(self) -> str:
-        """One line for the model card / plan."""
-        if self.chunks:
-            return f"chunks (overlap {self.chunk_overlap}, at most {self.max_chunks}, {self.chunk_pooling} pooling)"
-        if self.truncation == "head_tail":
-            head = "auto" if self.head_tokens is None else self.head_tokens
-            tail = "auto" if self.tail_tokens is None else self.tail_tokens
-            return f"head_tail (head {head}, tail {tail})"
-        return "end"
-
 
 def head_tail_counts(budget: int, head_tokens: int | None, tail_tokens: int | None) -> tuple[int, int]:
     """``(head, tail)`` token counts to keep of a text that may take ``budget`` tokens.

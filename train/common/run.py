@@ -1,8 +1,7 @@
 """The steps every training entrypoint takes, in the order it takes them (each a plain function).
 
-    args = recipe_parser.parse_recipe(parser, argv)                  # the parsed dataclasses, in parser order
-    world_size = launch.check_launch(training_args, run_args, model_args)
-    training_args = resolve_training_args(training_args, run_args, world_size, has_eval_data=...)
+    args, world_size = start(parser, argv)                   # parsed, launch-checked, training args resolved
+    data_args, model_args, run_args, training_args = args
     require_train_data(data_args, "..."); first_rows(...)
     learnable.check_...(train data); learnable.check_optimizer_steps(rows, training_args, world_size)
     if check_output_dir(args): return                        # this recipe's run is finished: exit 0, untouched
@@ -33,7 +32,7 @@ from transformers import TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
-from lorasmith import run_folder
+from lorasmith import recipe_parser, run_folder
 from lorasmith.errors import ConfigError, NothingLearned
 from train.common import launch, learnable, resume
 from train.common.args import RunArguments
@@ -58,6 +57,16 @@ def first_rows(dataset, count: int | None):
     if dataset is None or count is None or count >= len(dataset):
         return dataset
     return dataset.select(range(count))
+
+
+def start(parser, argv) -> tuple[tuple, int]:
+    """``(data_args, model_args, run_args, training_args)`` and the world size, before any data or model is read:
+    the recipe parsed (``recipe_parser.parse_recipe``), every launch check (``launch.check_launch``), then the
+    training arguments resolved (:func:`resolve_training_args`)."""
+    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(parser, argv)
+    world_size = launch.check_launch(parsed, run_args, model_args)
+    training_args = resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
+    return (data_args, model_args, run_args, training_args), world_size
 
 
 def resolve_training_args(training_args, run_args: RunArguments, world_size: int, *, has_eval_data: bool):

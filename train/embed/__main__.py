@@ -130,10 +130,8 @@ def training_batches(
 
 
 def main(argv=None):
-    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
-    world_size = launch.check_launch(parsed, run_args, model_args)
-    training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
-    embed_run = resolve_run(data_args, training_args, launch.distribution(parsed))
+    (data_args, model_args, run_args, training_args), world_size = run.start(make_parser(), argv)
+    embed_run = resolve_run(data_args, training_args, launch.distribution(training_args))
     config, args = embed_run.config, (data_args, model_args, run_args, embed_run.config)
     train_ds, eval_ds = load_training_data(data_args, embed_run, world_size)  # before any model is loaded
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched

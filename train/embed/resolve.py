@@ -1,15 +1,12 @@
 """The embedding recipe resolved once, before any data or model is read: :func:`resolve_run` -> :class:`EmbedRun`.
 
-What a run does depends on more than one dataclass: the task (``DataArguments.task``), whether there is eval data,
-the launch (DeepSpeed ZeRO-3 / FSDP forwards) and the extensions. They are all decided here, in one pass, and the
-result is immutable: a new ``EmbedConfig`` with the task's defaults and the mini-batch size filled
-(``run.replace_args``: the parsed one is never edited), the task record, every training dataset, the objective
-with its Matryoshka widths and the extensions' settings. Every ConfigError of that pass names the key (and the
-dataset, with several) and comes before any file or model is opened.
+The task, the eval data, the launch (sharded forwards) and the extensions are decided here in one pass, into an
+immutable result: a new ``EmbedConfig`` (``run.replace_args``: the parsed one is never edited) with the task's
+defaults and the mini-batch size, the task record, the training datasets, the objective and the extensions.
+Every ConfigError of that pass names the key (and the dataset) before any file or model is opened.
 
-An extension (:class:`Extension`) is an optional step around training that owns its recipe key, checks, plan
-phrase, model-card text and hooks in one module (``rotation.py`` is one). Adding one is that module, its field in
-``config.py`` and one line in :func:`resolve_run`; the entrypoint calls every extension the same way.
+An extension (:class:`Extension`) owns its recipe key, checks, plan phrase, model-card text and hooks in one
+module (``rotation.py``). Adding one is that module, its field in ``config.py`` and one line in :func:`resolve_run`.
 """
 
 from __future__ import annotations

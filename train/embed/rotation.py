@@ -10,38 +10,22 @@ saved as ``rotation.safetensors`` and a sentence-transformers ``Dense`` module).
       samples: 20000        # training rows whose texts it is fitted on (seeded sample)
       refine: {steps: 600, objective: neighbours, temperature: 0.05}   # optional, needs fit after / both
 
-The rotation is an orthogonal ``(D, D)`` matrix ``R`` whose columns are the principal axes of the training texts'
-embeddings, by decreasing variance. Embeddings become ``pooled @ R`` (before normalisation):
+``R`` is an orthogonal ``(D, D)`` matrix whose columns are the principal axes of the training texts' embeddings,
+by decreasing variance; embeddings become ``pooled @ R`` (before normalisation). Full-width cosines and norms are
+unchanged, and the first ``d`` dimensions hold the ``d`` directions of most variance, so a truncated embedding
+(``truncate_dim``, Matryoshka widths) keeps more of the geometry than the first ``d`` raw dimensions do.
 
-- every full-width dot product, cosine and norm is unchanged (``R`` is orthogonal), so full-width metrics are the
-  same to rounding;
-- the first ``d`` dimensions now hold the ``d`` directions of most variance, so a truncated embedding
-  (``truncate_dim``, Matryoshka widths) keeps more of the geometry than the first ``d`` raw dimensions do.
+- ``fit: after`` fits it once training has ended, on a seeded sample of up to ``samples`` training rows (each text
+  in its training role, with its prefix) embedded by the final model, sharded over processes and gathered.
+- ``refine`` then trains it further, kept orthogonal: ``objective: neighbours`` makes each text rank the others at
+  every narrower width as the full width does (:func:`refine_rotation`); ``objective: training_loss`` minimises the
+  run's own loss at those widths on the same rows, embedded once (:func:`refine_rotation_on_loss`).
+- ``fit: before`` installs the PCA rotation of the *untrained* model's embeddings before the first step
+  (:func:`fit_pca_basis`), so the Matryoshka losses train prefixes of principal axes from the start; on resume it
+  is fitted again from the freshly loaded weights (the same matrix). ``fit: both`` adds the after-training fit,
+  composed with that basis.
 
-``fit: after`` fits it once training has ended, on the texts the run trained on (a seeded sample of up to
-``samples`` rows, each text in the role and with the prefix it had in training), embedded by the final model; under
-a distributed launch the encoding is sharded and gathered, so every process fits the same matrix from the same
-embeddings.
-
-``refine`` (with ``matryoshka_dims``) then trains that rotation further, kept orthogonal. ``objective: neighbours``
-makes each training text rank the other training texts at every narrower Matryoshka width as the full width does
-(:func:`refine_rotation`): PCA keeps the most variance in the first dimensions, what retrieval at a width needs is
-each text's nearest neighbours. ``objective: training_loss`` minimises the run's own loss instead (its losses,
-weights and Matryoshka widths narrower than the embeddings, :func:`refine_rotation_on_loss`) on batches of the same
-sampled training rows, embedded once, so the narrow widths are fitted to the task the run was trained for. Either
-way full-width cosines stay exact.
-
-``fit: before`` (with ``matryoshka_dims``) installs a PCA rotation of the *untrained* model's embeddings of the same
-texts before the first step (:func:`fit_pca_basis`): every forward then embeds in that basis, so the Matryoshka
-losses train prefixes of principal axes from the start instead of the first raw dimensions. ``fit: both`` adds the
-rotation fitted after training on those rotated embeddings, composed with the basis. On resume the basis is fitted
-again from the freshly loaded (untrained) weights before the checkpoint is restored: the same matrix.
-
-Measured on SciFact (MiniLM fully fine-tuned on mined triplets with Matryoshka 384/256/128/64, README): 600 refine
-steps move the 64-d NDCG@10 loss vs 384-d from -3.02 (PCA) to -2.08 with ``neighbours`` and to +0.95 (64-d above
-full width) with ``training_loss`` on the test queries, and from -7.64 to -5.29 / +3.18 on the held-out training
-queries; on STS-B (``configs/embed/sts_matryoshka.yaml``, LoRA, 3 epochs) ``neighbours`` takes the 64-d Spearman
-loss from -1.90 (no rotation) to -0.33.
+Measured effect (SciFact, STS-B): the README's Matryoshka section.
 """
 
 from __future__ import annotations
@@ -81,14 +65,10 @@ RENAMED_KEYS = {
 }
 
 HELP = (
-    "Matryoshka rotation: an orthogonal map of the embedding space (full-width cosines unchanged), fitted on the "
-    "training texts' embeddings and saved with the model: {fit: after | before | both, samples: 20000, refine: "
-    "{steps: N, objective: neighbours | training_loss, temperature: 0.05}}, or only the fit (--matryoshka_rotation "
-    "after). after: once training ends, onto the principal axes of the trained model's embeddings (truncated "
-    "embeddings keep the most variance); refine (with matryoshka_dims) then trains it for N steps so the narrower "
-    "widths rank neighbours as the full width does (neighbours) or minimise the run's own loss (training_loss, not "
-    "for simcse_unsup). before (needs matryoshka_dims): train in the untrained model's principal axes from the first "
-    "step; both: before, then after composed with it. See train/embed/rotation.py. Default: off."
+    "Matryoshka rotation, fitted on the training texts' embeddings and saved with the model (full-width cosines "
+    "unchanged): {fit: after | before | both, samples: 20000, refine: {steps: N, objective: neighbours | "
+    "training_loss, temperature: 0.05}}, or only the fit (--matryoshka_rotation after). before, both and refine "
+    "need matryoshka_dims. See train/embed/rotation.py. Default: off."
 )
 
 

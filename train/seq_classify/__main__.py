@@ -27,7 +27,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from lorasmith import recipe_parser
 from lorasmith.process import run_main
-from train.common import launch, run
+from train.common import run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters
 from train.common.plan import print_plan, run_plan
@@ -49,10 +49,8 @@ def make_parser():
 
 
 def main(argv=None):
-    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
-    world_size = launch.check_launch(parsed, run_args, model_args)
-    training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
-    args = (data_args, model_args, run_args, training_args)
+    args, world_size = run.start(make_parser(), argv)
+    data_args, model_args, run_args, training_args = args
     data = prepare_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from lorasmith import recipe_parser
 from lorasmith.process import run_main
-from train.common import export, launch, run
+from train.common import export, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.plan import print_plan, run_plan
@@ -41,9 +41,7 @@ def make_parser():
 
 
 def main(argv=None):
-    data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(make_parser(), argv)
-    world_size = launch.check_launch(parsed, run_args, model_args)
-    training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
+    (data_args, model_args, run_args, training_args), world_size = run.start(make_parser(), argv)
     data_args, training_args = resolve_sft_config(data_args, model_args, training_args)
     args = (data_args, model_args, run_args, training_args)
     data = prepare_prompt_data(data_args, model_args, training_args, world_size)  # before any model weights
