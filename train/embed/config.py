@@ -27,6 +27,7 @@ from transformers import TrainingArguments
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
 from train.embed import rotation
+from train.embed.loss_spec import losses_help
 from train.embed.tasks import EMBED_TASKS, EVAL_METRICS
 
 # Most texts per forward when the recipe does not say. The chunking (collator.LengthSortedChunker) picks the cuts
@@ -62,8 +63,7 @@ class EmbedConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Loss name, list of names, or map name -> weight / options, e.g. infonce, [cosent, angle] or "
-            "{cosent: {weight: 1, temperature: 0.05}, ibn: 0, angle: 1}. Losses: infonce (temperature, symmetric), "
-            "ibn (temperature, threshold), cosent (temperature), angle (temperature), cosine_mse. "
+            f"{{cosent: {{weight: 1, temperature: 0.05}}, ibn: 0, angle: 1}}. Losses: {losses_help()}. "
             f"Default per task: {per_task('default_loss')}. On the command line: a name or YAML text."
         },
     )

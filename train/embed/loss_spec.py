@@ -9,8 +9,8 @@ Recipe format (``loss:`` in a YAML recipe, ``--loss`` on the command line)::
       ibn: {weight: 0}                             # weight 0 = off (not computed)
       angle: 1
 
-Losses (options besides ``weight``): ``infonce`` (temperature, symmetric), ``ibn`` (temperature, threshold),
-``cosent`` (temperature), ``angle`` (temperature), ``cosine_mse`` (none). Default: the task's
+Losses and their options besides ``weight``: :data:`LOSSES` (a new loss is its class in ``losses.py`` and one
+entry there; ``--help`` lists them from it, :func:`losses_help`). Default: the task's
 ``EmbedTask.default_loss`` (``cosent`` for ``scored_pairs``, ``infonce`` otherwise). Every mistake is a
 ``ConfigError`` raised here, before any data or model is loaded.
 """
@@ -43,6 +43,11 @@ LOSSES: dict[str, tuple[type[ContrastiveLoss], tuple[str, ...]]] = {
 }
 
 LossRecipe = str | Sequence[str] | Mapping[str, Any]
+
+
+def losses_help() -> str:
+    """The losses and their options for ``--help``, e.g. ``infonce (temperature, symmetric), ..., cosine_mse``."""
+    return ", ".join(f"{name} ({', '.join(options)})" if options else name for name, (_, options) in LOSSES.items())
 
 
 def loss_entries(loss: LossRecipe) -> dict[str, dict[str, Any]]:
