@@ -126,15 +126,15 @@ def check_full_model_export(training_args, model_args) -> None:
         )
 
 
-def check_launch(training_args, run_args, model_args=None) -> int:
+def check_launch(training_args, model_args=None) -> int:
     """Every start-up check that needs no model, in order; returns the world size.
 
-    World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, the global batch (it must divide), quantization x
-    distribution and the full-model export under ZeRO-3. It changes nothing (``run.resolve_training_args`` does).
+    World size (vs ``$LORASMITH_EXPECT_WORLD_SIZE``), precision, quantization x distribution and the full-model
+    export under ZeRO-3. It changes nothing; the global batch is checked where it is applied
+    (``run.resolve_training_args``, called right after it by ``run.start``).
     """
     world_size = check_world_size()
     check_precision(training_args)
-    global_batch_accumulation(training_args, run_args, world_size)
     if model_args is not None:
         check_quantized_distribution(training_args, model_args)
         check_full_model_export(training_args, model_args)

@@ -64,7 +64,7 @@ def start(parser, argv) -> tuple[tuple, int]:
     the recipe parsed (``recipe_parser.parse_recipe``), every launch check (``launch.check_launch``), then the
     training arguments resolved (:func:`resolve_training_args`)."""
     data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(parser, argv)
-    world_size = launch.check_launch(parsed, run_args, model_args)
+    world_size = launch.check_launch(parsed, model_args)
     training_args = resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))
     return (data_args, model_args, run_args, training_args), world_size
 
