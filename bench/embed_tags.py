@@ -25,12 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval.report import format_table  # noqa: E402
+from lorasmith.run_folder import read_recipe  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "ndcg@5")
 
@@ -114,7 +113,7 @@ def main() -> int:
     ]
     print(format_table(["model", *METRICS], rows))
     trained = args.max_train or sum(1 for _ in train_file.open())
-    epochs = float(yaml.safe_load((output_dir / "recipe.yaml").read_text()).get("num_train_epochs", 1))
+    epochs = float(read_recipe(output_dir).get("num_train_epochs", 1))
     print(
         f"\n{trained} training titles x {epochs:g} epoch(s) in {train['train_runtime']:.0f} s "
         f"({trained * epochs / train['train_runtime']:.1f} pairs/s); test: "

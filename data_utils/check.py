@@ -31,6 +31,7 @@ from data_utils.tokenizer_inputs import model_max_length
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 
 _BAR_WIDTH = 30
@@ -41,20 +42,16 @@ _TOP_TAGS = 10
 class CheckArguments(ReadOptions):
     """The flags of ``python -m data_utils.check``; any other ``--key value`` is a task option for ``load``."""
 
-    task: str | None = dataclasses.field(
-        default=None,
-        metadata={"choices": tuple(SCHEMAS), "help": "task schema to validate (default: only read)"},
+    task: str | None = option(
+        "task schema to validate (default: only read)", default=None, choices=tuple(SCHEMAS)
     )
-    data: str = dataclasses.field(metadata={"help": "file, glob, save_to_disk folder or hub dataset id"})
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "column mapping, e.g. anchor=question,negative=n1+n2"}
+    data: str = option("file, glob, save_to_disk folder or hub dataset id")
+    columns: str | None = option("column mapping, e.g. anchor=question,negative=n1+n2", default=None)
+    tokenizer: str | None = option(
+        "tokenizer name or path, or an embedded model ('minilm'): report token lengths", default=None
     )
-    tokenizer: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "tokenizer name or path, or an embedded model ('minilm'): report token lengths"},
-    )
-    max_length: int | None = dataclasses.field(
-        default=None, metadata={"help": "count rows longer than this (default: the tokenizer's limit)"}
+    max_length: int | None = option(
+        "count rows longer than this (default: the tokenizer's limit)", default=None
     )
 
 

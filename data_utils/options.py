@@ -18,6 +18,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 
 # What a ``sep`` may be written as where a literal tab is awkward (YAML single quotes, a shell).
 SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
@@ -27,45 +28,33 @@ SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pi
 class ReadOptions:
     """How a data file is read; ``None`` means the format's default. Field helps are the documentation."""
 
-    format: str | None = dataclasses.field(
+    format: str | None = option(
+        "File format, overriding the extension: csv, tsv, json, jsonl, parquet, xlsx, txt, pkl, or stsb "
+        "(the STS Benchmark release layout; detected by itself for scored pairs).",
         default=None,
-        metadata={
-            "help": "File format, overriding the extension: csv, tsv, json, jsonl, parquet, xlsx, txt, pkl, or stsb "
-            "(the STS Benchmark release layout; detected by itself for scored pairs)."
-        },
     )
-    sep: str | None = dataclasses.field(
+    sep: str | None = option(
+        "csv/tsv field delimiter (default ',' for .csv, tab for .tsv); also written tab, '\\t', comma, "
+        "semicolon, pipe. Given for a .txt file, the file is read as delimited with a header row.",
         default=None,
-        metadata={
-            "help": "csv/tsv field delimiter (default ',' for .csv, tab for .tsv); also written tab, '\\t', comma, "
-            "semicolon, pipe. Given for a .txt file, the file is read as delimited with a header row."
-        },
     )
-    quoting: str | None = dataclasses.field(
+    quoting: str | None = option(
+        "csv/tsv quotes: 'minimal' (default) or 'none' (quote characters are text).", default=None
+    )
+    header: str | None = option(
+        "csv/tsv/xlsx: the first row names the columns (default true); false/none: columns are named by "
+        "position '0', '1', ... (map them with columns: {anchor: 0, positive: 1}). txt: true skips line 1 "
+        "(default false: every line is a sentence).",
         default=None,
-        metadata={"help": "csv/tsv quotes: 'minimal' (default) or 'none' (quote characters are text)."},
     )
-    header: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "csv/tsv/xlsx: the first row names the columns (default true); false/none: columns are named by "
-            "position '0', '1', ... (map them with columns: {anchor: 0, positive: 1}). txt: true skips line 1 "
-            "(default false: every line is a sentence)."
-        },
+    encoding: str | None = option(
+        "Text encoding, e.g. utf-16, latin-1 (default utf-8; a byte-order mark is ignored).", default=None
     )
-    encoding: str | None = dataclasses.field(
-        default=None, metadata={"help": "Text encoding, e.g. utf-16, latin-1 (default utf-8; a byte-order mark is ignored)."}
+    sheet: str | None = option("xlsx sheet name or 0-based index (default the first sheet).", default=None)
+    split: str | None = option(
+        "Split of a saved DatasetDict or hub dataset (default: the only split, else 'train').", default=None
     )
-    sheet: str | None = dataclasses.field(
-        default=None, metadata={"help": "xlsx sheet name or 0-based index (default the first sheet)."}
-    )
-    split: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Split of a saved DatasetDict or hub dataset (default: the only split, else 'train')."},
-    )
-    field: str | None = dataclasses.field(
-        default=None, metadata={"help": "Key of a .json object that holds the list of records."}
-    )
+    field: str | None = option("Key of a .json object that holds the list of records.", default=None)
 
     def read_options(self) -> dict[str, str]:
         """The options that were given (not ``None``), as ``load`` keyword arguments."""

@@ -20,9 +20,10 @@ handles them as training did):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 
 DEFAULT_MAX_LENGTH = 512
 # transformers sets model_max_length to int(1e30) (VERY_LARGE_INTEGER) when a tokenizer states no limit; real
@@ -81,51 +82,39 @@ class LongTextOptions:
     ``as_manifest()`` is what ``lorasmith.json`` records and ``LongTextOptions(**recorded)`` rebuilds at prediction.
     """
 
-    truncation: str = field(
+    truncation: str = option(
+        "Texts longer than max_length: 'end' cuts the end; 'head_tail' keeps the first head_tokens and the "
+        "last tail_tokens (Sun et al. 2019; prompts: only the text columns are cut, template and answer stay).",
         default="end",
-        metadata={
-            "help": "Texts longer than max_length: 'end' cuts the end; 'head_tail' keeps the first head_tokens and the "
-            "last tail_tokens (Sun et al. 2019; prompts: only the text columns are cut, template and answer stay).",
-            "choices": list(TRUNCATIONS),
-        },
+        choices=list(TRUNCATIONS),
     )
-    head_tokens: int | None = field(
+    head_tokens: int | None = option(
+        "head_tail: tokens kept from the start. Unset: round(B x 128 / 510) of the text budget B (128 of "
+        "BERT's 510); with only tail_tokens set, B - tail_tokens. Prompts: head/tail split the kept tokens in "
+        "this ratio.",
         default=None,
-        metadata={
-            "help": "head_tail: tokens kept from the start. Unset: round(B x 128 / 510) of the text budget B (128 of "
-            "BERT's 510); with only tail_tokens set, B - tail_tokens. Prompts: head/tail split the kept tokens in "
-            "this ratio."
-        },
     )
-    tail_tokens: int | None = field(
-        default=None,
-        metadata={"help": "head_tail: tokens kept from the end. Unset: B - head_tokens (382 of BERT's 510)."},
+    tail_tokens: int | None = option(
+        "head_tail: tokens kept from the end. Unset: B - head_tokens (382 of BERT's 510).", default=None
     )
-    long_documents: str = field(
+    long_documents: str = option(
+        "seq_classify only: 'truncate' (per truncation) or 'chunks': every text as overlapping windows of "
+        "max_length tokens, window logits pooled per text (chunk_pooling) for the loss and for prediction.",
         default="truncate",
-        metadata={
-            "help": "seq_classify only: 'truncate' (per truncation) or 'chunks': every text as overlapping windows of "
-            "max_length tokens, window logits pooled per text (chunk_pooling) for the loss and for prediction.",
-            "choices": list(LONG_DOCUMENTS),
-        },
+        choices=list(LONG_DOCUMENTS),
     )
-    chunk_overlap: int = field(
-        default=64,
-        metadata={"help": "chunks: tokens two consecutive windows share (< the window's text tokens)."},
+    chunk_overlap: int = option(
+        "chunks: tokens two consecutive windows share (< the window's text tokens).", default=64
     )
-    max_chunks: int = field(
+    max_chunks: int = option(
+        "chunks: most windows per text; a longer text keeps its first max_chunks - 1 windows and the "
+        "window ending on its last token. Training memory: per_device_train_batch_size x max_chunks windows.",
         default=8,
-        metadata={
-            "help": "chunks: most windows per text; a longer text keeps its first max_chunks - 1 windows and the "
-            "window ending on its last token. Training memory: per_device_train_batch_size x max_chunks windows."
-        },
     )
-    chunk_pooling: str = field(
+    chunk_pooling: str = option(
+        "chunks: pool a text's window logits by their 'mean' or 'max'.",
         default="mean",
-        metadata={
-            "help": "chunks: pool a text's window logits by their 'mean' or 'max'.",
-            "choices": list(CHUNK_POOLINGS),
-        },
+        choices=list(CHUNK_POOLINGS),
     )
 
     def __post_init__(self):

@@ -23,6 +23,7 @@ from eval.metrics.classification import classification_metrics
 from eval.report import emit, format_table
 from lorasmith.classifiers import Classifier, load_classifier
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 PERCENT_KEYS = ("accuracy", "precision", "recall", "f1", "ece")
@@ -150,18 +151,15 @@ def label_texts(classifier: Classifier, texts: Sequence[str], batch_size: int = 
 class ClassifyArguments(OutputOption, ReadOptions):
     """The flags of ``python -m eval.classify``: ``--data`` or one or more ``--text``."""
 
-    model: str = dataclasses.field(metadata={"help": "lorasmith output folder of a classifier"})
-    data: str | None = dataclasses.field(
-        default=None, metadata={"help": "labelled file (csv, tsv, jsonl, ...)"}
+    model: str = option("lorasmith output folder of a classifier")
+    data: str | None = option("labelled file (csv, tsv, jsonl, ...)", default=None)
+    columns: str | None = option(
+        "role=column pairs mapping the model's text columns and 'label'", default=None
     )
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "role=column pairs mapping the model's text columns and 'label'"}
+    text: list[str] | None = option(
+        "a text to label (repeatable); instead of --data", default=None, action="extend"
     )
-    text: list[str] | None = dataclasses.field(
-        default=None,
-        metadata={"action": "extend", "help": "a text to label (repeatable); instead of --data"},
-    )
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "rows per forward pass (default 16)"})
+    batch_size: int = option("rows per forward pass (default 16)", default=16)
 
 
 def make_parser() -> RecipeParser:

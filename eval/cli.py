@@ -13,6 +13,7 @@ import torch
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
 from lorasmith.process import check_world_size, run_main
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, parse_cli
 
 
@@ -20,11 +21,9 @@ from lorasmith.recipe_parser import RecipeParser, parse_cli
 class ModelOption:
     """``--model``: the one model a CLI evaluates."""
 
-    model: str = dataclasses.field(
-        metadata={
-            "help": "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
-            "or 'minilm' (the packaged all-MiniLM-L6-v2)"
-        }
+    model: str = option(
+        "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
+        "or 'minilm' (the packaged all-MiniLM-L6-v2)",
     )
 
 
@@ -33,35 +32,25 @@ class EmbeddingOptions:
     """The flags that override how models embed (default: what the model folder says), as ``load_embedder`` reads
     them."""
 
-    pooling: str | None = dataclasses.field(
+    pooling: str | None = option(
+        "override the pooling (default: from the folder, else mean)", default=None, choices=POOLING_MODES
+    )
+    normalize: bool | None = option(
+        "L2-normalize embeddings (default: from the folder, else yes)",
         default=None,
-        metadata={
-            "choices": POOLING_MODES,
-            "help": "override the pooling (default: from the folder, else mean)",
-        },
+        action=argparse.BooleanOptionalAction,
     )
-    normalize: bool | None = dataclasses.field(
+    max_length: int | None = option(
+        "truncate texts to this many tokens (default: from the folder)", default=None
+    )
+    truncate_dim: int | None = option(
+        "keep the first D dimensions of every embedding, re-normalized (Matryoshka-trained models; "
+        "default: all)",
         default=None,
-        metadata={
-            "action": argparse.BooleanOptionalAction,
-            "help": "L2-normalize embeddings (default: from the folder, else yes)",
-        },
     )
-    max_length: int | None = dataclasses.field(
-        default=None, metadata={"help": "truncate texts to this many tokens (default: from the folder)"}
-    )
-    truncate_dim: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "keep the first D dimensions of every embedding, re-normalized (Matryoshka-trained models; "
-            "default: all)"
-        },
-    )
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "texts per forward pass (default 64)"})
-    device: str | None = dataclasses.field(
-        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)"}
-    )
-    no_progress: bool = dataclasses.field(default=False, metadata={"help": "hide the progress bar"})
+    batch_size: int = option("texts per forward pass (default 64)", default=64)
+    device: str | None = option("cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)", default=None)
+    no_progress: bool = option("hide the progress bar", default=False)
 
     def __post_init__(self):
         if self.truncate_dim is not None and self.truncate_dim < 1:
@@ -72,9 +61,7 @@ class EmbeddingOptions:
 class OutputOption:
     """``--output``: a file that also receives the result JSON."""
 
-    output: str | None = dataclasses.field(
-        default=None, metadata={"help": "also write the result JSON to this file"}
-    )
+    output: str | None = option("also write the result JSON to this file", default=None)
 
 
 def load_embedder(args: EmbeddingOptions, model: str | None = None):

@@ -35,6 +35,7 @@ from eval.report import emit, format_table, write_json
 from eval.retrieval import evaluate_retrieval
 from eval.sts import evaluate_sts
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 PATH_KEYS = ("data", "corpus", "queries", "qrels")
@@ -201,15 +202,11 @@ def plot_matrix(matrix: dict[str, dict[str, float]], column_labels: Sequence[str
 class MatrixArguments(EmbeddingOptions):
     """The flags of ``python -m eval.matrix``; the embedding overrides apply to every model."""
 
-    models: list[str] = dataclasses.field(
-        metadata={
-            "help": "models to compare: lorasmith, sentence-transformers or HF model folders, hub ids, 'minilm'"
-        }
+    models: list[str] = option(
+        "models to compare: lorasmith, sentence-transformers or HF model folders, hub ids, 'minilm'"
     )
-    suite: str = dataclasses.field(metadata={"help": "suite YAML (see above)"})
-    output_dir: str = dataclasses.field(
-        default="eval_matrix", metadata={"help": "where results.csv/json/png go (default eval_matrix)"}
-    )
+    suite: str = option("suite YAML (see above)")
+    output_dir: str = option("where results.csv/json/png go (default eval_matrix)", default="eval_matrix")
 
 
 def make_parser() -> RecipeParser:

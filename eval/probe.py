@@ -22,6 +22,7 @@ from data_utils.options import ReadOptions
 from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder, run_cli
 from eval.report import emit, format_table
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 SENTEVAL_C_GRID = tuple(2.0**t for t in range(-2, 5))
@@ -107,18 +108,12 @@ def evaluate_probe(
 class ProbeArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.probe``."""
 
-    data: str = dataclasses.field(metadata={"help": "labelled file (csv, tsv, jsonl, ...)"})
-    text_column: str = dataclasses.field(
-        default="text", metadata={"help": "column holding the text (default text)"}
-    )
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "role=column pairs, e.g. label=sentiment"}
-    )
-    folds: int = dataclasses.field(default=10, metadata={"help": "outer cross-validation folds (default 10)"})
-    select_c: bool = dataclasses.field(
-        default=False, metadata={"help": "choose C per fold by inner CV (SentEval grid)"}
-    )
-    seed: int = dataclasses.field(default=0, metadata={"help": "fold shuffling seed (default 0)"})
+    data: str = option("labelled file (csv, tsv, jsonl, ...)")
+    text_column: str = option("column holding the text (default text)", default="text")
+    columns: str | None = option("role=column pairs, e.g. label=sentiment", default=None)
+    folds: int = option("outer cross-validation folds (default 10)", default=10)
+    select_c: bool = option("choose C per fold by inner CV (SentEval grid)", default=False)
+    seed: int = option("fold shuffling seed (default 0)", default=0)
 
 
 def make_parser() -> RecipeParser:
@@ -142,16 +137,8 @@ def _run(args: ProbeArguments) -> dict:
     if PartialState().is_main_process:
         table = format_table(
             ["model", "examples", "labels", "folds", "accuracy x100", "std"],
-            [
-                [
-                    args.model,
-                    result["num_examples"],
-                    result["num_labels"],
-                    args.folds,
-                    result["accuracy"],
-                    result["accuracy_std"],
-                ]
-            ],
+            [[args.model, result["num_examples"], result["num_labels"], args.folds, result["accuracy"],
+              result["accuracy_std"]]],  # fmt: skip
         )
         emit(result, table, args.output)
     return result

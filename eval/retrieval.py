@@ -29,6 +29,7 @@ from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder,
 from eval.metrics.retrieval import METRIC_NAMES, exact_topk, topk_retrieval_metrics
 from eval.report import emit, format_table
 from lorasmith.errors import ConfigError, DataError
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 
@@ -242,30 +243,20 @@ def evaluate_retrieval(
 class RetrievalArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.retrieval``: ``--data`` (with ``--task``) or the three BEIR files."""
 
-    data: str | None = dataclasses.field(
-        default=None, metadata={"help": "pairs or tags file (csv, jsonl, ...)"}
+    data: str | None = option("pairs or tags file (csv, jsonl, ...)", default=None)
+    task: str = option("what --data holds (default pairs)", default="pairs", choices=("pairs", "tags"))
+    columns: str | None = option(
+        "role=column pairs (pairs: anchor, positive; tags: text, tags)", default=None
     )
-    task: str = dataclasses.field(
-        default="pairs", metadata={"choices": ("pairs", "tags"), "help": "what --data holds (default pairs)"}
+    corpus: str | None = option("BEIR corpus.jsonl (_id, title, text)", default=None)
+    queries: str | None = option("BEIR queries.jsonl (_id, text)", default=None)
+    qrels: str | None = option("BEIR qrels TSV (query-id, corpus-id, score; header optional)", default=None)
+    k: str = option("cut-offs, comma-separated (default 1,5,10)", default="1,5,10")
+    query_prefix: str | None = option(
+        "prepended to queries (default: from lorasmith.json, else none)", default=None
     )
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "role=column pairs (pairs: anchor, positive; tags: text, tags)"}
-    )
-    corpus: str | None = dataclasses.field(
-        default=None, metadata={"help": "BEIR corpus.jsonl (_id, title, text)"}
-    )
-    queries: str | None = dataclasses.field(default=None, metadata={"help": "BEIR queries.jsonl (_id, text)"})
-    qrels: str | None = dataclasses.field(
-        default=None, metadata={"help": "BEIR qrels TSV (query-id, corpus-id, score; header optional)"}
-    )
-    k: str = dataclasses.field(
-        default="1,5,10", metadata={"help": "cut-offs, comma-separated (default 1,5,10)"}
-    )
-    query_prefix: str | None = dataclasses.field(
-        default=None, metadata={"help": "prepended to queries (default: from lorasmith.json, else none)"}
-    )
-    document_prefix: str | None = dataclasses.field(
-        default=None, metadata={"help": "prepended to documents (default: from lorasmith.json, else none)"}
+    document_prefix: str | None = option(
+        "prepended to documents (default: from lorasmith.json, else none)", default=None
     )
 
 

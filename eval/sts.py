@@ -22,6 +22,7 @@ from data_utils.readers import is_stsb_release_file  # noqa: F401 - eval.sts's n
 from eval.cli import EmbeddingOptions, ModelOption, OutputOption, load_embedder, run_cli
 from eval.metrics.correlation import pearson, spearman
 from eval.report import emit, format_table
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser
 
 
@@ -73,14 +74,10 @@ def sts_correlations(
 class StsArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.sts``."""
 
-    data: str = dataclasses.field(
-        metadata={"help": "scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)"}
-    )
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "role=column pairs for sentence1, sentence2, score"}
-    )
-    score_range: str | None = dataclasses.field(
-        default=None, metadata={"help": "'lo,hi' of the gold scores (default: data_utils detects it)"}
+    data: str = option("scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)")
+    columns: str | None = option("role=column pairs for sentence1, sentence2, score", default=None)
+    score_range: str | None = option(
+        "'lo,hi' of the gold scores (default: data_utils detects it)", default=None
     )
 
 

@@ -1,7 +1,7 @@
 """Recipe + command-line parsing shared by every entrypoint (the error boundary is ``lorasmith.process.run_main``).
 
-Every command line is declared as dataclasses: one flag per field, its help in ``metadata["help"]``,
-``--field_name`` and ``--field-name`` both accepted, ``metadata["aliases"]`` for more spellings. Training
+Every command line is declared as dataclasses: one flag per field (``lorasmith.recipe_fields.option``: its help and
+argparse keywords), ``--field_name`` and ``--field-name`` both accepted, ``aliases=`` for more spellings. Training
 entrypoints read a recipe (``make_parser`` + ``parse_recipe``, below); the other CLIs (evaluation, mining, sweeps,
 data check) take flags only (``make_cli_parser`` + ``parse_cli``).
 

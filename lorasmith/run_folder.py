@@ -112,6 +112,15 @@ def write_recipe(output_dir: str | os.PathLike, recipe: dict) -> None:
     write_atomic(Path(output_dir) / RECIPE_NAME, yaml.safe_dump(yaml_safe(recipe), sort_keys=True, allow_unicode=True))
 
 
+def read_recipe(output_dir: str | os.PathLike) -> dict | None:
+    """The ``recipe.yaml`` of ``output_dir`` as a mapping, None when absent, unreadable or not a mapping."""
+    try:
+        recipe = yaml.safe_load((Path(output_dir) / RECIPE_NAME).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
 def read_run_record(output_dir: str | os.PathLike) -> dict | None:
     """The run record of ``output_dir`` (``complete``, ``fingerprint``, ``global_step``, ``epoch``, ``max_steps``,
     ``num_train_epochs``, ``finished_at``, ``continued_from``), None when absent or unreadable."""

@@ -8,11 +8,12 @@ existing adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trl import ModelConfig
 
 from data_utils.options import ReadOptions
+from lorasmith.recipe_fields import option
 
 
 @dataclass
@@ -21,48 +22,32 @@ class DataArguments(ReadOptions):
     (format, sep, quoting, header, encoding, sheet, split, field: ``data_utils.options.ReadOptions``) apply
     to train_data and eval_data alike."""
 
-    task: str | None = field(
-        default=None, metadata={"help": "Data schema / training task, e.g. pairs, tags, labeled."}
-    )
-    train_data: dict | str | list | None = field(
+    task: str | None = option("Data schema / training task, e.g. pairs, tags, labeled.", default=None)
+    train_data: dict | str | list | None = option(
+        "Training data: file, folder, glob or hub id. train.embed also takes several: a list of sources, "
+        "or a map name -> source or name -> {data: SOURCE, task: ..., columns: ...}, each batch from one of them "
+        "(see dataset_sampling).",
         default=None,
-        metadata={
-            "help": "Training data: file, folder, glob or hub id. train.embed also takes several: a list of sources, "
-            "or a map name -> source or name -> {data: SOURCE, task: ..., columns: ...}, each batch from one of them "
-            "(see dataset_sampling)."
-        },
     )
-    eval_data: str | None = field(
-        default=None, metadata={"help": "Evaluation data (same formats); optional."}
-    )
-    columns: dict | str | None = field(
+    eval_data: str | None = option("Evaluation data (same formats); optional.", default=None)
+    columns: dict | str | None = option(
+        "Map canonical column -> source column: {anchor: question} or 'anchor=question,positive=answer'.",
         default=None,
-        metadata={
-            "help": "Map canonical column -> source column: {anchor: question} or 'anchor=question,positive=answer'."
-        },
     )
-    score_range: str | None = field(
+    score_range: str | None = option(
+        "Scored pairs: 'lo,hi' range of the gold score (inferred as 0,1 or 0,5 if unset).", default=None
+    )
+    tag_delimiter: str = option("Tags given as one string are split on this.", default=",")
+    text_columns: list[str] | None = option(
+        "Labeled data: the input text column(s), e.g. [sentence1, sentence2].", default=None
+    )
+    labels: dict | str | list | None = option(
+        "Labeled data: label names in id order ([neg, pos] or 'neg,pos'), or for prompt classification a "
+        "map label -> answer text; inferred (sorted) from the data if unset.",
         default=None,
-        metadata={"help": "Scored pairs: 'lo,hi' range of the gold score (inferred as 0,1 or 0,5 if unset)."},
     )
-    tag_delimiter: str = field(default=",", metadata={"help": "Tags given as one string are split on this."})
-    text_columns: list[str] | None = field(
-        default=None,
-        metadata={"help": "Labeled data: the input text column(s), e.g. [sentence1, sentence2]."},
-    )
-    labels: dict | str | list | None = field(
-        default=None,
-        metadata={
-            "help": "Labeled data: label names in id order ([neg, pos] or 'neg,pos'), or for prompt classification a "
-            "map label -> answer text; inferred (sorted) from the data if unset."
-        },
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training rows."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N evaluation rows."}
-    )
+    max_train_samples: int | None = option("Use only the first N training rows.", default=None)
+    max_eval_samples: int | None = option("Use only the first N evaluation rows.", default=None)
 
     def load_options(self) -> dict:
         """Keyword options for ``data_utils.load`` that apply to ``self.task`` (the reader options given, too)."""
@@ -107,56 +92,39 @@ class ModelArguments(ModelConfig):
     ``use_peft`` turns LoRA on (TRL's name); ``full_finetune`` trains the base weights too (alone or with LoRA).
     """
 
-    gguf_file: str | None = field(
-        default=None, metadata={"help": "GGUF file name inside model_name_or_path."}
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer, if not the model's."}
-    )
-    lora_layers: str | None = field(
+    gguf_file: str | None = option("GGUF file name inside model_name_or_path.", default=None)
+    tokenizer_name_or_path: str | None = option("Tokenizer, if not the model's.", default=None)
+    lora_layers: str | None = option(
+        "LoRA on chosen layers only: 'last', 'last2' or indices '0,5' (PEFT layers_to_transform).",
         default=None,
-        metadata={
-            "help": "LoRA on chosen layers only: 'last', 'last2' or indices '0,5' (PEFT layers_to_transform)."
-        },
     )
-    full_finetune: bool = field(
-        default=False, metadata={"help": "Train all base weights (with or without LoRA)."}
+    full_finetune: bool = option("Train all base weights (with or without LoRA).", default=False)
+    adapter_path: str | None = option(
+        "Continue training an existing LoRA adapter (folder with adapter_config.json).", default=None
     )
-    adapter_path: str | None = field(
-        default=None,
-        metadata={"help": "Continue training an existing LoRA adapter (folder with adapter_config.json)."},
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
-    max_length: int = field(default=256, metadata={"help": "Truncate inputs to this many tokens."})
+    trust_remote_code: bool = option("Allow custom model code from the hub.", default=False)
+    max_length: int = option("Truncate inputs to this many tokens.", default=256)
 
 
 @dataclass
 class RunArguments:
     """How this run starts and what it leaves behind."""
 
-    dry_run: bool = field(
-        default=False,
-        metadata={"help": "Check data + config, print the plan (world size, batches, parameters), exit."},
+    dry_run: bool = option(
+        "Check data + config, print the plan (world size, batches, parameters), exit.", default=False
     )
-    export_merged: bool = field(
-        default=True, metadata={"help": "Also save a merged full model in output_dir/merged."}
-    )
-    save_model: bool = field(
+    export_merged: bool = option("Also save a merged full model in output_dir/merged.", default=True)
+    save_model: bool = option(
+        "False: a log-only run (sweeps, quick trials): train, evaluate and write metrics.json "
+        "and logs, but no adapter/, merged/ or checkpoints.",
         default=True,
-        metadata={
-            "help": "False: a log-only run (sweeps, quick trials): train, evaluate and write metrics.json "
-            "and logs, but no adapter/, merged/ or checkpoints."
-        },
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Allow an output_dir that holds another recipe's run (nothing is deleted)."},
+    overwrite_output_dir: bool = option(
+        "Allow an output_dir that holds another recipe's run (nothing is deleted).", default=False
     )
-    global_batch_size: int | None = field(
+    global_batch_size: int | None = option(
+        "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps is derived "
+        "at start-up as global / (per_device_train_batch_size x world size), so the recipe trains the same on 1 GPU, "
+        "8 GPUs or 4 nodes; an indivisible combination is an error.",
         default=None,
-        metadata={
-            "help": "Sequences per optimizer step over all processes. When set, gradient_accumulation_steps is derived "
-            "at start-up as global / (per_device_train_batch_size x world size), so the recipe trains the same on 1 GPU, "
-            "8 GPUs or 4 nodes; an indivisible combination is an error."
-        },
     )

@@ -47,9 +47,9 @@ from lorasmith.run_folder import (
     INCOMPLETE_DIR,
     MARKER_NAME,
     PREVIOUS_RUNS_DIR,
-    RECIPE_NAME,
     RUN_ARTIFACTS,
     RUN_MARKS,
+    read_recipe,
     read_run_record,
     write_recipe,
     write_run_record,
@@ -97,8 +97,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
         self._recipe: dict | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / RECIPE_NAME
-        self._recipe = yaml.safe_load(path.read_text()) if path.exists() else {}
+        self._recipe = read_recipe(args.output_dir) or {}
 
     def on_save(self, args, state, control, **kwargs):
         distributed = PartialState()
@@ -341,14 +340,8 @@ def _complete_message(output_dir: Path, record: dict) -> str:
 
 
 def _previous_recipe(output_dir: Path) -> dict | None:
-    path = output_dir / RECIPE_NAME
-    if not path.exists():
-        return None
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return None
-    return comparable_recipe(loaded) if isinstance(loaded, dict) else None
+    loaded = read_recipe(output_dir)
+    return None if loaded is None else comparable_recipe(loaded)
 
 
 def _differences(old: dict, new: dict) -> list[str]:

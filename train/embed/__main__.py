@@ -102,15 +102,8 @@ def training_batches(
     ``packing``: the run packs its forwards (``packing.resolve_packing``)."""
 
     def collator(for_task):
-        return ContrastiveCollator(
-            tokenizer,
-            for_task,
-            model_args.max_length,
-            config.query_prefix,
-            config.document_prefix,
-            config.mini_batch_size,
-            packing,
-        )
+        prefixes, size = (config.query_prefix, config.document_prefix), config.mini_batch_size
+        return ContrastiveCollator(tokenizer, for_task, model_args.max_length, *prefixes, size, packing)
 
     if not isinstance(train_ds, DatasetMix):
         return collator(task), None, []

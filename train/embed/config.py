@@ -1,24 +1,15 @@
 """``EmbedConfig``: the ``TrainingArguments`` of ``train/embed/__main__.py`` plus what a contrastive run needs.
 
-Fields are grouped by concern: the objective (``loss``, ``temperature``), how a text becomes a vector
-(``pooling``, ``normalize``, query/document prefixes) and what is evaluated (``eval_task``, ``eval_ks``).
-``max_length`` and the LoRA fields live in ``ModelArguments`` (shared by every entrypoint).
-
-Defaults that differ from ``TrainingArguments`` (chosen for contrastive fine-tuning):
-
-- ``output_dir`` outputs/embed; ``learning_rate`` 2e-5 (sentence-transformers' bi-encoder default);
-  ``per_device_train_batch_size`` 32 (in-batch negatives want big batches); ``num_train_epochs`` 1;
-  ``warmup_steps`` 0.1 (a share of all steps); ``logging_steps`` 10; ``report_to`` tensorboard.
-- ``eval_strategy`` / ``save_strategy`` epoch, ``save_total_limit`` 2, ``load_best_model_at_end`` True:
-  ``metric_for_best_model`` defaults to the eval task's main metric (``spearman`` for STS, ``ndcg@10`` for
-  retrieval); evaluation follows ``save_strategy`` when the two differ (the best checkpoint needs an
-  evaluation at each save); without ``eval_data`` there is no evaluation and the last model is exported.
-- ``remove_unused_columns`` False: rows reach the collator as raw texts.
+Fields are grouped by concern: the objective (``loss``, ``temperature``), how a step is encoded, how a text becomes
+a vector (``pooling``, ``normalize``, query/document prefixes), what is evaluated (``eval_task``, ``eval_ks``) and
+the Matryoshka widths; ``max_length`` and the LoRA fields live in ``ModelArguments`` (shared by every entrypoint).
+The ``TrainingArguments`` defaults it changes are chosen for contrastive fine-tuning; each field's help says why.
+``remove_unused_columns`` stays False: rows reach the collator as raw texts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import yaml
@@ -26,6 +17,7 @@ from transformers import TrainingArguments
 
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
+from lorasmith.recipe_fields import option
 from train.embed import rotation
 from train.embed.loss_spec import losses_help
 from train.embed.tasks import EMBED_TASKS, EVAL_METRICS
@@ -59,142 +51,117 @@ class EmbedConfig(TrainingArguments):
     renamed_keys: ClassVar[dict[str, str]] = rotation.RENAMED_KEYS
 
     # ---- objective ----
-    loss: dict | str | None = field(
+    loss: dict | str | None = option(
+        "Loss name, list of names, or map name -> weight / options, e.g. infonce, [cosent, angle] or "
+        f"{{cosent: {{weight: 1, temperature: 0.05}}, ibn: 0, angle: 1}}. Losses: {losses_help()}. "
+        f"Default per task: {per_task('default_loss')}. On the command line: a name or YAML text.",
         default=None,
-        metadata={
-            "help": "Loss name, list of names, or map name -> weight / options, e.g. infonce, [cosent, angle] or "
-            f"{{cosent: {{weight: 1, temperature: 0.05}}, ibn: 0, angle: 1}}. Losses: {losses_help()}. "
-            f"Default per task: {per_task('default_loss')}. On the command line: a name or YAML text."
-        },
     )
-    temperature: float | None = field(
-        default=None,
-        metadata={
-            "help": "Temperature of every loss that does not set its own (0.05 = scale 20). Default: 0.05."
-        },
+    temperature: float | None = option(
+        "Temperature of every loss that does not set its own (0.05 = scale 20). Default: 0.05.", default=None
     )
     # ---- how a step is encoded ----
-    mini_batch_size: int | None = field(
+    mini_batch_size: int | None = option(
+        "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, "
+        "negatives, tags) are sorted by token length and encoded in chunks of at most this many, cut where the "
+        "length drops (padding saved vs one more forward), each padded only to its own longest text; the loss "
+        "still sees the whole batch (same negatives, same loss). With packing (the default where the model "
+        "supports it) a forward holds up to mini_batch_size x max_length token slots instead, several texts per "
+        "row. With gradient_cache it bounds activation memory. 0 = one forward per role (anchors, candidates), "
+        "each padded to its longest. Default: "
+        f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
+        "of forwards on every process).",
         default=None,
-        metadata={
-            "help": "Most texts per encoder forward inside a step: all of a step's texts (anchors, positives, "
-            "negatives, tags) are sorted by token length and encoded in chunks of at most this many, cut where the "
-            "length drops (padding saved vs one more forward), each padded only to its own longest text; the loss "
-            "still sees the whole batch (same negatives, same loss). With packing (the default where the model "
-            "supports it) a forward holds up to mini_batch_size x max_length token slots instead, several texts per "
-            "row. With gradient_cache it bounds activation memory. 0 = one forward per role (anchors, candidates), "
-            "each padded to its longest. Default: "
-            f"{DEFAULT_MINI_BATCH_SIZE} (0 under DeepSpeed ZeRO-3 / FSDP, whose sharded forwards need the same number "
-            "of forwards on every process)."
-        },
     )
-    packing: bool | None = field(
+    packing: bool | None = option(
+        "Pack several texts into each row of a forward (each with its own positions, attention "
+        "block-diagonal: the same embeddings as padded rows, checked on the model at start): forwards of at "
+        "most mini_batch_size x max_length token slots, little padding, and far fewer forwards when texts are "
+        "short (titles, tags). Needs mini_batch_size > 0 and a model whose attention takes position_ids and a "
+        "4D mask (BERT/RoBERTa-like encoders, Llama-like decoders; sdpa or eager attention). Default: on where "
+        "the start-up check passes, else length-sorted padded chunks; true makes a failed check an error.",
         default=None,
-        metadata={
-            "help": "Pack several texts into each row of a forward (each with its own positions, attention "
-            "block-diagonal: the same embeddings as padded rows, checked on the model at start): forwards of at "
-            "most mini_batch_size x max_length token slots, little padding, and far fewer forwards when texts are "
-            "short (titles, tags). Needs mini_batch_size > 0 and a model whose attention takes position_ids and a "
-            "4D mask (BERT/RoBERTa-like encoders, Llama-like decoders; sdpa or eager attention). Default: on where "
-            "the start-up check passes, else length-sorted padded chunks; true makes a failed check an error."
-        },
     )
-    gradient_cache: bool = field(
+    gradient_cache: bool = option(
+        "Gradient cache (GradCache): embed every chunk without autograd, take the full-batch loss's "
+        "gradient w.r.t. the embeddings, then re-encode chunk by chunk and backpropagate it (dropout replayed). "
+        "Same gradient as a plain step, activation memory of one mini_batch_size chunk, about 1.3-1.5x the "
+        "compute. Needs mini_batch_size > 0; not with DeepSpeed ZeRO-3 or FSDP (refused at start).",
         default=False,
-        metadata={
-            "help": "Gradient cache (GradCache): embed every chunk without autograd, take the full-batch loss's "
-            "gradient w.r.t. the embeddings, then re-encode chunk by chunk and backpropagate it (dropout replayed). "
-            "Same gradient as a plain step, activation memory of one mini_batch_size chunk, about 1.3-1.5x the "
-            "compute. Needs mini_batch_size > 0; not with DeepSpeed ZeRO-3 or FSDP (refused at start)."
-        },
     )
     # ---- text -> vector ----
-    pooling: str = field(
-        default="mean",
-        metadata={"help": f"Token states -> one vector: {', '.join(POOLING_MODES)} (last for decoder LLMs)."},
+    pooling: str = option(
+        f"Token states -> one vector: {', '.join(POOLING_MODES)} (last for decoder LLMs).", default="mean"
     )
-    normalize: bool = field(
-        default=True, metadata={"help": "L2-normalise embeddings (cosine = dot product)."}
-    )
-    dropout: float | None = field(
+    normalize: bool = option("L2-normalise embeddings (cosine = dot product).", default=True)
+    dropout: float | None = option(
+        "Set every dropout probability of the transformer (unsupervised SimCSE's two views come from "
+        "dropout; 0 makes training deterministic). Default: the model's own (0.1 for BERT-like encoders).",
         default=None,
-        metadata={
-            "help": "Set every dropout probability of the transformer (unsupervised SimCSE's two views come from "
-            "dropout; 0 makes training deterministic). Default: the model's own (0.1 for BERT-like encoders)."
-        },
     )
-    query_prefix: str = field(
-        default="",
-        metadata={"help": f"Instruction prepended to anchors / queries / texts (not for {SYMMETRIC})."},
+    query_prefix: str = option(
+        f"Instruction prepended to anchors / queries / texts (not for {SYMMETRIC}).", default=""
     )
-    document_prefix: str = field(
-        default="", metadata={"help": f"Prepended to positives / negatives / tags (not for {SYMMETRIC})."}
+    document_prefix: str = option(
+        f"Prepended to positives / negatives / tags (not for {SYMMETRIC}).", default=""
     )
     # ---- evaluation ----
-    eval_task: str | None = field(
+    eval_task: str | None = option(
+        "Schema of eval_data: scored_pairs (STS Spearman), pairs or tags (recall/NDCG/MRR@k). "
+        f"Default per task: {per_task('eval_task')}.",
         default=None,
-        metadata={
-            "help": "Schema of eval_data: scored_pairs (STS Spearman), pairs or tags (recall/NDCG/MRR@k). "
-            f"Default per task: {per_task('eval_task')}."
-        },
     )
-    eval_ks: list[int] = field(
-        default_factory=lambda: [1, 5, 10], metadata={"help": "k of the retrieval metrics."}
+    eval_ks: list[int] = option("k of the retrieval metrics.", default_factory=lambda: [1, 5, 10])
+    eval_before_training: bool = option(
+        "Evaluate the untrained model first (before/after table, metrics.json).", default=True
     )
-    eval_before_training: bool = field(
-        default=True,
-        metadata={"help": "Evaluate the untrained model first (before/after table, metrics.json)."},
-    )
-    embed_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass during evaluation."})
+    embed_batch_size: int = option("Texts per forward pass during evaluation.", default=64)
     # ---- Matryoshka widths, several training datasets ----
-    matryoshka_dims: list[int] | None = field(
+    matryoshka_dims: list[int] | None = option(
+        "Matryoshka: also train the first d dimensions as embeddings of their own, every loss at every "
+        "width, e.g. [384, 256, 128, 64] (--matryoshka_dims 384 256 128 64); strictly descending, the widest <= "
+        "the model's hidden size. Evaluation adds the main metric per narrower width (eval_spearman@64); use a "
+        "width with eval --truncate-dim d or SentenceTransformer(merged, truncate_dim=d). Default: off.",
         default=None,
-        metadata={
-            "help": "Matryoshka: also train the first d dimensions as embeddings of their own, every loss at every "
-            "width, e.g. [384, 256, 128, 64] (--matryoshka_dims 384 256 128 64); strictly descending, the widest <= "
-            "the model's hidden size. Evaluation adds the main metric per narrower width (eval_spearman@64); use a "
-            "width with eval --truncate-dim d or SentenceTransformer(merged, truncate_dim=d). Default: off."
-        },
     )
-    matryoshka_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1."},
+    matryoshka_weights: list[float] | None = option(
+        "Weight of each matryoshka_dims width in the loss (same order, >= 0). Default: all 1.", default=None
     )
     matryoshka_rotation: dict | str | None = rotation.recipe_field()
-    dataset_sampling: str = field(
+    dataset_sampling: str = option(
+        "When train_data lists several datasets ([a.jsonl, b.jsonl] or a map name -> source / {data:, "
+        "task:, columns:}), each batch comes from one of them: proportional (every batch of every dataset once "
+        "per epoch, in a seeded random order: datasets drawn in proportion to their size) or round_robin (one "
+        "batch of each dataset in turn). See train/embed/sampling.py.",
         default="proportional",
-        metadata={
-            "help": "When train_data lists several datasets ([a.jsonl, b.jsonl] or a map name -> source / {data:, "
-            "task:, columns:}), each batch comes from one of them: proportional (every batch of every dataset once "
-            "per epoch, in a seeded random order: datasets drawn in proportion to their size) or round_robin (one "
-            "batch of each dataset in turn). See train/embed/sampling.py."
-        },
     )
 
     # ---- TrainingArguments defaults that differ ----
-    output_dir: str | None = field(default="outputs/embed", metadata={"help": "Where everything is written."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (AdamW)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Anchors per process per step."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over train_data."})
-    warmup_steps: float = field(
-        default=0.1,
-        metadata={"help": "Linear warm-up: steps (int >= 1) or a share of all steps (float < 1)."},
+    output_dir: str | None = option("Where everything is written.", default="outputs/embed")
+    learning_rate: float = option("Peak learning rate (AdamW; sentence-transformers' bi-encoder's).", default=2e-5)
+    per_device_train_batch_size: int = option(
+        "Anchors per process per step (in-batch negatives want big batches).", default=32
     )
-    logging_steps: float = field(default=10, metadata={"help": "Log loss and telemetry every N steps."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "no, steps or epoch (needs eval_data)."})
-    save_strategy: str = field(default="epoch", metadata={"help": "no, steps, epoch or best."})
-    save_total_limit: int | None = field(
-        default=2, metadata={"help": "Keep at most N checkpoints (+ the best)."}
+    num_train_epochs: float = option("Epochs over train_data.", default=1.0)
+    warmup_steps: float = option(
+        "Linear warm-up: steps (int >= 1) or a share of all steps (float < 1).", default=0.1
     )
-    load_best_model_at_end: bool = field(
+    logging_steps: float = option("Log loss and telemetry every N steps.", default=10)
+    eval_strategy: str = option(
+        "no, steps or epoch (needs eval_data); follows save_strategy when the two differ and "
+        "load_best_model_at_end is on (the best checkpoint needs an evaluation at each save).",
+        default="epoch",
+    )
+    save_strategy: str = option("no, steps, epoch or best.", default="epoch")
+    save_total_limit: int | None = option("Keep at most N checkpoints (+ the best).", default=2)
+    load_best_model_at_end: bool = option(
+        "Export the best checkpoint by metric_for_best_model (default: the eval task's main metric, spearman for "
+        "STS, ndcg@10 for retrieval; needs eval_data, else the last model is exported).",
         default=True,
-        metadata={"help": "Export the best checkpoint by metric_for_best_model (needs eval_data)."},
     )
-    report_to: None | str | list[str] = field(
-        default="tensorboard", metadata={"help": "tensorboard, wandb, none, ..."}
-    )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: the collator reads the raw text columns."}
+    report_to: None | str | list[str] = option("tensorboard, wandb, none, ...", default="tensorboard")
+    remove_unused_columns: bool = option(
+        "Must stay False: the collator reads the raw text columns.", default=False
     )
 
     def __post_init__(self):

@@ -1,12 +1,7 @@
 """The embedding recipe resolved once, before any data or model is read: :func:`resolve_run` -> :class:`EmbedRun`.
 
-The task, the eval data, the launch (sharded forwards) and the extensions are decided here in one pass, into an
-immutable result: a new ``EmbedConfig`` (``run.replace_args``: the parsed one is never edited) with the task's
-defaults and the mini-batch size, the task record, the training datasets, the objective and the extensions.
-Every ConfigError of that pass names the key (and the dataset) before any file or model is opened.
-
-An extension (:class:`Extension`) owns its recipe key, checks, plan phrase, model-card text and hooks in one
-module (``rotation.py``). Adding one is that module, its field in ``config.py`` and one line in :func:`resolve_run`.
+An extension (:class:`Extension`, e.g. ``rotation.py``) owns its recipe key, checks, plan phrase, card text and
+hooks in one module; adding one is that module, its field in ``config.py`` and one line in :func:`resolve_run`.
 """
 
 from __future__ import annotations
@@ -31,36 +26,22 @@ SHARDED_FORWARD = ("deepspeed-zero3", "fsdp")
 
 
 class Extension(Protocol):
-    """An optional step around training, resolved from its own recipe key (None when the key is unset)."""
+    """An optional step around training, resolved from its own recipe key (None when the key is unset).
+    ``check_task`` raises a ConfigError for a training dataset it cannot serve; ``before_training`` runs on every
+    process before the first evaluation (also on resume), ``after_training`` after the best-model reload."""
 
-    def check_task(self, task: EmbedTask) -> None:
-        """ConfigError when the extension cannot serve a training dataset of ``task``."""
-
-    def plan_phrase(self, train_rows: int) -> str:
-        """Its words in the plan's ``pooling`` row."""
-
-    def card_text(self) -> str:
-        """Its paragraph(s) of the model card."""
-
-    def before_training(self, trainer, train_ds) -> None:
-        """On every process, before the first evaluation (also when resuming: the checkpoint loads later)."""
-
-    def after_training(self, trainer, train_ds) -> None:
-        """On every process, after training and the best-model reload, before the final evaluation."""
+    def check_task(self, task: EmbedTask) -> None: ...
+    def plan_phrase(self, train_rows: int) -> str: ...
+    def card_text(self) -> str: ...
+    def before_training(self, trainer, train_ds) -> None: ...
+    def after_training(self, trainer, train_ds) -> None: ...
 
 
 @dataclass(frozen=True)
 class EmbedRun:
-    """A resolved embedding run.
-
-    Attributes:
-        config: the ``TrainingArguments`` the trainer gets: ``eval_task``, ``metric_for_best_model``, evaluation
-            switches and ``mini_batch_size`` resolved (:func:`resolve_task_defaults`, :func:`resolve_mini_batches`).
-        task: the run's task record (``DataArguments.task``).
-        sources: the named training datasets of a multi-dataset ``train_data``, or None for one plain source.
-        objective: every loss with its weight, at every Matryoshka width.
-        extensions: the extensions the recipe turns on (the Matryoshka rotation), in the order they run.
-    """
+    """A resolved embedding run: the ``config`` the trainer gets (task defaults and ``mini_batch_size`` filled),
+    the ``task`` record, the named training ``sources`` (None for one plain source), the ``objective`` (every loss
+    and weight at every Matryoshka width) and the recipe's ``extensions``, in the order they run."""
 
     config: EmbedConfig
     task: EmbedTask
@@ -73,8 +54,8 @@ def resolve_run(data_args, config: EmbedConfig, distribution: str) -> EmbedRun:
     """Resolve the parsed recipe for ``distribution`` (``launch.distribution``).
 
     Raises:
-        ConfigError: a bad loss, Matryoshka width list, extension setting or ``dataset_sampling``; a training dataset whose
-            task the loss or the rotation cannot use (named); settings the task or the launch cannot run.
+        ConfigError: a bad loss, Matryoshka width list, extension setting or ``dataset_sampling``; a training
+            dataset whose task the loss or an extension cannot use (named); what the task or launch cannot run.
     """
     if config.dataset_sampling not in SAMPLING:
         raise ConfigError(

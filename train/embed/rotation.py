@@ -1,38 +1,22 @@
-"""The Matryoshka rotation: an orthogonal map of the embedding space fitted to the training texts, one extension.
+"""The Matryoshka rotation, one extension: its recipe key, checks, plan phrase, card text, hooks and fitting.
 
-Everything about it lives here: its recipe key (``matryoshka_rotation``, :class:`MatryoshkaRotation`), its checks,
-its plan phrase, its model-card text, its before / after training hooks and the fitting itself. Removing the
-feature is this file plus that key; the model applies any ``(D, D)`` rotation it is given (``EmbeddingModel.rotation``,
-saved as ``rotation.safetensors`` and a sentence-transformers ``Dense`` module).
+    matryoshka_rotation: {fit: after | before | both, samples: 20000, refine: {steps: 600, objective: neighbours |
+                          training_loss, temperature: 0.05}}
 
-    matryoshka_rotation:
-      fit: after            # after (default) | before | both
-      samples: 20000        # training rows whose texts it is fitted on (seeded sample)
-      refine: {steps: 600, objective: neighbours, temperature: 0.05}   # optional, needs fit after / both
-
-``R`` is an orthogonal ``(D, D)`` matrix whose columns are the principal axes of the training texts' embeddings,
-by decreasing variance; embeddings become ``pooled @ R`` (before normalisation). Full-width cosines and norms are
-unchanged, and the first ``d`` dimensions hold the ``d`` directions of most variance, so a truncated embedding
-(``truncate_dim``, Matryoshka widths) keeps more of the geometry than the first ``d`` raw dimensions do.
-
-- ``fit: after`` fits it once training has ended, on a seeded sample of up to ``samples`` training rows (each text
-  in its training role, with its prefix) embedded by the final model, sharded over processes and gathered.
-- ``refine`` then trains it further, kept orthogonal: ``objective: neighbours`` makes each text rank the others at
-  every narrower width as the full width does (:func:`refine_rotation`); ``objective: training_loss`` minimises the
-  run's own loss at those widths on the same rows, embedded once (:func:`refine_rotation_on_loss`).
-- ``fit: before`` installs the PCA rotation of the *untrained* model's embeddings before the first step
-  (:func:`fit_pca_basis`), so the Matryoshka losses train prefixes of principal axes from the start; on resume it
-  is fitted again from the freshly loaded weights (the same matrix). ``fit: both`` adds the after-training fit,
-  composed with that basis.
-
-Measured effect (SciFact, STS-B): the README's Matryoshka section.
+``R`` is an orthogonal ``(D, D)`` matrix whose columns are the principal axes of the training texts' embeddings
+(variance decreasing); embeddings become ``pooled @ R`` before normalisation, so full-width cosines are unchanged
+and a truncated embedding keeps the ``d`` directions of most variance. ``fit: after`` fits it on the final model,
+``refine`` then trains it further, kept orthogonal; ``fit: before`` trains in the untrained model's basis (fitted
+again on resume: the same matrix); ``both`` composes the two. The model applies any rotation it is given
+(``EmbeddingModel.rotation``, saved as ``rotation.safetensors`` and a sentence-transformers ``Dense`` module), so
+removing the feature is this file plus its key. Measured effect: the README's Matryoshka section.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 from train.embed.collator import ContrastiveCollator
 from train.embed.matryoshka import MatryoshkaDims
 from train.embed.objective import ContrastiveObjective
@@ -52,7 +37,6 @@ from train.embed.trainer import embedded_batch
 KEY = "matryoshka_rotation"
 FITS = ("after", "before", "both")
 REFINE_OBJECTIVES = ("neighbours", "training_loss")
-REFINE_KEYS = ("steps", "objective", "temperature")
 
 # The flat keys this one replaced: a recipe that still writes one is told what to write instead.
 RENAMED_KEYS = {
@@ -74,24 +58,27 @@ HELP = (
 
 def recipe_field():
     """The ``EmbedConfig`` field of :data:`KEY`: the recipe's raw value (a mapping, a fit name or YAML text)."""
-    return field(default=None, metadata={"help": HELP})
+    return option(HELP, default=None)
 
 
 @dataclass(frozen=True)
 class Refinement:
-    """``refine:`` of the recipe: ``steps`` >= 1 of Adam on the orthogonal rotation, minimising ``objective``
-    (one of :data:`REFINE_OBJECTIVES`); ``temperature`` > 0 is the neighbour rankings' softmax temperature."""
+    """``refine:``: ``steps`` >= 1 of Adam on the orthogonal rotation, minimising ``objective`` (one of
+    :data:`REFINE_OBJECTIVES`); ``temperature`` > 0 is the neighbour rankings' softmax temperature."""
 
     steps: int
     objective: str = "neighbours"
     temperature: float = 0.05
 
+    @property
+    def goal(self) -> str:
+        return "the training loss" if self.objective == "training_loss" else "neighbour rankings"
+
 
 @dataclass(frozen=True)
 class MatryoshkaRotation:
-    """The recipe's ``matryoshka_rotation``, checked: when it is fitted (``fit``: after, before or both), on how
-    many training rows (``samples`` >= 2), the optional ``refine`` (after-training fit only) and the run's
-    Matryoshka widths (``matryoshka``, needed by ``fit: before`` / ``both`` and by ``refine``)."""
+    """The checked ``matryoshka_rotation``: when it is fitted (``fit``), on how many training rows (``samples``),
+    the optional ``refine`` and the run's Matryoshka widths (``matryoshka``, needed by before / both / refine)."""
 
     fit: str
     samples: int
@@ -118,17 +105,9 @@ class MatryoshkaRotation:
             return None
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("{") else {"fit": value.strip()}
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{KEY} must be a mapping {{fit:, samples:, refine:}} or one of {', '.join(FITS)}; got {value!r}"
-            )
-        _check_keys(value, ("fit", "samples", "refine"), KEY)
-        fit = value.get("fit", "after")
-        if fit not in FITS:
-            raise ConfigError(f"{KEY}.fit must be one of {', '.join(FITS)}; got {fit!r}")
-        samples = value.get("samples", 20000)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-            raise ConfigError(f"{KEY}.samples must be >= 2; got {samples!r}")
+        value = _mapping(value, KEY, ("fit", "samples", "refine"))
+        fit = _setting(value, KEY, "fit", "after", lambda v: v in FITS, f"one of {', '.join(FITS)}")
+        samples = _setting(value, KEY, "samples", 20000, lambda v: isinstance(v, int) and v >= 2, ">= 2")
         if fit != "after" and matryoshka is None:
             raise ConfigError(
                 f"{KEY} fit: {fit} trains the matryoshka_dims widths in the principal-axes basis: set matryoshka_dims "
@@ -158,54 +137,32 @@ class MatryoshkaRotation:
             )
 
     def plan_phrase(self, train_rows: int) -> str:
-        """The plan's words for it, e.g. ``PCA rotation after training (fit on 512 rows' texts, refined 600
-        steps on neighbour rankings)``."""
-        rows = min(self.samples, train_rows)
-        phrases = (
-            [f"trained in the untrained model's PCA basis (fit on {rows} rows' texts)"] if self.before else []
-        )
+        """The plan's words, e.g. ``PCA rotation after training (fit on 512 rows' texts, refined 600 steps on
+        neighbour rankings)``."""
+        fitted_on = f"fit on {min(self.samples, train_rows)} rows' texts"
+        refined = f", refined {self.refine.steps} steps on {self.refine.goal}" if self.refine else ""
+        phrases = [f"trained in the untrained model's PCA basis ({fitted_on})"] if self.before else []
         if self.after:
-            refined = ""
-            if self.refine:
-                goal = (
-                    "the training loss" if self.refine.objective == "training_loss" else "neighbour rankings"
-                )
-                refined = f", refined {self.refine.steps} steps on {goal}"
-            phrases.append(f"PCA rotation after training (fit on {rows} rows' texts{refined})")
+            phrases.append(f"PCA rotation after training ({fitted_on}{refined})")
         return ", ".join(phrases)
 
     def card_text(self) -> str:
-        """The model card's paragraphs: the basis training ran in, the rotation, its refinement, where it is saved."""
-        saved = "the `Dense` module of `merged/` and `rotation.safetensors`, and lorasmith applies it on load"
-        paragraphs = []
+        """The model card's paragraph: the basis training ran in, the rotation, its refinement, where it is saved."""
+        lines = [f"The embeddings are rotated by an orthogonal map (`{KEY}: {{fit: {self.fit}}}`), so full-width "
+                 "cosines are unchanged:"]  # fmt: skip
         if self.before:
-            paragraphs.append(
-                "Training ran in the principal-axes basis of the untrained model's embeddings of the training texts\n"
-                f"(`{KEY}: {{fit: {self.fit}}}`: an orthogonal map, full-width cosines unchanged), so each Matryoshka "
-                "width was\ntrained as the first `d` of those axes."
-                + ("" if self.after else f" The rotation is {saved}.")
-            )
+            lines.append("training ran in the principal axes of the untrained model's embeddings of the training "
+                         "texts, so each Matryoshka width was trained as the first `d` of those axes.")  # fmt: skip
         if self.after:
-            text = (
-                "The embeddings are rotated onto the principal axes of the training texts' embeddings "
-                f"(`{KEY}`: an\northogonal map, so full-width cosines are unchanged and the first dimensions carry the "
-                f"most variance); the\nrotation is {saved}.\nTruncated embeddings "
-                "(`SentenceTransformer(..., truncate_dim=d)`, `--truncate-dim d`) are the first `d` principal\ncomponents."
-            )
-            if self.refine:
-                goal = (
-                    "the run's own training loss at each narrower Matryoshka width is minimised on the training rows"
-                    if self.refine.objective == "training_loss"
-                    else "at each narrower Matryoshka width the training texts rank their neighbours as they do at "
-                    "full width"
-                )
-                text += (
-                    f"\nThe rotation was then refined for {self.refine.steps} steps (`{KEY}.refine`, "
-                    f"`objective: {self.refine.objective}`),\nkept orthogonal, so that {goal}: the first `d` "
-                    "dimensions are no longer exactly principal components, and full-width cosines are still unchanged."
-                )
-            paragraphs.append(text)
-        return "\n\n".join(paragraphs)
+            lines.append("after training they were rotated onto the principal axes of the trained model's "
+                         "embeddings, so truncated embeddings (`truncate_dim=d`, `--truncate-dim d`) are the first "
+                         "`d` principal components.")  # fmt: skip
+        if self.refine:
+            lines.append(f"The rotation was then refined for {self.refine.steps} steps on {self.refine.goal} at each "
+                         f"narrower width (`{KEY}.refine`, `objective: {self.refine.objective}`), kept "
+                         "orthogonal.")  # fmt: skip
+        lines.append("It is the `Dense` module of `merged/` and `rotation.safetensors`; lorasmith applies it on load.")
+        return "\n".join(lines)
 
     def before_training(self, trainer, train_ds) -> None:
         """``fit: before`` / ``both``: install the untrained model's PCA basis (:func:`fit_pca_basis`). Call on every
@@ -220,32 +177,34 @@ class MatryoshkaRotation:
             fit_rotation(trainer, train_ds, self)
 
 
-def _check_keys(value: dict, known: tuple[str, ...], where: str) -> None:
+def _mapping(value, where: str, known: tuple[str, ...]) -> dict:
+    """``value`` when it is a mapping of ``known`` keys only; else a ConfigError naming ``where``."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping {{{', '.join(f'{k}:' for k in known)}}}; got {value!r}")
     unknown = sorted(set(map(str, value)) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected {', '.join(known)}")
+    return value
+
+
+def _setting(value: dict, where: str, key: str, default, valid, expected: str):
+    """``value[key]`` (or ``default``) when ``valid`` (a boolean never is), else ConfigError naming ``where.key``."""
+    setting = value.get(key, default)
+    if isinstance(setting, bool) or not valid(setting):
+        raise ConfigError(f"{where}.{key} must be {expected}; got {setting!r}")
+    return setting
 
 
 def _refinement(value) -> Refinement | None:
     """``refine:`` checked; ``None`` when absent or ``steps: 0``."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{KEY}.refine must be a mapping {{steps:, objective:, temperature:}}; got {value!r}"
-        )
-    _check_keys(value, REFINE_KEYS, f"{KEY}.refine")
-    steps = value.get("steps", 0)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(f"{KEY}.refine.steps must be >= 0; got {steps!r}")
-    objective = value.get("objective", "neighbours")
-    if objective not in REFINE_OBJECTIVES:
-        raise ConfigError(
-            f"{KEY}.refine.objective must be one of {', '.join(REFINE_OBJECTIVES)}; got {objective!r}"
-        )
-    temperature = value.get("temperature", 0.05)
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
-        raise ConfigError(f"{KEY}.refine.temperature must be > 0; got {temperature!r}")
+    where = f"{KEY}.refine"
+    value = _mapping(value, where, ("steps", "objective", "temperature"))
+    steps = _setting(value, where, "steps", 0, lambda v: isinstance(v, int) and v >= 0, ">= 0")
+    objectives = f"one of {', '.join(REFINE_OBJECTIVES)}"
+    objective = _setting(value, where, "objective", "neighbours", lambda v: v in REFINE_OBJECTIVES, objectives)
+    temperature = _setting(value, where, "temperature", 0.05, lambda v: isinstance(v, int | float) and v > 0, "> 0")
     return Refinement(steps, objective, float(temperature)) if steps else None
 
 
@@ -434,27 +393,15 @@ def fit_rotation(trainer, train_ds, settings: MatryoshkaRotation) -> Tensor:
     if refine is not None:
         device = trainer.accelerator.device
         show_progress = trainer.accelerator.is_main_process and not trainer.args.disable_tqdm
+        common = dict(steps=refine.steps, seed=seed, show_progress=show_progress)
         if refine.objective == "training_loss":
             refined = refine_rotation_on_loss(
-                rotation.to(device),
-                embeddings.to(device),
-                texts,
-                parts,
-                trainer.objective,
-                steps=refine.steps,
-                seed=seed,
-                show_progress=show_progress,
+                rotation.to(device), embeddings.to(device), texts, parts, trainer.objective, **common
             )
         else:
+            dims, weights = list(settings.matryoshka.dims), list(settings.matryoshka.weights)
             refined = refine_rotation(
-                rotation.to(device),
-                embeddings.to(device),
-                list(settings.matryoshka.dims),
-                list(settings.matryoshka.weights),
-                steps=refine.steps,
-                temperature=refine.temperature,
-                seed=seed,
-                show_progress=show_progress,
+                rotation.to(device), embeddings.to(device), dims, weights, temperature=refine.temperature, **common
             )
         rotation = broadcast(refined, from_process=0).cpu()
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from eval.cli import EmbeddingOptions, ModelOption, load_embedder
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 from train.mine.candidates import sharded_topk
 from train.mine.filters import SAMPLING, FilterSettings, apply_filters, select_negatives
@@ -54,78 +55,53 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 class MineArguments(EmbeddingOptions, ModelOption):
     """The flags of ``python -m train.mine`` (checked together by :func:`validate`)."""
 
-    pairs: str = dataclasses.field(
-        metadata={"help": "(query, positive) pairs: any file data_utils reads (task pairs)"}
+    pairs: str = option("(query, positive) pairs: any file data_utils reads (task pairs)")
+    columns: str | None = option(
+        "column map of the pairs, e.g. anchor=question,positive=answer", default=None
     )
-    columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "column map of the pairs, e.g. anchor=question,positive=answer"}
+    corpus: str | None = option(
+        "documents to mine from (default: every distinct positive of the pairs)", default=None
     )
-    corpus: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "documents to mine from (default: every distinct positive of the pairs)"},
+    corpus_columns: str | None = option(
+        "column map of the corpus, e.g. text=body (default column: text)", default=None
     )
-    corpus_columns: str | None = dataclasses.field(
-        default=None, metadata={"help": "column map of the corpus, e.g. text=body (default column: text)"}
-    )
-    output: str = dataclasses.field(metadata={"help": "triplets file to write (.jsonl)"})
-    overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace --output if it exists"})
-    format: str = dataclasses.field(
+    output: str = option("triplets file to write (.jsonl)")
+    overwrite: bool = option("replace --output if it exists", default=False)
+    format: str = option(
+        "n-tuple: one row per pair with a 'negatives' list (default); triplet: one row per negative",
         default="n-tuple",
-        metadata={
-            "choices": FORMATS,
-            "help": "n-tuple: one row per pair with a 'negatives' list (default); triplet: one row per negative",
-        },
+        choices=FORMATS,
     )
-    keep_short: bool = dataclasses.field(
+    keep_short: bool = option(
+        "keep pairs with fewer than --num-negatives negatives (format triplet only; default: drop them)",
         default=False,
-        metadata={
-            "help": "keep pairs with fewer than --num-negatives negatives (format triplet only; default: drop them)"
-        },
     )
-    num_negatives: int = dataclasses.field(default=3, metadata={"help": "negatives per pair (default 3)"})
-    range_min: int = dataclasses.field(
-        default=0, metadata={"help": "skip the closest N non-positive documents (default 0)"}
-    )
-    range_max: int = dataclasses.field(
-        default=100, metadata={"help": "take candidates up to this rank, exclusive (default 100)"}
-    )
-    max_score: float | None = dataclasses.field(
-        default=None, metadata={"help": "drop candidates scoring above this (cosine)"}
-    )
-    min_score: float | None = dataclasses.field(
-        default=None, metadata={"help": "drop candidates scoring below this (cosine)"}
-    )
-    margin: float | None = dataclasses.field(
-        default=None, metadata={"help": "keep a candidate only if score <= positive - margin"}
-    )
-    relative_margin: float | None = dataclasses.field(
+    num_negatives: int = option("negatives per pair (default 3)", default=3)
+    range_min: int = option("skip the closest N non-positive documents (default 0)", default=0)
+    range_max: int = option("take candidates up to this rank, exclusive (default 100)", default=100)
+    max_score: float | None = option("drop candidates scoring above this (cosine)", default=None)
+    min_score: float | None = option("drop candidates scoring below this (cosine)", default=None)
+    margin: float | None = option("keep a candidate only if score <= positive - margin", default=None)
+    relative_margin: float | None = option(
+        "keep a candidate only if score <= positive x (1 - margin) (false-negative guard; 0.05 is common)",
         default=None,
-        metadata={
-            "help": "keep a candidate only if score <= positive x (1 - margin) (false-negative guard; 0.05 is common)"
-        },
     )
-    sampling: str = dataclasses.field(
-        default="top", metadata={"choices": SAMPLING, "help": "top (default) or random in the window"}
+    sampling: str = option("top (default) or random in the window", default="top", choices=SAMPLING)
+    seed: int = option("seed of --sampling random (default 42)", default=42)
+    query_prefix: str | None = option(
+        "prepended to queries (default: what the model folder says)", default=None
     )
-    seed: int = dataclasses.field(default=42, metadata={"help": "seed of --sampling random (default 42)"})
-    query_prefix: str | None = dataclasses.field(
-        default=None, metadata={"help": "prepended to queries (default: what the model folder says)"}
+    document_prefix: str | None = option(
+        "prepended to documents (default: what the model folder says)", default=None
     )
-    document_prefix: str | None = dataclasses.field(
-        default=None, metadata={"help": "prepended to documents (default: what the model folder says)"}
-    )
-    embedding_dtype: str = dataclasses.field(
+    embedding_dtype: str = option(
+        "storage of the embeddings; float16 halves it (scores are computed in fp32)",
         default="float32",
-        metadata={
-            "choices": tuple(DTYPES),
-            "help": "storage of the embeddings; float16 halves it (scores are computed in fp32)",
-        },
+        choices=tuple(DTYPES),
     )
-    chunk_size: int = dataclasses.field(
-        default=16384, metadata={"help": "corpus rows scored at once (default 16384)"}
-    )
-    query_block_size: int = dataclasses.field(
-        default=1024, metadata={"help": "queries scored at once; the unit of sharding (default 1024)"}
+    chunk_size: int = option("corpus rows scored at once (default 16384)", default=16384)
+    query_block_size: int = option(
+        "queries scored at once; the unit of sharding (default 1024)", default=1024
     )
 
 

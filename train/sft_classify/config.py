@@ -1,28 +1,12 @@
 """``SFTClassifyConfig``: TRL's ``SFTConfig`` plus the prompt-classification fields of ``train.sft_classify``.
 
-Fields added, by concern:
-
-> Prompt (rendered by ``data_utils.prompts``; the label map and text columns are ``DataArguments.labels`` /
-> ``text_columns``)
-- ``system_message``: the system turn — role, task and condition.
-- ``template``: the user turn with ``{column}`` placeholders; default ``{text}`` for one column,
-  ``col: {col}`` lines for several.
-- ``prompt_format``: ``auto`` (the tokenizer's chat template if it has one), ``chat`` or ``plain``.
-
-> Long texts (inherited from ``data_utils.tokenizer_inputs.LongTextOptions``; saved with the prompt in
-> ``lorasmith.json``, so label scoring shortens rows as training did)
-- ``truncation``: ``end`` (a text column too long for ``max_length`` keeps its first tokens) or ``head_tail`` (its
-  first and last tokens, split ``head_tokens`` : ``tail_tokens``, by default 128 : 382); the system message, the
-  template and the answer are never cut. ``long_documents: chunks`` is seq_classify only (a ConfigError here).
-
-> Evaluation (label scoring on ``eval_data``: every label's answer scored by its log-likelihood after the prompt)
-- ``eval_before_training``: also score the untrained model (``before`` in metrics.json).
-- ``compare_generation``: at the end, also classify by free generation (greedy) for comparison.
-
-Defaults that differ from ``SFTConfig``: ``learning_rate`` 2e-4 (LoRA), ``num_train_epochs`` 1,
-``eval_strategy``/``save_strategy`` ``steps`` every 100 steps, ``save_total_limit`` 2, ``load_best_model_at_end``
-with ``metric_for_best_model`` ``f1_macro`` (label-scoring macro-F1), ``report_to`` tensorboard,
-``completion_only_loss`` True. Without ``eval_data`` the entrypoint turns evaluation and best-model loading off.
+It adds the prompt (``system_message``, ``template``, ``prompt_format``: rendered by ``data_utils.prompts``; the
+label map and text columns are ``DataArguments.labels`` / ``text_columns``), the long-text fields of
+``data_utils.tokenizer_inputs.LongTextOptions`` (saved with the prompt in ``lorasmith.json``, so label scoring
+shortens rows as training did; the system message, the template and the answer are never cut) and the evaluation
+switches, and sets the defaults of a LoRA classification run; each field's help (``--help``) says what it does.
+Evaluation scores every label's answer by its log-likelihood after the prompt; without ``eval_data`` the
+entrypoint turns evaluation and best-model loading off.
 
 ``max_length`` and ``trust_remote_code`` are ``ModelArguments`` fields in lorasmith (one key per recipe); the
 entrypoint copies them here, so they are not parsed from this class.
@@ -39,67 +23,53 @@ from trl import SFTConfig
 from data_utils.prompts import FORMATS
 from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
 from train.common.args import DataArguments, ModelArguments
 from train.common.run import replace_args, require_train_data
 
 
 @dataclass
 class SFTClassifyConfig(SFTConfig, LongTextOptions):
-    system_message: str | None = field(
-        default=None,
-        metadata={"help": "System turn: the role, the task and the condition to decide."},
+    system_message: str | None = option(
+        "System turn: the role, the task and the condition to decide.", default=None
     )
-    template: str | None = field(
+    template: str | None = option(
+        "User turn with {column} placeholders, e.g. 'Requirement: {requirement}\\nData: {sample_data}'. Default: "
+        "{text} for one text column, 'column: {column}' lines for several.",
         default=None,
-        metadata={
-            "help": "User turn with {column} placeholders, e.g. 'Requirement: {requirement}\\nData: {sample_data}'."
-        },
     )
-    prompt_format: str = field(
+    prompt_format: str = option(
+        "auto: the tokenizer's chat template when it has one, else plain prompt-completion.",
         default="auto",
-        metadata={
-            "help": "auto: the tokenizer's chat template when it has one, else plain prompt-completion.",
-            "choices": list(FORMATS),
-        },
+        choices=list(FORMATS),
     )
-    eval_before_training: bool = field(
-        default=False,
-        metadata={"help": "Also evaluate the untrained model; metrics.json gets 'before' and 'eval'."},
+    eval_before_training: bool = option(
+        "Also evaluate the untrained model; metrics.json gets 'before' and 'eval'.", default=False
     )
-    compare_generation: bool = field(
-        default=False,
-        metadata={"help": "At the end also classify by free (greedy) generation, for comparison."},
+    compare_generation: bool = option(
+        "At the end also classify by free (greedy) generation, for comparison.", default=False
     )
 
     # Defaults that differ from SFTConfig
-    learning_rate: float = field(default=2e-4, metadata={"help": "Initial AdamW learning rate (LoRA-sized)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the training rows."})
-    eval_strategy: IntervalStrategy | str = field(
-        default="steps", metadata={"help": "When to evaluate: no, steps or epoch."}
+    learning_rate: float = option("Initial AdamW learning rate (LoRA-sized).", default=2e-4)
+    num_train_epochs: float = option("Epochs over the training rows.", default=1.0)
+    eval_strategy: IntervalStrategy | str = option("When to evaluate: no, steps or epoch.", default="steps")
+    save_strategy: SaveStrategy | str = option(
+        "When to checkpoint: no, steps, epoch or best.", default="steps"
     )
-    save_strategy: SaveStrategy | str = field(
-        default="steps", metadata={"help": "When to checkpoint: no, steps, epoch or best."}
+    eval_steps: float | None = option("Evaluate every N steps.", default=100)
+    save_steps: float = option("Checkpoint every N steps.", default=100)
+    save_total_limit: int | None = option("Keep at most N checkpoints (plus the best).", default=2)
+    load_best_model_at_end: bool = option(
+        "Finish with the checkpoint that has the best metric_for_best_model.", default=True
     )
-    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
-    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
-    save_total_limit: int | None = field(
-        default=2, metadata={"help": "Keep at most N checkpoints (plus the best)."}
+    metric_for_best_model: str | None = option(
+        "Label-scoring metric that picks the best checkpoint (default: macro-F1).", default="f1_macro"
     )
-    load_best_model_at_end: bool = field(
-        default=True, metadata={"help": "Finish with the checkpoint that has the best metric_for_best_model."}
-    )
-    metric_for_best_model: str | None = field(
-        default="f1_macro", metadata={"help": "Label-scoring metric that picks the best checkpoint."}
-    )
-    greater_is_better: bool | None = field(
-        default=True, metadata={"help": "Whether a larger metric is better."}
-    )
-    report_to: None | str | list[str] = field(
-        default="tensorboard", metadata={"help": "Logging integrations."}
-    )
-    completion_only_loss: bool | None = field(
-        default=True,
-        metadata={"help": "Loss only on the answer tokens (the prompt is context, not a target)."},
+    greater_is_better: bool | None = option("Whether a larger metric is better.", default=True)
+    report_to: None | str | list[str] = option("Logging integrations.", default="tensorboard")
+    completion_only_loss: bool | None = option(
+        "Loss only on the answer tokens (the prompt is context, not a target).", default=True
     )
 
     # Set from ModelArguments by the entrypoint (one recipe key each), so not parsed here

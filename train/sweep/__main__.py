@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from lorasmith.errors import LorasmithError
+from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
 from train.sweep import cells as cells_mod
 from train.sweep import results, runner, search, slurm, state, suite
@@ -36,25 +37,18 @@ from train.sweep.spec import SweepSpec, load_sweep
 class SweepArguments:
     """The flags of ``python -m train.sweep``; every other ``--key value`` overrides the sweep file."""
 
-    sweep_file: str = dataclasses.field(
-        metadata={"aliases": ["--config"], "help": "the sweep file (format: train/sweep/spec.py)"}
-    )
-    dry_run: bool = dataclasses.field(
+    sweep_file: str = option("the sweep file (format: train/sweep/spec.py)", aliases=["--config"])
+    dry_run: bool = option(
+        "print every cell's status and command (with --slurm: the sbatch commands); run nothing",
         default=False,
-        metadata={
-            "help": "print every cell's status and command (with --slurm: the sbatch commands); run nothing"
-        },
     )
-    slurm: bool = dataclasses.field(
-        default=False,
-        metadata={"help": "submit one SLURM job array (a task per unfinished cell) and a collect job"},
+    slurm: bool = option(
+        "submit one SLURM job array (a task per unfinished cell) and a collect job", default=False
     )
-    collect: bool = dataclasses.field(
+    collect: bool = option(
+        "write the results as they stand, training nothing (a grid cell whose training ended "
+        "first gets its suite run and its done marker)",
         default=False,
-        metadata={
-            "help": "write the results as they stand, training nothing (a grid cell whose training ended "
-            "first gets its suite run and its done marker)"
-        },
     )
 
 
