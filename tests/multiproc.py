@@ -70,7 +70,7 @@ def run_multiprocess(
     num_processes: int = 2,
     config_file: Path | str = CPU_DDP_CONFIG,
     env: dict[str, str] | None = None,
-    timeout: float = 600,
+    timeout: float = 480,
     expect_success: bool = True,
 ) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file CONFIG --num_processes N <args>`` with a fresh rendezvous port.
@@ -89,8 +89,14 @@ def run_multiprocess(
     def launch() -> tuple[list[str], subprocess.CompletedProcess]:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
                    "--num_processes", str(num_processes), "--main_process_port", str(free_port()), *args]  # fmt: skip
-        return command, subprocess.run(command, cwd=REPO, env=launch_env, capture_output=True, text=True,
-                                       timeout=timeout)  # fmt: skip
+        try:
+            return command, subprocess.run(command, cwd=REPO, env=launch_env, capture_output=True, text=True,
+                                           timeout=timeout)  # fmt: skip
+        except subprocess.TimeoutExpired as hung:  # under pytest's own 600 s limit, so the ranks' output is shown
+            stdout, stderr = (text.decode(errors="replace") if isinstance(text, bytes) else text or ""
+                              for text in (hung.stdout, hung.stderr))  # fmt: skip
+            raise AssertionError(f"{' '.join(command)} ran past {timeout:.0f} s\n--- stdout ---\n{stdout[-4000:]}"
+                                 f"\n--- stderr ---\n{stderr[-6000:]}") from None  # fmt: skip
 
     command, result = launch()
     crash = native_crash(result.stderr) if expect_success and result.returncode != 0 else None
