@@ -1,8 +1,5 @@
-"""How a recipe key is declared: ``name: type = option(help, default=...)`` in an arguments dataclass.
-
-``option`` is ``dataclasses.field`` with the metadata ``HfArgumentParser`` reads: the ``help`` text plus any
-argparse keywords (``choices``, ``action``, ``aliases``). Every entrypoint's dataclasses declare their keys so.
-"""
+"""How a recipe key is declared: ``name: type = option(help, default=...)`` in an arguments dataclass, the
+metadata ``HfArgumentParser`` reads (``help`` and argparse keywords such as ``choices``, ``action``, ``aliases``)."""
 
 from __future__ import annotations
 
