@@ -35,6 +35,13 @@ class NothingLearned(LorasmithError):
     exit_code = 3
 
 
+class TrainingDiverged(LorasmithError):
+    """Training diverged (a step's loss was inf / NaN, or its weights exploded, on some process): the run stopped
+    before saving that step, kept the checkpoints already written and exported nothing. Exit code 4."""
+
+    exit_code = 4
+
+
 class DataError(LorasmithError):
     """A data source cannot be read or does not match the task's schema.
 

@@ -1,7 +1,8 @@
 """Process-level conventions shared by every command line (train entrypoints, eval CLIs, data check).
 
 - ``run_main``: a user error (``LorasmithError``) prints one paragraph and exits with its ``exit_code`` (2; 3
-  for a run that learned nothing), never a traceback; Ctrl-C prints one line and exits 130.
+  for a run that learned nothing, 4 for one that diverged), never a traceback; Ctrl-C prints one line and exits
+  130. The output folders the command locked (``lorasmith.run_lock``) are released when it ends.
 - ``check_world_size``: the launch came up with the number of processes it was asked for.
 - Library console noise is silenced (``lorasmith.console``): its log filters on import, the rest in ``run_main``.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import torch
 from accelerate import PartialState
 
+from lorasmith import run_lock
 from lorasmith.console import filter_library_logs, quiet_libraries
 from lorasmith.errors import ConfigError, LorasmithError
 
@@ -42,7 +44,7 @@ def check_world_size(state: PartialState | None = None) -> int:
 
 def run_main(main: Callable[..., object], *args) -> int:
     """Call ``main(*args)``; a user error prints one paragraph to stderr (no traceback) and returns its
-    ``exit_code`` (2, or 3 for NothingLearned); Ctrl-C (KeyboardInterrupt, whose text says what was saved)
+    ``exit_code`` (2, 3 for NothingLearned, 4 for TrainingDiverged); Ctrl-C (KeyboardInterrupt, whose text says what was saved)
     prints one line and returns 130, the shell's code for SIGINT.
 
     The process group is torn down before returning: gloo threads still alive at interpreter exit can
@@ -58,6 +60,7 @@ def run_main(main: Callable[..., object], *args) -> int:
         print(f"interrupted (Ctrl-C): {interrupt or 'stopped; the last complete checkpoint is kept'}", file=sys.stderr)
         return 130
     finally:
+        run_lock.release_all()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

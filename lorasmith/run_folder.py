@@ -18,6 +18,7 @@ A lorasmith ``output_dir`` looks like::
       checkpoint-*/         Trainer checkpoints; complete once ``lorasmith_checkpoint.json`` is in them
       incomplete-checkpoints/, previous-runs/   what re-runs moved aside (never deleted)
       adapter.partial/, merged.partial/         an export in progress (:func:`partial_folder`)
+      lorasmith.lock        who runs in the folder now: a file lock held by that process (``lorasmith.run_lock``)
 
 Every file is written atomically (temp file + rename; folders through :func:`publish_folder`), so an
 interrupted run never leaves a half-written file behind. Only the main process writes.
@@ -70,6 +71,7 @@ MARKER_NAME = "lorasmith_checkpoint.json"
 INCOMPLETE_DIR = "incomplete-checkpoints"
 PREVIOUS_RUNS_DIR = "previous-runs"
 PARTIAL_SUFFIX = ".partial"
+LOCK_NAME = "lorasmith.lock"  # held by the running process (lorasmith.run_lock); never moved
 # what a run writes at the top of output_dir besides checkpoint-* ("runs": the Trainer's TensorBoard logs)
 RUN_ARTIFACTS = (RECIPE_NAME, METRICS_NAME, MANIFEST_NAME, MODEL_CARD_NAME, ADAPTER_DIR, MERGED_DIR, "runs",
                  RUN_RECORD_NAME)

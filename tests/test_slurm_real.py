@@ -6,8 +6,9 @@ first checkpoint with ``scancel --signal=USR1 --batch`` (exactly what ``#SBATCH 
 the time limit), and must checkpoint, requeue itself, resume from that checkpoint in its next run and finish with the
 same per-step losses as an uninterrupted job.
 
-Skipped where the daemons are not installed (Debian: ``apt-get install slurm-wlm munge``; CI does not install them)
-or cannot start; the skip reason carries the daemons' last log lines. What the daemons need in a container without
+Skipped where the daemons are not installed (Debian: ``apt-get install slurm-wlm munge``) or cannot start, the
+reason carrying the daemons' last log lines; with ``LORASMITH_REQUIRE_SLURM=1`` (CI, which installs them) that
+is a failure instead. What the daemons need in a container without
 systemd or cgroups is in ``slurm_conf`` below (``proctrack/linuxproc``, ``task/none``, ``slurmd -N localhost``,
 munge's socket in a world-executable folder, a short ``cred_expire`` so a requeued job restarts at once).
 """
@@ -123,13 +124,20 @@ class Cluster:
                     proc.wait()
 
 
+def unavailable(reason: str):
+    """Skip, or fail where the machine promises SLURM (``LORASMITH_REQUIRE_SLURM=1``: CI installs it)."""
+    if os.environ.get("LORASMITH_REQUIRE_SLURM") == "1":
+        pytest.fail(f"LORASMITH_REQUIRE_SLURM=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     missing = [name for name in PROGRAMS if not shutil.which(name)]
     if missing:
-        pytest.skip(f"no SLURM here ({', '.join(missing)} not installed; Debian: apt-get install slurm-wlm munge)")
+        unavailable(f"no SLURM here ({', '.join(missing)} not installed; Debian: apt-get install slurm-wlm munge)")
     if os.geteuid() != 0:
-        pytest.skip("a private slurmd must run as root (SlurmUser=root)")
+        unavailable("a private slurmd must run as root (SlurmUser=root)")
     root = Path(tempfile.mkdtemp(prefix="lorasmith-slurm-"))
     root.chmod(0o755)  # munged wants every folder above its socket executable by all
     for sub in ("state", "spool", "log", "run"):
@@ -151,7 +159,7 @@ def cluster():
         deadline = time.monotonic() + 30
         while not munge_socket.exists():
             if time.monotonic() > deadline or cluster.procs[0].poll() is not None:
-                pytest.skip(f"munged did not start:\n{cluster.logs()}")
+                unavailable(f"munged did not start:\n{cluster.logs()}")
             time.sleep(0.2)
         cluster.start("slurmctld", "-D", "-i")  # -i: ignore state from an earlier run
         cluster.start("slurmd", "-D", "-N", "localhost")  # the node's name is localhost whatever the hostname
@@ -163,7 +171,7 @@ def cluster():
                 break
             dead = [p.args[0] for p in cluster.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                pytest.skip(f"SLURM did not come up (node {state or '?'}, exited: {dead}):\n{cluster.logs()}")
+                unavailable(f"SLURM did not come up (node {state or '?'}, exited: {dead}):\n{cluster.logs()}")
             time.sleep(0.5)
         yield cluster
     finally:

@@ -18,7 +18,8 @@ Invariants: every process calls every step (saving and resuming are collective);
 (``PartialState().is_main_process``, the one spelling of that check in the entrypoints) writes run files;
 a run is complete only once ``finish`` wrote its record, after everything else (``train.common.resume``).
 Exit codes (``lorasmith.process.run_main``): 0 done (or nothing to do), 2 a user error before or during the
-run, 3 the run finished but learned nothing (outputs kept, not marked complete), 130 Ctrl-C.
+run, 3 the run finished but learned nothing (outputs kept, not marked complete), 4 training diverged (inf / NaN
+loss or exploded weights: checkpoints kept, nothing exported), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
 from lorasmith import recipe_parser, run_folder
 from lorasmith.errors import ConfigError, NothingLearned
-from train.common import launch, learnable, resume
+from train.common import divergence, launch, learnable, resume
 from train.common.args import RunArguments
 from train.common.modeling import resolve_model_source
 from train.common.signals import StopOnSignal
@@ -114,7 +115,7 @@ def stopped_by_signal(trainer) -> bool:
 def check_output_dir(args: Sequence) -> bool:
     """True when ``output_dir`` holds this recipe's finished run and nothing more is asked (the entrypoint
     returns: exit 0, nothing touched); ConfigError when the folder may not be used (``resume.check_output_dir``).
-    Call on every process once the recipe is final, before any model loads; it writes nothing."""
+    Call on every process once the recipe is final, before any model loads; it writes only the folder lock."""
     run_args, training_args, recipe = _resolved_recipe(args)
     return resume.check_output_dir(training_args, run_args, recipe)
 
@@ -162,7 +163,8 @@ def _training_defaults(cls) -> dict:
 def train(trainer, resume_from: str | None) -> TrainOutput | None:
     """``trainer.train`` from ``resume_from``; None when SIGTERM / SIGUSR1 stopped it (its checkpoint is saved and
     the same command resumes from it: the caller ends the run without evaluating or exporting), and
-    KeyboardInterrupt (exit 130, one line) when Ctrl-C did.
+    KeyboardInterrupt (exit 130, one line) when Ctrl-C did; ``TrainingDiverged`` (exit 4) after the first step
+    whose loss was inf / NaN or whose weights exploded on any process (``divergence``), before it is saved.
 
     The result's metrics say what they cover: ``global_step`` (the run's total), ``resumed_from_step``
     (resumed runs) and ``train_loss_steps`` (the steps this call trained, which ``train_loss`` and the speed
@@ -172,6 +174,7 @@ def train(trainer, resume_from: str | None) -> TrainOutput | None:
     stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
     if resume_from and 0 < trainer.args.max_steps <= first_step and not trainer.is_deepspeed_enabled:
         return _reload_finished_training(trainer, resume_from, stop)
+    divergence.guard(trainer)
     result = trainer.train(resume_from_checkpoint=resume_from)
     if stop is not None and stop.interrupted:
         raise KeyboardInterrupt(

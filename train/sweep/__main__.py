@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from lorasmith.errors import LorasmithError
 from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
+from lorasmith.run_lock import lock_run_folder, release_all
 from train.sweep import cells as cells_mod
 from train.sweep import results, runner, search, slurm, state, suite
 from train.sweep.grid import expand_grid
@@ -123,6 +124,7 @@ def run(argv: Sequence[str]) -> int:
         if args.dry_run:
             print_plan(spec, [])
             return 0
+        lock_run_folder(spec.output_dir)  # one sweep per folder (its cells lock their own)
         if not args.collect:
             search.run_search(spec)
         trials = search.trial_cells(spec, search.open_study(spec))
@@ -137,6 +139,7 @@ def run(argv: Sequence[str]) -> int:
     if args.dry_run:
         print_plan(spec, cells)
         return 0
+    lock_run_folder(spec.output_dir)
     cells_mod.write_manifest(spec, cells)
     if args.collect:
         slurm.record_task_failures(spec, cells)
@@ -152,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LorasmithError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        release_all()
 
 
 if __name__ == "__main__":
