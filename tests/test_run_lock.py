@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import multiproc
 import pytest
 import yaml
-from multiproc import REPO, run_multiprocess, test_env
+from multiproc import REPO, run_multiprocess
 from test_embed_train import FAST, data_files
 from transformers import PreTrainedModel
 
@@ -27,7 +28,7 @@ HOLD = "import sys, time; from lorasmith.run_lock import lock_run_folder; lock_r
 @pytest.fixture
 def holder(tmp_path):
     """A process that holds the lock of ``tmp_path / 'out'`` until the test kills it."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out")], cwd=REPO, env=test_env(),
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out")], cwd=REPO, env=multiproc.test_env(),
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert process.stdout.readline().strip() == "locked"
     yield process
@@ -50,7 +51,7 @@ def test_a_busy_folder_is_refused_naming_the_holder_and_a_killed_holder_frees_it
     finally:
         release_all()
     subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(600)", "pass"), str(out)], cwd=REPO,
-                   env=test_env(), check=True, timeout=120)  # fmt: skip  released: another process takes it
+                   env=multiproc.test_env(), check=True, timeout=120)  # fmt: skip  released: another process takes it
 
 
 def never_loaded(*args, **kwargs):
@@ -109,12 +110,12 @@ def test_a_sweep_into_a_busy_folder_is_refused(tiny_bert_dir, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"entrypoint": "embed", "recipe": str(recipe), "output_dir": str(tmp_path / "out"),
                                      "grid": {"learning_rate": [1e-3, 2e-3]}}))  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out")], cwd=REPO, env=test_env(),
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out")], cwd=REPO, env=multiproc.test_env(),
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert process.stdout.readline().strip() == "locked"
         result = subprocess.run([sys.executable, "-m", "train.sweep", "--config", str(sweep)], cwd=REPO,
-                                env=test_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+                                env=multiproc.test_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:
         process.kill()
         process.wait(timeout=30)

@@ -55,7 +55,6 @@ from lorasmith.run_folder import (
     write_run_record,
     yaml_safe,
 )
-from lorasmith.run_lock import lock_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -190,22 +189,19 @@ def survey_output_dir(output_dir: Path, recipe: dict) -> OutputDirState:
 
 
 def check_output_dir(training_args, run_args, recipe: dict) -> bool:
-    """Before any model loads, on every rank: may this run use ``output_dir``? Writes nothing but the lock.
+    """Before any model loads, on every rank: may this run use ``output_dir``? Reads only, writes nothing.
 
-    Takes the folder's lock first (``lorasmith.run_lock``; not for a dry run): another run in it is a ConfigError.
     Returns True when ``output_dir`` holds this recipe's complete run and the recipe asks for no more training
     (the caller ends the run, exit 0, touching nothing); False when the run goes ahead (fresh, resumed, or a
     finished run trained further because ``max_steps`` / ``num_train_epochs`` was raised).
 
     Raises:
-        ConfigError: ``output_dir`` is a file or cannot be written; another run holds its lock; holds another recipe's run; is a folder
+        ConfigError: ``output_dir`` is a file or cannot be written; holds another recipe's run; is a folder
             holding no lorasmith run but names a run would overwrite (both unless ``overwrite_output_dir``);
             a finished run should train further but kept no checkpoint to continue from.
     """
     output_dir = Path(training_args.output_dir)
     _check_writable(output_dir)
-    if not run_args.dry_run:
-        lock_run_folder(output_dir)  # one run per folder: held until the command ends
     found = survey_output_dir(output_dir, recipe)
     _refuse_foreign_content(output_dir, found, training_args, run_args)
     if not found.complete or run_args.overwrite_output_dir or training_args.resume_from_checkpoint:

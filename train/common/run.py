@@ -33,7 +33,7 @@ from transformers import TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
-from lorasmith import recipe_parser, run_folder
+from lorasmith import recipe_parser, run_folder, run_lock
 from lorasmith.errors import ConfigError, NothingLearned
 from train.common import divergence, launch, learnable, resume
 from train.common.args import RunArguments
@@ -114,10 +114,15 @@ def stopped_by_signal(trainer) -> bool:
 
 def check_output_dir(args: Sequence) -> bool:
     """True when ``output_dir`` holds this recipe's finished run and nothing more is asked (the entrypoint
-    returns: exit 0, nothing touched); ConfigError when the folder may not be used (``resume.check_output_dir``).
-    Call on every process once the recipe is final, before any model loads; it writes only the folder lock."""
+    returns: exit 0, nothing touched); ConfigError when the folder may not be used (``resume.check_output_dir``)
+    or another run holds it. A run that goes on (not a dry run) takes the folder's lock (``lorasmith.run_lock``,
+    held until the command ends), the only thing written here. Call on every process once the recipe is final,
+    before any model loads."""
     run_args, training_args, recipe = _resolved_recipe(args)
-    return resume.check_output_dir(training_args, run_args, recipe)
+    finished = resume.check_output_dir(training_args, run_args, recipe)
+    if not finished and not run_args.dry_run:
+        run_lock.lock_run_folder(training_args.output_dir)
+    return finished
 
 
 def prepare_output_dir(args: Sequence) -> tuple[dict, str | None]:
