@@ -31,22 +31,25 @@ class StopOnDivergence(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.bad_loss: float | None = None  # a non-finite micro-batch loss of this optimizer step
+        self.non_finite_loss: torch.Tensor | None = None  # on the device: a micro-batch loss of this step not finite
         self.start_weight: float | None = None
 
     def record(self, loss: torch.Tensor) -> None:
-        if self.bad_loss is None and not bool(torch.isfinite(loss).all()):
-            self.bad_loss = float(loss.detach().float().reshape(-1)[0])
+        """Note whether ``loss`` is finite, on its device (no host sync per micro-batch)."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.non_finite_loss = bad if self.non_finite_loss is None else self.non_finite_loss | bad
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.start_weight = largest_trainable_weight(model)
+        self.start_weight = float(largest_trainable_weight(model))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        local = torch.tensor([float(self.bad_loss is not None), largest_trainable_weight(model)])
-        bad_loss, weight = self.trainer.accelerator.gather(local.to(self.trainer.accelerator.device)).reshape(-1, 2).T
-        self.bad_loss = None
+        device = self.trainer.accelerator.device
+        bad = self.non_finite_loss if self.non_finite_loss is not None else torch.tensor(False)
+        local = torch.stack([bad.to(device).float(), largest_trainable_weight(model).to(device)])
+        bad_loss, weight = self.trainer.accelerator.gather(local).reshape(-1, 2).T
+        self.non_finite_loss = None
         limit = max(EXPLODED, GROWTH * (self.start_weight or 0.0))
-        largest = float(weight.max()) if bool(torch.isfinite(weight).all()) else math.inf
+        largest = float(weight.max())  # inf when a weight is not finite on some process
         if bool(bad_loss.max() > 0):
             raise TrainingDiverged(diverged_message(self.trainer, "the loss was inf or NaN"))
         if largest > limit:
@@ -71,13 +74,14 @@ def guard(trainer) -> None:
     trainer.add_callback(callback)
 
 
-def largest_trainable_weight(model) -> float:
-    """The largest magnitude of a trainable weight this process holds (inf when one is not finite; 0 for none)."""
+def largest_trainable_weight(model) -> torch.Tensor:
+    """The largest magnitude of a trainable weight this process holds, a 0-dim tensor on the weights' device
+    (inf when one is not finite; 0 for none)."""
     weights = [p.detach() for p in model.parameters() if p.requires_grad and p.numel() > 0]
     if not weights:
-        return 0.0
+        return torch.zeros(())
     largest = torch.stack([w.abs().max().float() for w in weights]).max()
-    return float(largest) if bool(torch.isfinite(largest)) else math.inf
+    return torch.where(torch.isnan(largest), torch.full_like(largest, math.inf), largest)
 
 
 def diverged_message(trainer, what: str) -> str:
