@@ -144,7 +144,7 @@ def overhead(train: Path, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     import data_utils
-    from data_utils.prompts import PromptSpec, render, resolve_format
+    from lorasmith.prompts import PromptSpec, render, resolve_format
     from train.common.args import ModelArguments
     from train.common.modeling import apply_tuning, load_model, load_tokenizer
     from train.sft_classify.data import build_sft_rows, label_rows

@@ -7,6 +7,7 @@ See ``data_utils.loader.load`` for sources and options, ``data_utils.schemas`` f
 each task, and ``python -m data_utils.check`` to validate a file from the shell.
 """
 
+import lorasmith  # noqa: F401  (first: lorasmith.console silences library noise before peft is imported)
 from data_utils.labels import label_names_from_dataset
 from data_utils.loader import load
 from data_utils.samples import sample_path

@@ -2,14 +2,14 @@
 
     python -m data_utils.check --task pairs --data train.jsonl --columns anchor=question,positive=answer
     python -m data_utils.check --task scored_pairs --data sts.tsv --score_range 0,5 \\
-        --tokenizer sentence-transformers/all-MiniLM-L6-v2 --max-length 128
+        --tokenizer sentence-transformers/all-MiniLM-L6-v2 --max_length 128
     python -m data_utils.check --task labeled --data nli.csv --text_columns premise,hypothesis
 
 The reader flags (``--sep tab``, ``--header false``, ``--quoting none``, ``--encoding utf-16``, ``--format tsv``
 ...) are ``data_utils.options.ReadOptions``; any other ``--key value`` is passed to ``data_utils.load`` as a
 task option (``--label_names neg,pos``, ``--multi_label`` ...). Prints rows, columns, duplicate
 counts and a task summary (label distribution, tags per row, score histogram); with ``--tokenizer``,
-token lengths per text column and how many rows exceed ``--max-length``. Exit status: 0 when the
+token lengths per text column and how many rows exceed ``--max_length``. Exit status: 0 when the
 data is valid, 2 on a data or configuration error (message on stderr, no traceback).
 """
 
@@ -27,12 +27,12 @@ from data_utils.loader import load
 from data_utils.options import ReadOptions
 from data_utils.readers import column_values
 from data_utils.schemas import SCHEMAS
-from data_utils.tokenizer_inputs import model_max_length
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from lorasmith.recipe_fields import option
 from lorasmith.recipe_parser import RecipeParser, make_cli_parser, parse_cli
+from lorasmith.tokenizer_inputs import model_max_length
 
 _BAR_WIDTH = 30
 _TOP_TAGS = 10
@@ -41,6 +41,8 @@ _TOP_TAGS = 10
 @dataclasses.dataclass(kw_only=True)
 class CheckArguments(ReadOptions):
     """The flags of ``python -m data_utils.check``; any other ``--key value`` is a task option for ``load``."""
+
+    _argument_group_name = "Check"
 
     task: str | None = option(
         "task schema to validate (default: only read)", default=None, choices=tuple(SCHEMAS)
@@ -56,7 +58,7 @@ class CheckArguments(ReadOptions):
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([CheckArguments], prog="python -m data_utils.check", description=__doc__)
+    return make_cli_parser([CheckArguments], module="data_utils.check", description=__doc__)
 
 
 def parse_load_options(tokens: Sequence[str]) -> dict[str, str]:

@@ -28,6 +28,8 @@ SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pi
 class ReadOptions:
     """How a data file is read; ``None`` means the format's default. Field helps are the documentation."""
 
+    _argument_group_name = "Reading files"
+
     format: str | None = option(
         "File format, overriding the extension: csv, tsv, json, jsonl, parquet, xlsx, txt, pkl, or stsb "
         "(the STS Benchmark release layout; detected by itself for scored pairs).",

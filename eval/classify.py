@@ -151,6 +151,8 @@ def label_texts(classifier: Classifier, texts: Sequence[str], batch_size: int = 
 class ClassifyArguments(OutputOption, ReadOptions):
     """The flags of ``python -m eval.classify``: ``--data`` or one or more ``--text``."""
 
+    _argument_group_name = "Classification data"
+
     model: str = option("lorasmith output folder of a classifier")
     data: str | None = option("labelled file (csv, tsv, jsonl, ...)", default=None)
     columns: str | None = option(
@@ -163,7 +165,7 @@ class ClassifyArguments(OutputOption, ReadOptions):
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([ClassifyArguments], prog="python -m eval.classify", description=__doc__)
+    return make_cli_parser([ClassifyArguments], module="eval.classify", description=__doc__)
 
 
 def _run(args: ClassifyArguments) -> dict:

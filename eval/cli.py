@@ -3,7 +3,6 @@ inherits, running a CLI (flags parsed by ``lorasmith.recipe_parser``, user error
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +20,8 @@ from lorasmith.recipe_parser import RecipeParser, parse_cli
 class ModelOption:
     """``--model``: the one model a CLI evaluates."""
 
+    _argument_group_name = "Model"
+
     model: str = option(
         "a lorasmith output folder, a sentence-transformers folder, an HF model folder or hub id, "
         "or 'minilm' (the packaged all-MiniLM-L6-v2)",
@@ -32,14 +33,12 @@ class EmbeddingOptions:
     """The flags that override how models embed (default: what the model folder says), as ``load_embedder`` reads
     them."""
 
+    _argument_group_name = "Embedding"
+
     pooling: str | None = option(
         "override the pooling (default: from the folder, else mean)", default=None, choices=POOLING_MODES
     )
-    normalize: bool | None = option(
-        "L2-normalize embeddings (default: from the folder, else yes)",
-        default=None,
-        action=argparse.BooleanOptionalAction,
-    )
+    normalize: bool | None = option("L2-normalize embeddings: true or false (default: from the folder, else yes)", default=None)
     max_length: int | None = option(
         "truncate texts to this many tokens (default: from the folder)", default=None
     )
@@ -54,12 +53,14 @@ class EmbeddingOptions:
 
     def __post_init__(self):
         if self.truncate_dim is not None and self.truncate_dim < 1:
-            raise ConfigError(f"--truncate-dim expects a positive integer, got {self.truncate_dim}")
+            raise ConfigError(f"--truncate_dim expects a positive integer, got {self.truncate_dim}")
 
 
 @dataclasses.dataclass(kw_only=True)
 class OutputOption:
     """``--output``: a file that also receives the result JSON."""
+
+    _argument_group_name = "Output"
 
     output: str | None = option("also write the result JSON to this file", default=None)
 
@@ -144,7 +145,7 @@ def run_cli(body: Callable, parser: RecipeParser, argv: Sequence[str] | None) ->
         (args,) = parse_cli(parser, argv)
         check_device(getattr(args, "device", None))
         check_writable(getattr(args, "output", None), "--output")
-        check_writable(getattr(args, "output_dir", None), "--output-dir", folder=True)
+        check_writable(getattr(args, "output_dir", None), "--output_dir", folder=True)
         init_distributed()
         body(args)
 

@@ -1,7 +1,7 @@
 """Run an evaluation suite for several models into a results matrix (CSV + JSON + heat-map PNG).
 
     python -m eval.matrix --models minilm out/embed-run --suite configs/eval/suite_example.yaml \\
-        --output-dir eval_matrix
+        --output_dir eval_matrix
 
 The suite is a YAML file with a list ``tasks``; each task has a ``name``, a ``kind`` (sts, retrieval,
 probe), the options of that kind's evaluator (the CLI flags, with underscores) and optionally ``metric``,
@@ -202,6 +202,8 @@ def plot_matrix(matrix: dict[str, dict[str, float]], column_labels: Sequence[str
 class MatrixArguments(EmbeddingOptions):
     """The flags of ``python -m eval.matrix``; the embedding overrides apply to every model."""
 
+    _argument_group_name = "Suite"
+
     models: list[str] = option(
         "models to compare: lorasmith, sentence-transformers or HF model folders, hub ids, 'minilm'"
     )
@@ -210,7 +212,7 @@ class MatrixArguments(EmbeddingOptions):
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([MatrixArguments], prog="python -m eval.matrix", description=__doc__)
+    return make_cli_parser([MatrixArguments], module="eval.matrix", description=__doc__)
 
 
 def _run(args: MatrixArguments) -> dict:

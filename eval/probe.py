@@ -108,6 +108,8 @@ def evaluate_probe(
 class ProbeArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.probe``."""
 
+    _argument_group_name = "Probe"
+
     data: str = option("labelled file (csv, tsv, jsonl, ...)")
     text_column: str = option("column holding the text (default text)", default="text")
     columns: str | None = option("role=column pairs, e.g. label=sentiment", default=None)
@@ -117,7 +119,7 @@ class ProbeArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([ProbeArguments], prog="python -m eval.probe", description=__doc__)
+    return make_cli_parser([ProbeArguments], module="eval.probe", description=__doc__)
 
 
 def _run(args: ProbeArguments) -> dict:

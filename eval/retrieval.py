@@ -9,7 +9,7 @@
     python -m eval.retrieval --model out/embed-run --data tags_eval.jsonl --task tags
 
 Queries get the query prefix, documents / positives / tags the document prefix (from the model's
-lorasmith.json, or ``--query-prefix`` / ``--document-prefix``). Search is exact (chunked dot products of
+lorasmith.json, or ``--query_prefix`` / ``--document_prefix``). Search is exact (chunked dot products of
 the embeddings; cosine when the model normalizes).
 """
 
@@ -243,6 +243,8 @@ def evaluate_retrieval(
 class RetrievalArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.retrieval``: ``--data`` (with ``--task``) or the three BEIR files."""
 
+    _argument_group_name = "Retrieval"
+
     data: str | None = option("pairs or tags file (csv, jsonl, ...)", default=None)
     task: str = option("what --data holds (default pairs)", default="pairs", choices=("pairs", "tags"))
     columns: str | None = option(
@@ -261,7 +263,7 @@ class RetrievalArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOptio
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([RetrievalArguments], prog="python -m eval.retrieval", description=__doc__)
+    return make_cli_parser([RetrievalArguments], module="eval.retrieval", description=__doc__)
 
 
 def _run(args: RetrievalArguments) -> dict:

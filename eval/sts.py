@@ -74,6 +74,8 @@ def sts_correlations(
 class StsArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
     """The flags of ``python -m eval.sts``."""
 
+    _argument_group_name = "STS data"
+
     data: str = option("scored sentence pairs (csv, tsv, jsonl, ... or STS-B release)")
     columns: str | None = option("role=column pairs for sentence1, sentence2, score", default=None)
     score_range: str | None = option(
@@ -82,7 +84,7 @@ class StsArguments(OutputOption, ReadOptions, EmbeddingOptions, ModelOption):
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([StsArguments], prog="python -m eval.sts", description=__doc__)
+    return make_cli_parser([StsArguments], module="eval.sts", description=__doc__)
 
 
 def _run(args: StsArguments) -> dict:

@@ -5,3 +5,7 @@
 world-size check.
 ``lorasmith.embedded_models``: the models shipped inside PyPI packages (``minilm``, ``smollm2``) by alias. Nothing here imports the project's other packages.
 """
+
+from lorasmith.console import filter_library_logs
+
+filter_library_logs()  # first: peft's import (anywhere below) logs bitsandbytes' optional-kernel warning

@@ -11,7 +11,7 @@
    normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``, a square
    linear ``Dense`` module as ``rotation`` (any other module is refused: it could not be reproduced).
 4. any other HF model folder or hub id: mean pooling, normalized, max length the tokenizer's stated limit
-   (``data_utils.tokenizer_inputs.model_max_length``; 512 when it states none).
+   (``lorasmith.tokenizer_inputs.model_max_length``; 512 when it states none).
 
 Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
 ``truncate_dim`` keeps the first ``d`` dimensions of every embedding (re-normalised when the embedder
@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from data_utils.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length
 from lorasmith.distributed import split_and_gather
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import pool, validate_pooling_mode
 from lorasmith.run_folder import MERGED_DIR, read_manifest, read_rotation, read_sentence_transformers_config
+from lorasmith.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length
 
 
 def truncate(embeddings: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:

@@ -17,10 +17,8 @@ import torch
 from accelerate import PartialState
 
 from lorasmith import run_lock
-from lorasmith.console import filter_library_logs, quiet_libraries
+from lorasmith.console import quiet_libraries
 from lorasmith.errors import ConfigError, LorasmithError
-
-filter_library_logs()  # before an entrypoint imports peft, whose import logs bitsandbytes' kernels warning
 
 EXPECT_WORLD_SIZE_ENV = "LORASMITH_EXPECT_WORLD_SIZE"
 

@@ -5,7 +5,8 @@ argparse keywords), ``--field_name`` and ``--field-name`` both accepted, ``alias
 entrypoints read a recipe (``make_parser`` + ``parse_recipe``, below); the other CLIs (evaluation, mining, sweeps,
 data check) take flags only (``make_cli_parser`` + ``parse_cli``).
 
-A run is configured by one YAML recipe (``--config configs/<task>/R.yaml``) whose keys are the fields of
+A run is configured by one YAML recipe (``--config configs/<task>/R.yaml``, or a packaged recipe's name:
+``lorasmith.project_files``) whose keys are the fields of
 the entrypoint's dataclasses; any ``--key value`` on the command line overrides the recipe. The recipe's values
 become the parser's defaults (TRL's ``TrlParser.set_defaults_with_config``, including its ``env:`` block), the
 command line is parsed over them, and every value the user set is checked (``recipe_checks``) before any
@@ -29,24 +30,102 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import get_type_hints
 
 import torch
 import yaml
 from trl import TrlParser
 
+from lorasmith import cli_help, project_files
 from lorasmith.errors import ConfigError
 from lorasmith.recipe_checks import check_values, field_types
 
 
 class RecipeParser(TrlParser):
-    """``TrlParser`` whose argument errors are raised (as :class:`ArgumentProblem`) instead of printing the usage
-    and exiting, so that ``parse_recipe`` can say where the value was written."""
+    """``TrlParser`` that lays its help out in groups (``lorasmith.cli_help``), leaves out the fields its dataclasses
+    list in ``not_offered`` (class attribute: trainer fields that cannot apply to the command) and raises argument
+    errors (as :class:`ArgumentProblem`) instead of printing the usage and exiting, so that ``parse_recipe`` can say
+    where the value was written.
+
+    ``module`` is the command's module (``train.embed``); the help names the command as the user started it
+    (:func:`command_name`).
+    """
+
+    def __init__(self, dataclass_types: Sequence[type], *, module: str, **kwargs):
+        self.module = module
+        self.not_offered = frozenset().union(*(getattr(dc, "not_offered", ()) for dc in dataclass_types))
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+        self._passthrough: list[argparse.Action] = []
+        super().__init__(dataclass_types, prog=command_name(module), formatter_class=cli_help.HelpFormatter, **kwargs)
+        order = cli_help.group_order(self.dataclass_types)
+        self._action_groups.sort(key=lambda group: order.index(group.title) if group.title in order else -1)
+
+    def _add_dataclass_arguments(self, dtype: type) -> None:
+        """``HfArgumentParser``'s, with each field in its help group and the ``--no_<flag>`` complements unlisted."""
+        hints = get_type_hints(dtype)
+        for field in dataclasses.fields(dtype):
+            if not field.init or field.name in self.not_offered:
+                continue
+            field.type = hints[field.name]
+            title = cli_help.group_of(dtype, field)
+            if title not in self._groups:
+                self._groups[title] = self.add_argument_group(title)
+            group = self._groups[title]
+            first_new = len(group._group_actions)
+            self._parse_dataclass_field(group, field)
+            for action in group._group_actions[first_new:]:
+                if action.option_strings[0] == f"--no_{field.name}":
+                    action.help = argparse.SUPPRESS
+                elif title == cli_help.PASSTHROUGH:
+                    self._passthrough.append(action)
+
+    def add_recipe_options(self) -> None:
+        """``--config`` (read by ``parse_recipe`` before parsing) and ``--help-all``, beside ``--help``."""
+        self._optionals.title = "Recipe"
+        self.add_argument(
+            "--config",
+            metavar="RECIPE",
+            default=argparse.SUPPRESS,
+            help="the YAML recipe: a file, or a packaged recipe's name (`lorasmith recipes` lists them). Every "
+            "option below is a recipe key; --key value on the command line overrides the recipe.",
+        )
+        if self._passthrough:
+            self.add_argument(
+                "--help_all", "--help-all", action=cli_help.ShowAllHelp, help="also list the trainer passthrough"
+            )
+
+    def format_help(self, show_passthrough: bool = False) -> str:
+        """The help; the trainer passthrough options summarised in one line unless ``show_passthrough``."""
+        group = self._groups.get(cli_help.PASSTHROUGH)
+        hidden = [] if show_passthrough else self._passthrough
+        saved = [action.help for action in hidden]
+        if group is not None:
+            group.description = cli_help.passthrough_summary(
+                self._passthrough, cli_help.trainer_arguments_name(self.dataclass_types), listed=show_passthrough
+            )
+        for action in hidden:
+            action.help = argparse.SUPPRESS
+        try:
+            return super().format_help()
+        finally:
+            for action, text in zip(hidden, saved, strict=True):
+                action.help = text
+
+    def print_help(self, file=None, show_passthrough: bool = False) -> None:
+        self._print_message(self.format_help(show_passthrough), file or sys.stdout)
 
     def error(self, message: str):
         match = re.match(r"argument (--[\w-]+)\S*: (.*)", message, re.DOTALL)
         if match is None:
             raise ConfigError(message)
         raise ArgumentProblem(self._option_string_actions[match.group(1)].dest, _plain(match.group(2)))
+
+
+def command_name(module: str) -> str:
+    """The command as the user started it: ``lorasmith embed`` under the ``lorasmith`` command (which sets
+    ``sys.argv[0]`` so), else ``python -m train.embed``."""
+    started_as = sys.argv[0] if sys.argv else ""
+    return started_as if started_as.startswith("lorasmith ") else f"python -m {module}"
 
 
 class ArgumentProblem(ConfigError):
@@ -66,25 +145,23 @@ def _plain(problem: str) -> str:
     return problem
 
 
-def make_parser(dataclass_types: Sequence[type]) -> RecipeParser:
-    """A :class:`RecipeParser` over ``dataclass_types`` with CPU defaults applied when CUDA is absent."""
-    parser = RecipeParser(dataclass_types)
+def make_parser(dataclass_types: Sequence[type], *, module: str, description: str | None = None) -> RecipeParser:
+    """A :class:`RecipeParser` for a training entrypoint (``--config`` + overrides), with CPU defaults applied when
+    CUDA is absent; ``description`` (the entrypoint's docstring) is printed as written."""
+    parser = RecipeParser(
+        dataclass_types, module=module, description=description, usage="%(prog)s --config RECIPE [--key value ...]"
+    )
+    parser.add_recipe_options()
     if not torch.cuda.is_available():
         field_names = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
         parser.set_defaults(**{k: v for k, v in {"use_cpu": True, "bf16": False}.items() if k in field_names})
     return parser
 
 
-def make_cli_parser(dataclass_types: Sequence[type], *, prog: str, description: str) -> RecipeParser:
+def make_cli_parser(dataclass_types: Sequence[type], *, module: str, description: str) -> RecipeParser:
     """A :class:`RecipeParser` for a command line without a recipe: ``description`` is printed as written and
     flags cannot be abbreviated (``--coll`` is not taken for ``--collect``)."""
-    return RecipeParser(
-        dataclass_types,
-        prog=prog,
-        description=description,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    return RecipeParser(dataclass_types, module=module, description=description, allow_abbrev=False)
 
 
 def parse_cli(parser: RecipeParser, argv: Sequence[str] | None = None, *, remaining: bool = False) -> tuple:
@@ -106,7 +183,11 @@ def _dataclasses_from(parser: RecipeParser, namespace: argparse.Namespace) -> tu
     try:
         return tuple(
             dataclass_type(
-                **{f.name: getattr(namespace, f.name) for f in dataclasses.fields(dataclass_type) if f.init}
+                **{
+                    f.name: getattr(namespace, f.name)
+                    for f in dataclasses.fields(dataclass_type)
+                    if f.init and hasattr(namespace, f.name)  # not offered: the field's default
+                }
             )
             for dataclass_type in parser.dataclass_types
         )
@@ -186,7 +267,10 @@ def parse_recipe(parser: RecipeParser, argv: Sequence[str] | None = None) -> tup
         at = argv.index("--config")
         if at + 1 >= len(argv):
             raise ConfigError("--config needs a path to a YAML recipe, e.g. --config configs/embed/quickstart.yaml")
-        recipe = read_recipe(argv[at + 1])
+        path, packaged = project_files.find_recipe(argv[at + 1])
+        recipe = read_recipe(str(path))
+        if packaged:
+            recipe.values = project_files.rebase_data_paths(recipe.values)
         del argv[at : at + 2]
     values = dict(recipe.values) if recipe else {}
     env = values.pop("env", None) or {}
@@ -216,21 +300,24 @@ def parse_recipe(parser: RecipeParser, argv: Sequence[str] | None = None) -> tup
 
 
 def _cli_keys(parser: RecipeParser, argv: Sequence[str]) -> list[str]:
-    """The fields set on the command line (``--lora_r 4``, ``--lora-r=4``, ``--no_normalize``)."""
+    """The fields set on the command line (``--lora_r 4``, ``--lora_r=4``, ``--no_normalize``)."""
     actions = parser._option_string_actions
     options = (token.split("=")[0] for token in argv if token.startswith("--"))
     return list(dict.fromkeys(actions[option].dest for option in options if option in actions))
 
 
-def _unknown_keys_message(unknown: list[str], parser: TrlParser) -> str:
+def _unknown_keys_message(unknown: list[str], parser: RecipeParser) -> str:
     """Every unknown key with the closest valid names, or, for a key a dataclass lists in its ``renamed_keys``
-    (class attribute: old key -> what to write now), what replaced it."""
+    (class attribute: old key -> what to write now), what replaced it, or that it does not apply to this command."""
     known = sorted({action.dest for action in parser._actions if action.dest != "help"})
     renamed = {old: new for dc in parser.dataclass_types for old, new in getattr(dc, "renamed_keys", {}).items()}
     parts = []
     for key in unknown:
         if key in renamed:
             parts.append(f"'{key}' was replaced: write {renamed[key]}")
+            continue
+        if key in parser.not_offered:
+            parts.append(f"'{key}' does not apply to {parser.prog}")
             continue
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
         parts.append(f"'{key}'" + (f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""))

@@ -16,7 +16,7 @@ from train.common.run import recipe_dict
 
 @pytest.fixture
 def parser():
-    return make_parser([DataArguments, ModelArguments, RunArguments, TrainingArguments])
+    return make_parser([DataArguments, ModelArguments, RunArguments, TrainingArguments], module="test")
 
 
 @pytest.fixture

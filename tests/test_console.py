@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from lorasmith.console import is_pooler_only_load_report
+from lorasmith.embedded_models import embedded_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("LOAD REPORT", "Failed to load CPU gemm_4bit_forward", "Loading weights")
@@ -56,12 +57,10 @@ def test_entrypoint_console_has_our_lines_and_no_library_noise():
 
 
 def test_unfiltered_the_same_load_is_noisy():
-    """The check above is not vacuous: without lorasmith.console the same load prints the noise."""
-    done = run(
-        "from transformers import AutoModel\n"
-        "from lorasmith.embedded_models import embedded_model_files\n"
-        "AutoModel.from_pretrained(str(embedded_model_files('minilm')[0]), add_pooling_layer=False)\n"
-    )
+    """The check above is not vacuous: without lorasmith (importing it installs lorasmith.console's filters) the
+    same load prints the noise."""
+    folder = str(embedded_model_files("minilm")[0])
+    done = run(f"from transformers import AutoModel\nAutoModel.from_pretrained({folder!r}, add_pooling_layer=False)\n")
     assert "LOAD REPORT" in done.stderr and "Loading weights" in done.stderr
 
 

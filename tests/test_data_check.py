@@ -141,7 +141,7 @@ def test_embedded_tokenizer_alias_and_its_stated_limit(capsys):
 def test_model_max_length_is_the_stated_limit_else_the_default():
     from types import SimpleNamespace
 
-    from data_utils.tokenizer_inputs import model_max_length
+    from lorasmith.tokenizer_inputs import model_max_length
 
     assert model_max_length(SimpleNamespace(model_max_length=131072)) == 131072  # long-context models keep theirs
     assert model_max_length(SimpleNamespace(model_max_length=int(1e30))) == 512  # transformers' "none stated"

@@ -10,15 +10,15 @@ import yaml
 from transformers import AutoTokenizer
 
 from data_utils import load
-from data_utils.prompts import PromptSpec, encode_choices, fit_row
-from data_utils.tokenizer_inputs import (
+from lorasmith.classifiers.sequence import pool_window_logits
+from lorasmith.errors import ConfigError
+from lorasmith.prompts import PromptSpec, encode_choices, fit_row
+from lorasmith.tokenizer_inputs import (
     LongTextOptions,
     document_windows,
     encode_long_texts,
     head_tail_counts,
 )
-from lorasmith.classifiers.sequence import pool_window_logits
-from lorasmith.errors import ConfigError
 from train.seq_classify.chunks import WindowCollator
 
 LONG = " ".join(["the cat likes the map", "a dog reads a good book", "my friend hates fresh bread"] * 3)

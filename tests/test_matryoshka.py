@@ -128,12 +128,12 @@ def test_embedder_truncates_then_normalises(tiny_bert_dir):
 
 
 def test_eval_cli_flag_truncate_dim(tiny_bert_dir):
-    parser = make_cli_parser([EmbeddingOptions, ModelOption], prog="test", description="")
+    parser = make_cli_parser([EmbeddingOptions, ModelOption], module="test", description="")
     options, chosen = parse_cli(
         parser, ["--model", str(tiny_bert_dir), "--truncate-dim", "4", "--device", "cpu"]
     )
     assert load_embedder(options, chosen.model).encode(["the cat reads the map."]).shape == (1, 4)
-    with pytest.raises(ConfigError, match="--truncate-dim expects a positive integer"):
+    with pytest.raises(ConfigError, match="--truncate_dim expects a positive integer"):
         parse_cli(parser, ["--model", "m", "--truncate-dim", "0"])
 
 

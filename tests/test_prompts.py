@@ -1,8 +1,9 @@
-"""data_utils.prompts: templates, verbalizers, encoding identical to TRL's, the length guard."""
+"""lorasmith.prompts: templates, verbalizers, encoding identical to TRL's, the length guard."""
 
 import pytest
 
-from data_utils.prompts import (
+from lorasmith.errors import ConfigError
+from lorasmith.prompts import (
     PromptSpec,
     build_verbalizers,
     check_choices,
@@ -15,7 +16,6 @@ from data_utils.prompts import (
     shortened_lengths,
     template_columns,
 )
-from lorasmith.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

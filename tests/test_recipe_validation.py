@@ -11,6 +11,7 @@ Three classes, each with its own mechanism:
 Every entrypoint test patches ``PreTrainedModel.from_pretrained`` to fail the test: no weights may be read.
 """
 
+import re
 import shutil
 
 import pytest
@@ -151,6 +152,42 @@ def test_max_length_above_the_position_table(tmp_path, tiny_bert_dir, capsys, no
     assert "max_length 600 is above this model's limit of 512 positions (max_position_embeddings 512)" in err
     err = fails("seq_classify", ["--config", seqcls_recipe(tmp_path, tiny_bert_dir), "--max_length", "513"], capsys)
     assert "set max_length: 512 or less" in err
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_an_unset_max_length_fits_a_short_model_and_an_explicit_one_is_still_checked(
+    tmp_path, tiny_bert_dir, model_type, capsys
+):
+    """64 usable positions (RoBERTa's table holds padding_idx + 1 more): unset -> 64, said in the plan; 256 -> refused."""
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    config_class, model_class = (BertConfig, BertModel) if model_type == "bert" else (RobertaConfig, RobertaModel)
+    source = AutoModel.from_pretrained(tiny_bert_dir)  # for its tokenizer's vocabulary and padding id
+    extra = source.config.pad_token_id + 1 if model_type == "roberta" else 0
+    config = config_class(
+        vocab_size=source.config.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64 + extra, pad_token_id=source.config.pad_token_id,
+    )
+    short = tmp_path / "short-model"
+    model_class(config).save_pretrained(short)
+    shutil.copytree(tiny_bert_dir, short, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    recipe = embed_recipe(tmp_path, short)
+    values = yaml.safe_load(recipe.read_text())
+    del values["max_length"]
+    recipe.write_text(yaml.safe_dump(values))
+    assert run_main(train.embed.main, ["--config", str(recipe), "--dry_run", "true"]) == 0
+    assert re.search(r"max length +: 64 tokens \(unset: the model's limit of 64 positions\)", capsys.readouterr().out)
+    err = fails("embed", ["--config", recipe, "--max_length", "256", "--dry_run", "true"], capsys)
+    assert "max_length 256 is above this model's limit of 64 positions" in err
+
+
+def test_an_unset_max_length_is_the_default_on_a_long_model(tmp_path, tiny_llama_dir, capsys):
+    """A rotary decoder stating 256 positions and a 512-position encoder: unset -> 256 for both."""
+    recipe = sft_recipe(tmp_path, tiny_llama_dir)
+    values = {k: v for k, v in yaml.safe_load(recipe.read_text()).items() if k != "max_length"}
+    recipe.write_text(yaml.safe_dump(values))
+    assert run_main(train.sft_classify.main, ["--config", str(recipe), "--dry_run", "true"]) == 0
+    assert re.search(r"max length +: 256 tokens \(unset: the default 256\)", capsys.readouterr().out)
 
 
 def test_lora_targets_that_match_nothing_name_the_model_modules(tmp_path, tiny_bert_dir, tiny_llama_dir, capsys, no_weights):

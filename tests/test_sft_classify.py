@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from data_utils.prompts import PromptSpec
 from lorasmith.errors import ConfigError, DataError
+from lorasmith.prompts import PromptSpec
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the team", "our model", "a user"]
 OBJECTS = ["the map", "a good book", "fresh bread", "great music", "clean data"]
@@ -129,7 +129,7 @@ def test_label_scoring_picks_the_label_the_model_was_trained_to_prefer(lora_run,
 
 def test_label_likelihood_is_the_sum_of_answer_token_log_probs(lora_run, data):
     """Independent reference: full forward on prompt + answer, sum of the answer tokens' log-probabilities."""
-    from data_utils.prompts import encode_choices
+    from lorasmith.prompts import encode_choices
 
     trainer, _ = lora_run
     classifier = trainer.classifier()

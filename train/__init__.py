@@ -3,6 +3,8 @@
 ``accelerate launch -m train.embed``); the modules beside it are its library, one concern each; ``train.common``
 holds the steps the entrypoints share."""
 
+import lorasmith  # noqa: F401  (first: lorasmith.console silences library noise before peft is imported)
+
 
 def entrypoint_attributes(package: str):
     """A module ``__getattr__`` for an entrypoint package: ``from train.embed import main, make_parser`` gives the

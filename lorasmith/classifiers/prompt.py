@@ -5,7 +5,7 @@
     clf.predict_proba(rows)                                          # (N, L), rows sum to 1
 
 For each row, the prompt is rendered and every label's answer (verbalizer) appended exactly as in training
-(``data_utils.prompts.encode_choices``; chat template or plain prompt-completion). The score of label ``l`` is
+(``lorasmith.prompts.encode_choices``; chat template or plain prompt-completion). The score of label ``l`` is
 the log-likelihood of its answer tokens (end-of-turn / EOS included, as trained):
 
     s_l = sum_t log p(answer_l[t] | prompt, answer_l[:t])
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from data_utils.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
 from lorasmith.classifiers.base import check_input_rows
 from lorasmith.distributed import split_and_gather
 from lorasmith.errors import ConfigError, DataError
+from lorasmith.prompts import PromptSpec, answer_tokens, encode_choices, encode_prompt, fit_row
 from lorasmith.run_folder import load_trained_model, read_manifest
 
 KIND = "prompt_classifier"

@@ -12,7 +12,7 @@ the trained head through PEFT ``modules_to_save``. Label names, input columns, m
 (``lorasmith.classifiers.head_pooling``). A folder without a manifest is read as a plain transformers classifier
 (label names from ``config.id2label``, one input column ``text``).
 
-Inputs are built as in training (``data_utils.tokenizer_inputs.text_inputs``). Without a ``max_length`` in the
+Inputs are built as in training (``lorasmith.tokenizer_inputs.text_inputs``). Without a ``max_length`` in the
 manifest, texts are truncated at the tokenizer's own limit (``model_max_length``).
 """
 
@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from data_utils.tokenizer_inputs import (
+from lorasmith.classifiers.base import check_input_rows
+from lorasmith.classifiers.head_pooling import pool_mean_into_first_position
+from lorasmith.errors import ConfigError
+from lorasmith.run_folder import load_trained_model, read_manifest
+from lorasmith.tokenizer_inputs import (
     DEFAULT_MAX_LENGTH,
     LongTextOptions,
     encode_long_texts,
     model_max_length,
     text_inputs,
 )
-from lorasmith.classifiers.base import check_input_rows
-from lorasmith.classifiers.head_pooling import pool_mean_into_first_position
-from lorasmith.errors import ConfigError
-from lorasmith.run_folder import load_trained_model, read_manifest
 
 KIND = "seq_classifier"
 

@@ -76,7 +76,7 @@ def logging_collator(features: list[dict]) -> dict:
 
 
 def main(argv=None):
-    args = recipe_parser.parse_recipe(recipe_parser.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments)), argv)
+    args = recipe_parser.parse_recipe(recipe_parser.make_parser((TinyArguments, ModelArguments, RunArguments, TrainingArguments), module="tiny_trainer"), argv)
     tiny, model_args, run_args, parsed = args
     world_size = launch.check_launch(parsed, model_args)
     training_args = run.resolve_training_args(parsed, run_args, world_size, has_eval_data=False)

@@ -8,12 +8,20 @@ existing adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
 from data_utils.options import ReadOptions
 from lorasmith.recipe_fields import option
+
+# Trainer fields no lorasmith entrypoint offers: the run folder is the export (adapter/, merged/, model card), not
+# the trainer's hub push of its checkpoints.
+HUB_FIELDS = frozenset(
+    {"push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision"}
+)
+# DataArguments fields that only the classifiers read.
+CLASSIFICATION_DATA_FIELDS = frozenset({"text_columns", "labels"})
 
 
 @dataclass
@@ -21,6 +29,8 @@ class DataArguments(ReadOptions):
     """What to train and evaluate on. Sources are anything ``data_utils.load`` reads; the reader options
     (format, sep, quoting, header, encoding, sheet, split, field: ``data_utils.options.ReadOptions``) apply
     to train_data and eval_data alike."""
+
+    _argument_group_name = "Data"
 
     task: str | None = option("Data schema / training task, e.g. pairs, tags, labeled.", default=None)
     train_data: dict | str | list | None = option(
@@ -92,6 +102,8 @@ class ModelArguments(ModelConfig):
     ``use_peft`` turns LoRA on (TRL's name); ``full_finetune`` trains the base weights too (alone or with LoRA).
     """
 
+    _argument_group_name = "Model"
+
     gguf_file: str | None = option("GGUF file name inside model_name_or_path.", default=None)
     tokenizer_name_or_path: str | None = option("Tokenizer, if not the model's.", default=None)
     lora_layers: str | None = option(
@@ -103,12 +115,18 @@ class ModelArguments(ModelConfig):
         "Continue training an existing LoRA adapter (folder with adapter_config.json).", default=None
     )
     trust_remote_code: bool = option("Allow custom model code from the hub.", default=False)
-    max_length: int = option("Truncate inputs to this many tokens.", default=256)
+    max_length: int | None = option(
+        "Truncate inputs to this many tokens. Default: 256, or the model's limit when that is smaller.", default=None
+    )
+    # How an unset max_length was resolved (train.common.modeling.resolve_max_length), for the plan.
+    max_length_note: str = field(default="", init=False, repr=False)
 
 
 @dataclass
 class RunArguments:
     """How this run starts and what it leaves behind."""
+
+    _argument_group_name = "Launch & outputs"
 
     dry_run: bool = option(
         "Check data + config, print the plan (world size, batches, parameters), exit.", default=False

@@ -17,6 +17,7 @@ without tokenizer files, for which transformers quietly builds a 5-token vocabul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -28,13 +29,14 @@ from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import check_target_module_exists
 from safetensors import safe_open
-from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.modeling_utils import set_zero3_state
 from trl import get_peft_config
 
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
+from lorasmith.tokenizer_inputs import DEFAULT_TRAINING_MAX_LENGTH as DEFAULT_MAX_LENGTH
 from train.common.args import ModelArguments
 
 
@@ -301,15 +303,40 @@ def lora_config(model_args: ModelArguments, task_type: str | None, config) -> Lo
     return peft_config
 
 
-def check_model_fit(model_args: ModelArguments, config, model_class) -> None:
-    """Every check that needs the model but not its weights, on ``config`` and a meta-device skeleton of
-    ``model_class``: ``max_length``, LoRA targets and layers, ``adapter_path``. Raises ConfigError."""
+def meta_modules(model_args: ModelArguments, config, model_class) -> dict[str, torch.nn.Module]:
+    """The named modules of a meta-device skeleton of ``model_class`` built from ``config`` (no weights, no memory)."""
     try:  # set_zero3_state keeps ZeRO-3's zero.Init (which cannot initialise meta tensors) out of it
         with torch.device("meta"), set_zero3_state():
             skeleton = model_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
     except ValueError as error:
         raise ConfigError(f"{model_args.model_name_or_path}: {model_class.__name__} cannot build this model: {error}") from None
-    modules = dict(skeleton.named_modules())
+    return dict(skeleton.named_modules())
+
+
+def resolve_max_length(model_args: ModelArguments) -> ModelArguments:
+    """``model_args`` with ``max_length`` set (a new object): left unset, it is the smaller of
+    :data:`DEFAULT_MAX_LENGTH` and the model's limit (its learned position table, else ``max_position_embeddings``),
+    and ``max_length_note`` says so for the plan; a value the recipe set is kept (``check_max_length`` refuses one
+    above the table when the model is loaded)."""
+    if model_args.max_length is not None:
+        return model_args
+    config = load_config(model_args)
+    limit = learned_positions(config, meta_modules(model_args, config, AutoModel))
+    stated = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = limit or (stated if isinstance(stated, int) and stated > 0 else None)
+    resolved = min(DEFAULT_MAX_LENGTH, limit) if limit else DEFAULT_MAX_LENGTH
+    resolved_args = dataclasses.replace(model_args, max_length=resolved)
+    resolved_args.max_length_note = (
+        f"unset: the model's limit of {limit} positions" if resolved < DEFAULT_MAX_LENGTH
+        else f"unset: the default {DEFAULT_MAX_LENGTH}"
+    )
+    return resolved_args
+
+
+def check_model_fit(model_args: ModelArguments, config, model_class) -> None:
+    """Every check that needs the model but not its weights, on ``config`` and a meta-device skeleton of
+    ``model_class``: ``max_length``, LoRA targets and layers, ``adapter_path``. Raises ConfigError."""
+    modules = meta_modules(model_args, config, model_class)
     check_max_length(model_args.max_length, config, modules)
     if model_args.adapter_path:
         check_adapter(model_args.adapter_path, model_args.model_name_or_path, modules)
@@ -317,12 +344,12 @@ def check_model_fit(model_args: ModelArguments, config, model_class) -> None:
         check_lora_targets(lora_config(model_args, None, config), model_args, modules)
 
 
-def check_max_length(max_length: int | None, config, modules: dict) -> None:
-    """Refuse ``max_length`` beyond the model's learned position table (the forward would fail on the first long
-    batch, mid-epoch). Models without one (rotary, relative positions) have no hard limit and pass."""
+def learned_positions(config, modules: dict) -> int | None:
+    """How many positions the model's learned position table holds for text (``max_position_embeddings`` less the
+    padding offset of RoBERTa-style tables), or None for a model without one (rotary, relative positions)."""
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(limit, int) or max_length is None:
-        return
+    if not isinstance(limit, int):
+        return None
     tables = [
         module
         for name, module in modules.items()
@@ -330,9 +357,18 @@ def check_max_length(max_length: int | None, config, modules: dict) -> None:
         and module.num_embeddings == limit
     ]
     if not tables:
-        return
+        return None
     padding = tables[0].padding_idx  # RoBERTa-style tables count positions after the padding index
-    usable = limit - (padding + 1 if padding is not None else 0)
+    return limit - (padding + 1 if padding is not None else 0)
+
+
+def check_max_length(max_length: int | None, config, modules: dict) -> None:
+    """Refuse ``max_length`` beyond the model's learned position table (the forward would fail on the first long
+    batch, mid-epoch). Models without one (rotary, relative positions) have no hard limit and pass."""
+    usable = learned_positions(config, modules)
+    if usable is None or max_length is None:
+        return
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if max_length > usable:
         raise ConfigError(
             f"max_length {max_length} is above this model's limit of {usable} positions "

@@ -37,6 +37,8 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
         "model dtype": model_args.dtype or "auto",
         "quantization": _quantization(model_args),
         "tuning": _tuning(model_args),
+        "max length": f"{model_args.max_length} tokens"
+        + (f" ({model_args.max_length_note})" if getattr(model_args, "max_length_note", "") else ""),
     }
     if parameters is not None:
         trainable, total = parameters

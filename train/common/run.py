@@ -63,7 +63,8 @@ def first_rows(dataset, count: int | None):
 def start(parser, argv) -> tuple[tuple, int]:
     """``(data_args, model_args, run_args, training_args)`` and the world size, before any data or model is read:
     the recipe parsed (``recipe_parser.parse_recipe``), every launch check (``launch.check_launch``), then the
-    training arguments resolved (:func:`resolve_training_args`)."""
+    training arguments resolved (:func:`resolve_training_args`). The entrypoint then resolves its own keys and,
+    before reading data, fits an unset ``max_length`` to the model (``modeling.resolve_max_length``)."""
     data_args, model_args, run_args, parsed = recipe_parser.parse_recipe(parser, argv)
     world_size = launch.check_launch(parsed, model_args)
     training_args = resolve_training_args(parsed, run_args, world_size, has_eval_data=bool(data_args.eval_data))

@@ -31,7 +31,7 @@ from lorasmith import recipe_parser, run_folder
 from lorasmith.process import run_main
 from train.common import launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.modeling import count_parameters, load_tokenizer
+from train.common.modeling import count_parameters, load_tokenizer, resolve_max_length
 from train.common.plan import print_plan, run_plan
 from train.embed.collator import ContrastiveCollator
 from train.embed.config import EmbedConfig, encoding_mode
@@ -45,7 +45,7 @@ from train.embed.trainer import ContrastiveTrainer
 
 
 def make_parser():
-    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig))
+    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, EmbedConfig), module="train.embed", description=__doc__)
 
 
 def load_training_data(data_args: DataArguments, embed_run: EmbedRun, world_size: int):
@@ -125,6 +125,7 @@ def training_batches(
 def main(argv=None):
     (data_args, model_args, run_args, training_args), world_size = run.start(make_parser(), argv)
     embed_run = resolve_run(data_args, training_args, launch.distribution(training_args))
+    model_args = resolve_max_length(model_args)  # reads the model's config: after every recipe check
     config, args = embed_run.config, (data_args, model_args, run_args, embed_run.config)
     train_ds, eval_ds = load_training_data(data_args, embed_run, world_size)  # before any model is loaded
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched

@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import POOLING_MODES
 from lorasmith.recipe_fields import option
+from train.common.args import CLASSIFICATION_DATA_FIELDS, HUB_FIELDS
 from train.embed import rotation
 from train.embed.loss_spec import losses_help
 from train.embed.tasks import EMBED_TASKS, EVAL_METRICS
@@ -46,6 +47,9 @@ class EmbedConfig(TrainingArguments):
     Per-field ranges are checked by ``lorasmith.recipe_checks`` before this is built; ``__post_init__`` checks
     what involves several fields; ``train.embed.resolve.resolve_run`` fills what depends on the task, the data and
     the launch, once, into a new config."""
+
+    _argument_group_name = "Contrastive training"
+    not_offered = HUB_FIELDS | CLASSIFICATION_DATA_FIELDS | {"label_smoothing_factor", "neftune_noise_alpha"}
 
     # recipe keys that were replaced, and what to write instead (recipe_parser names them in its error)
     renamed_keys: ClassVar[dict[str, str]] = rotation.RENAMED_KEYS
@@ -121,7 +125,7 @@ class EmbedConfig(TrainingArguments):
         "Matryoshka: also train the first d dimensions as embeddings of their own, every loss at every "
         "width, e.g. [384, 256, 128, 64] (--matryoshka_dims 384 256 128 64); strictly descending, the widest <= "
         "the model's hidden size. Evaluation adds the main metric per narrower width (eval_spearman@64); use a "
-        "width with eval --truncate-dim d or SentenceTransformer(merged, truncate_dim=d). Default: off.",
+        "width with eval --truncate_dim d or SentenceTransformer(merged, truncate_dim=d). Default: off.",
         default=None,
     )
     matryoshka_weights: list[float] | None = option(

@@ -8,7 +8,7 @@
 
 With Matryoshka widths (``dims``), the eval set is embedded once at full width and the task's main metric
 (``tasks.EVAL_METRICS``) is also reported for each narrower width ``d`` as ``<metric>@<d>`` (``spearman@64``,
-``ndcg@10@64``): the first ``d`` dimensions, re-normalised, as ``eval.* --truncate-dim d`` embeds.
+``ndcg@10@64``): the first ``d`` dimensions, re-normalised, as ``eval.* --truncate_dim d`` embeds.
 """
 
 from __future__ import annotations

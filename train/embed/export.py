@@ -120,7 +120,7 @@ or `python -m eval.sts --model {output_dir} --data FILE`."""
 
 Matryoshka widths trained: {", ".join(map(str, matryoshka_dims))}. Use the first `d` dimensions of any of them:
 `SentenceTransformer("{Path(output_dir) / MERGED_DIR}", truncate_dim={small})` (encode with
-`normalize_embeddings=True`, or compare with cosine similarity), or `--truncate-dim {small}` on every `eval.*` CLI."""
+`normalize_embeddings=True`, or compare with cosine similarity), or `--truncate_dim {small}` on every `eval.*` CLI."""
     if extensions_text:
         usage += "\n\n" + extensions_text
     write_model_card(

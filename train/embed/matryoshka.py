@@ -8,7 +8,7 @@ trainer that computes the loss from embeddings (plain step, gradient cache) trai
 about it. The losses compare cosines (they L2-normalise what they get), so a truncated prefix is re-normalised
 exactly as a normalising model's truncated output would be.
 
-At inference, keep the first ``d`` dimensions and re-normalise: ``eval.* --truncate-dim d``,
+At inference, keep the first ``d`` dimensions and re-normalise: ``eval.* --truncate_dim d``,
 ``SentenceTransformer(merged, truncate_dim=d)`` (with ``normalize_embeddings=True`` or cosine similarity).
 
 Reference: Kusupati et al. 2022, "Matryoshka Representation Learning"; sentence-transformers ``MatryoshkaLoss``.

@@ -155,7 +155,7 @@ class MatryoshkaRotation:
                          "texts, so each Matryoshka width was trained as the first `d` of those axes.")  # fmt: skip
         if self.after:
             lines.append("after training they were rotated onto the principal axes of the trained model's "
-                         "embeddings, so truncated embeddings (`truncate_dim=d`, `--truncate-dim d`) are the first "
+                         "embeddings, so truncated embeddings (`truncate_dim=d`, `--truncate_dim d`) are the first "
                          "`d` principal components.")  # fmt: skip
         if self.refine:
             lines.append(f"The rotation was then refined for {self.refine.steps} steps on {self.refine.goal} at each "

@@ -5,8 +5,8 @@
 
     # a separate corpus, skip the 10 closest documents, NV-Retriever's 95% false-negative guard, 2 processes
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m train.mine --model runs/my_run \\
-        --pairs train.csv --columns anchor=question,positive=answer --corpus docs.jsonl --corpus-columns text=body \\
-        --range-min 10 --range-max 50 --relative-margin 0.05 --num-negatives 5 --sampling random --output mined.jsonl
+        --pairs train.csv --columns anchor=question,positive=answer --corpus docs.jsonl --corpus_columns text=body \\
+        --range_min 10 --range_max 50 --relative_margin 0.05 --num_negatives 5 --sampling random --output mined.jsonl
 
     # then train on them
     python -m train.embed --config configs/embed/simcse_sup.yaml --train_data mined.jsonl
@@ -16,11 +16,11 @@ positive of the pairs); embed the distinct queries and the distinct documents wi
 (encoding sharded over processes); score by cosine similarity; exact chunked top-``range_max`` per query with
 every known positive of the query (all its positives, in any row) and its own text kept out of the ranking;
 filter (rank window, max/min score, absolute and relative margin to the pair's positive); take the top or a
-seeded random sample of ``--num-negatives``; write atomically (``train/mine/output.py`` for the formats);
+seeded random sample of ``--num_negatives``; write atomically (``train/mine/output.py`` for the formats);
 print a summary (rows, negatives, pairs short of negatives, what each filter removed, score gaps).
 
 Memory for a 1M-document corpus (D = 384, MiniLM), on every process: document embeddings 1M x 384 x 4 B =
-1.5 GB fp32 (``--embedding-dtype float16``: 0.77 GB), query embeddings Q x 384 x 4 B (100k queries: 154 MB),
+1.5 GB fp32 (``--embedding_dtype float16``: 0.77 GB), query embeddings Q x 384 x 4 B (100k queries: 154 MB),
 running top-k Q x k x 12 B (100k x 100: 120 MB), one score block 1024 x (k + 16384) x 4 B = 67 MB, one corpus
 chunk 16384 x 384 x 4 B = 25 MB on the device; encoding holds at most 65,536 texts in fp32 at once. Never a
 Q x C score matrix (100k x 1M fp32 would be 400 GB). The texts themselves (Python strings) usually weigh more
@@ -47,13 +47,15 @@ from train.mine.filters import SAMPLING, FilterSettings, apply_filters, select_n
 from train.mine.inputs import build_inputs
 from train.mine.output import FORMATS, MiningSummary, gaps_of, triplet_rows, write_jsonl_atomic
 
-ENCODE_SLICE = 65536  # texts encoded (fp32) before their embeddings are cast to --embedding-dtype
+ENCODE_SLICE = 65536  # texts encoded (fp32) before their embeddings are cast to --embedding_dtype
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclasses.dataclass(kw_only=True)
 class MineArguments(EmbeddingOptions, ModelOption):
     """The flags of ``python -m train.mine`` (checked together by :func:`validate`)."""
+
+    _argument_group_name = "Mining"
 
     pairs: str = option("(query, positive) pairs: any file data_utils reads (task pairs)")
     columns: str | None = option(
@@ -73,7 +75,7 @@ class MineArguments(EmbeddingOptions, ModelOption):
         choices=FORMATS,
     )
     keep_short: bool = option(
-        "keep pairs with fewer than --num-negatives negatives (format triplet only; default: drop them)",
+        "keep pairs with fewer than --num_negatives negatives (format triplet only; default: drop them)",
         default=False,
     )
     num_negatives: int = option("negatives per pair (default 3)", default=3)
@@ -108,7 +110,7 @@ class MineArguments(EmbeddingOptions, ModelOption):
 def make_parser() -> RecipeParser:
     return make_cli_parser(
         [MineArguments],
-        prog="python -m train.mine",
+        module="train.mine",
         description="Mine hard negatives for (query, positive) pairs and write a triplets JSONL file.",
     )
 
@@ -124,11 +126,11 @@ def validate(args: MineArguments) -> None:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.range_min < 0:
-        raise ConfigError(f"--range-min must be >= 0, got {args.range_min}")
+        raise ConfigError(f"--range_min must be >= 0, got {args.range_min}")
     if args.range_max - args.range_min < args.num_negatives:
         raise ConfigError(
-            f"the rank window [{args.range_min}, {args.range_max}) holds fewer candidates than --num-negatives "
-            f"{args.num_negatives}; raise --range-max"
+            f"the rank window [{args.range_min}, {args.range_max}) holds fewer candidates than --num_negatives "
+            f"{args.num_negatives}; raise --range_max"
         )
     for name in ("margin", "relative_margin"):
         value = getattr(args, name)
@@ -136,7 +138,7 @@ def validate(args: MineArguments) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if args.keep_short and args.format == "n-tuple":
         raise ConfigError(
-            "--keep-short needs --format triplet: the triplets schema wants the same number of negatives on "
+            "--keep_short needs --format triplet: the triplets schema wants the same number of negatives on "
             "every n-tuple row"
         )
 

@@ -29,7 +29,7 @@ from lorasmith import recipe_parser
 from lorasmith.process import run_main
 from train.common import run
 from train.common.args import DataArguments, ModelArguments, RunArguments
-from train.common.modeling import count_parameters
+from train.common.modeling import count_parameters, resolve_max_length
 from train.common.plan import print_plan, run_plan
 from train.seq_classify.chunks import WindowCollator
 from train.seq_classify.config import SeqClassifyConfig
@@ -45,12 +45,13 @@ from train.seq_classify.trainer import (
 
 
 def make_parser():
-    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, SeqClassifyConfig))
+    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, SeqClassifyConfig), module="train.seq_classify", description=__doc__)
 
 
 def main(argv=None):
-    args, world_size = run.start(make_parser(), argv)
-    data_args, model_args, run_args, training_args = args
+    (data_args, model_args, run_args, training_args), world_size = run.start(make_parser(), argv)
+    model_args = resolve_max_length(model_args)  # reads the model's config: after every recipe check
+    args = (data_args, model_args, run_args, training_args)
     data = prepare_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched
         return None

@@ -2,7 +2,7 @@
 document, the loss on the pooled logits.
 
 A split tokenized with chunks (``seqcls_data.tokenize_split``) holds per row ``input_ids``: its W_i windows (each
-an id list with the tokenizer's special tokens, see ``data_utils.tokenizer_inputs.document_windows``) and
+an id list with the tokenizer's special tokens, see ``lorasmith.tokenizer_inputs.document_windows``) and
 ``labels``. ``WindowCollator`` flattens a batch of B documents into one padded batch of W = sum W_i windows plus
 ``document_index`` (W,); ``pooled_forward`` runs the model on the windows and pools their (W, L) logits into
 (B, L) with ``lorasmith.classifiers.sequence.pool_window_logits`` — the same function the predictor uses, so

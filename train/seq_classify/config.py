@@ -1,7 +1,7 @@
 """``SeqClassifyConfig``: the training arguments of ``train.seq_classify`` (a ``TrainingArguments`` subclass).
 
 It adds the classification fields (``problem_type``, ``threshold``, ``class_weights``, ``head_pooling``) and the
-long-text fields of ``data_utils.tokenizer_inputs.LongTextOptions`` (recorded in ``lorasmith.json`` so that
+long-text fields of ``lorasmith.tokenizer_inputs.LongTextOptions`` (recorded in ``lorasmith.json`` so that
 prediction reads texts the same way), and sets the defaults a classification recipe expects; each field's help
 (``--help``) says what it does. Without ``eval_data`` the entrypoint turns evaluation and best-checkpoint
 selection off.
@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from transformers import IntervalStrategy, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
-from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.classifiers.head_pooling import HEAD_POOLINGS
 from lorasmith.errors import ConfigError
 from lorasmith.recipe_fields import option
+from lorasmith.tokenizer_inputs import LongTextOptions
+from train.common.args import HUB_FIELDS
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
 
@@ -29,6 +30,9 @@ PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "
 @dataclass
 class SeqClassifyConfig(TrainingArguments, LongTextOptions):
     """``TrainingArguments`` plus the classification and long-text options (see the module docstring)."""
+
+    _argument_group_name = "Sequence classification"
+    not_offered = HUB_FIELDS | {"score_range"}
 
     # --- the classification problem ---
     problem_type: str = option(

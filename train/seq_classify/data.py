@@ -21,7 +21,8 @@ import torch
 from datasets import Dataset
 
 from data_utils import label_names_from_dataset, load
-from data_utils.tokenizer_inputs import (
+from lorasmith.errors import ConfigError
+from lorasmith.tokenizer_inputs import (
     LongTextOptions,
     check_long_text,
     encode_long_texts,
@@ -29,7 +30,6 @@ from data_utils.tokenizer_inputs import (
     text_budget,
     text_inputs,
 )
-from lorasmith.errors import ConfigError
 from train.common import launch, learnable
 from train.common.args import DataArguments
 from train.common.modeling import load_tokenizer

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
-from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.classifiers.sequence import KIND
 from lorasmith.run_folder import MERGED_DIR, scalar_metrics, write_manifest, write_metrics, write_model_card
+from lorasmith.tokenizer_inputs import LongTextOptions
 from train.common.args import ModelArguments
 from train.common.export import export_trained_model
 from train.common.plan import print_plan

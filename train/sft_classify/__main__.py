@@ -37,12 +37,12 @@ from train.sft_classify.trainer import PromptClassificationTrainer, generation_r
 
 
 def make_parser():
-    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, SFTClassifyConfig))
+    return recipe_parser.make_parser((DataArguments, ModelArguments, RunArguments, SFTClassifyConfig), module="train.sft_classify", description=__doc__)
 
 
 def main(argv=None):
     (data_args, model_args, run_args, training_args), world_size = run.start(make_parser(), argv)
-    data_args, training_args = resolve_sft_config(data_args, model_args, training_args)
+    data_args, model_args, training_args = resolve_sft_config(data_args, model_args, training_args)
     args = (data_args, model_args, run_args, training_args)
     data = prepare_prompt_data(data_args, model_args, training_args, world_size)  # before any model weights
     if run.check_output_dir(args):  # this recipe's run is finished: nothing to do, nothing touched

@@ -1,8 +1,8 @@
 """``SFTClassifyConfig``: TRL's ``SFTConfig`` plus the prompt-classification fields of ``train.sft_classify``.
 
-It adds the prompt (``system_message``, ``template``, ``prompt_format``: rendered by ``data_utils.prompts``; the
+It adds the prompt (``system_message``, ``template``, ``prompt_format``: rendered by ``lorasmith.prompts``; the
 label map and text columns are ``DataArguments.labels`` / ``text_columns``), the long-text fields of
-``data_utils.tokenizer_inputs.LongTextOptions`` (saved with the prompt in ``lorasmith.json``, so label scoring
+``lorasmith.tokenizer_inputs.LongTextOptions`` (saved with the prompt in ``lorasmith.json``, so label scoring
 shortens rows as training did; the system message, the template and the answer are never cut) and the evaluation
 switches, and sets the defaults of a LoRA classification run; each field's help (``--help``) says what it does.
 Evaluation scores every label's answer by its log-likelihood after the prompt; without ``eval_data`` the
@@ -20,16 +20,23 @@ from dataclasses import dataclass, field
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import SFTConfig
 
-from data_utils.prompts import FORMATS
-from data_utils.tokenizer_inputs import LongTextOptions
 from lorasmith.errors import ConfigError
+from lorasmith.prompts import FORMATS
 from lorasmith.recipe_fields import option
-from train.common.args import DataArguments, ModelArguments
+from lorasmith.tokenizer_inputs import LongTextOptions
+from train.common.args import HUB_FIELDS, DataArguments, ModelArguments
+from train.common.modeling import resolve_max_length
 from train.common.run import replace_args, require_train_data
 
 
 @dataclass
 class SFTClassifyConfig(SFTConfig, LongTextOptions):
+
+    _argument_group_name = "Prompt classification"
+    # TRL's MoE loss and deprecated pad_token, and the chunked long-document mode of the sequence classifier.
+    not_offered = HUB_FIELDS | {
+        "score_range", "router_aux_loss_coef", "pad_token", "long_documents", "chunk_overlap", "max_chunks", "chunk_pooling"
+    }
     system_message: str | None = option(
         "System turn: the role, the task and the condition to decide.", default=None
     )
@@ -79,25 +86,22 @@ class SFTClassifyConfig(SFTConfig, LongTextOptions):
 
 def resolve_sft_config(
     data_args: DataArguments, model_args: ModelArguments, training_args: SFTClassifyConfig
-) -> tuple[DataArguments, SFTClassifyConfig]:
-    """(data arguments, training arguments) with the fields that depend on the recipe's combination settled (new
-    objects, checked before any data is read): the task is ``labeled``; ``max_length`` and ``trust_remote_code``
-    are copied from ``model_args``."""
+) -> tuple[DataArguments, ModelArguments, SFTClassifyConfig]:
+    """(data, model, training arguments) with the fields that depend on the recipe's combination settled (new
+    objects, checked before any data is read): the task is ``labeled``; an unset ``max_length`` fitted to the model
+    once the recipe is checked (``modeling.resolve_max_length``), then it and ``trust_remote_code`` copied from
+    ``model_args``."""
     if data_args.task not in (None, "labeled"):
         raise ConfigError(
             f"sft_classify trains on labeled data: task must be 'labeled' (or unset), got {data_args.task!r}"
         )
     training_args.check_long_text()
-    if training_args.chunks:
-        raise ConfigError(
-            "long_documents: chunks is for train.seq_classify (window logits pooled); a prompt classifier answers "
-            "once per text: use truncation: head_tail to keep the start and the end of long texts"
-        )
     require_train_data(data_args, "a labeled table with the template's columns and a label column")
-    if model_args.max_length is None or model_args.max_length < 8:
+    if model_args.max_length is not None and model_args.max_length < 8:
         raise ConfigError(f"max_length must be a number of tokens >= 8, got {model_args.max_length}")
+    model_args = resolve_max_length(model_args)
     # one max_length for our length guard and TRL's truncation (which then never triggers: rows already fit)
     training_args = replace_args(
         training_args, max_length=model_args.max_length, trust_remote_code=model_args.trust_remote_code
     )
-    return dataclasses.replace(data_args, task="labeled"), training_args
+    return dataclasses.replace(data_args, task="labeled"), model_args, training_args

@@ -1,6 +1,6 @@
 """Labeled rows -> the tokenized prompt-completion dataset ``trl.SFTTrainer`` trains on, with the length guards.
 
-Each row becomes ``input_ids`` (prompt + the row's answer, encoded by ``data_utils.prompts.encode_choices``,
+Each row becomes ``input_ids`` (prompt + the row's answer, encoded by ``lorasmith.prompts.encode_choices``,
 exactly as TRL encodes a prompt-completion example) and ``completion_mask`` (1 on the answer tokens). TRL turns
 the mask into labels (-100 on the prompt) because the dataset is already tokenized.
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 import data_utils
-from data_utils.prompts import (
+from lorasmith.errors import ConfigError, DataError
+from lorasmith.prompts import (
     PromptSpec,
     answer_tokens,
     build_verbalizers,
@@ -30,7 +31,6 @@ from data_utils.prompts import (
     resolve_format,
     template_columns,
 )
-from lorasmith.errors import ConfigError, DataError
 from train.common import launch, learnable
 from train.common.args import DataArguments, ModelArguments, label_answers
 from train.common.modeling import load_tokenizer

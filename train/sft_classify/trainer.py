@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from trl import SFTTrainer
 
-from data_utils.prompts import PromptSpec
 from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.classifiers.prompt import PromptClassifier
 from lorasmith.errors import DataError
+from lorasmith.prompts import PromptSpec
 from lorasmith.run_folder import scalar_metrics
 
 

@@ -3,7 +3,7 @@
     # a loss matrix: 7 loss combinations on STS-B, each evaluated on an STS + SentEval suite
     python -m train.sweep --config configs/sweeps/loss_matrix.yaml
     # what would run (every cell's command and status), nothing written
-    python -m train.sweep --config configs/sweeps/loss_matrix.yaml --dry-run
+    python -m train.sweep --config configs/sweeps/loss_matrix.yaml --dry_run
     # one SLURM job array (a task per unfinished cell) + a collect job; then results as they stand
     python -m train.sweep --config configs/sweeps/loss_matrix.yaml --slurm
     python -m train.sweep --config configs/sweeps/loss_matrix.yaml --collect
@@ -38,6 +38,8 @@ from train.sweep.spec import SweepSpec, load_sweep
 class SweepArguments:
     """The flags of ``python -m train.sweep``; every other ``--key value`` overrides the sweep file."""
 
+    _argument_group_name = "Sweep"
+
     sweep_file: str = option("the sweep file (format: train/sweep/spec.py)", aliases=["--config"])
     dry_run: bool = option(
         "print every cell's status and command (with --slurm: the sbatch commands); run nothing",
@@ -54,7 +56,7 @@ class SweepArguments:
 
 
 def make_parser() -> RecipeParser:
-    return make_cli_parser([SweepArguments], prog="python -m train.sweep", description=__doc__)
+    return make_cli_parser([SweepArguments], module="train.sweep", description=__doc__)
 
 
 def grid_cells(spec: SweepSpec) -> list[cells_mod.Cell]:
@@ -62,7 +64,7 @@ def grid_cells(spec: SweepSpec) -> list[cells_mod.Cell]:
 
 
 def print_plan(spec: SweepSpec, cells: list[cells_mod.Cell]) -> None:
-    """--dry-run: every cell's status and command (nothing is written)."""
+    """--dry_run: every cell's status and command (nothing is written)."""
     mode = (
         f"search ({spec.search.sampler}, {spec.search.n_trials} trials, {spec.search.direction} {spec.search.metric})"
         if spec.search

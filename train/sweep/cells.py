@@ -20,13 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorasmith import project_files
 from lorasmith.files import write_atomic
 from train.sweep.naming import cell_label, cell_name
 from train.sweep.spec import SweepSpec
 
 CELLS_DIR = "cells"
 CELL_RECIPE = "cell.yaml"
-ACCELERATE_CONFIGS = Path("accelerate_configs")
+ACCELERATE_CONFIGS = project_files.app_root() / "accelerate_configs"
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,10 @@ def accelerate_config_path(config: str) -> str:
 
 
 def cell_command(spec: SweepSpec, cell: Cell) -> list[str]:
-    """``python -m train.X --config cells/<name>/cell.yaml``, under ``accelerate launch`` when the sweep names
-    an accelerate config."""
-    module = ["-m", f"train.{spec.entrypoint}", "--config", str(cell.recipe_path)]
+    """``python -m lorasmith <entrypoint> --config cells/<name>/cell.yaml`` (the same program as ``python -m
+    train.<entrypoint>``, found from any directory and in an installed copy), under ``accelerate launch`` when the
+    sweep names an accelerate config."""
+    module = ["-m", "lorasmith", spec.entrypoint.replace("_", "-"), "--config", str(cell.recipe_path)]
     if spec.accelerate_config:
         launcher = [sys.executable, "-m", "accelerate.commands.launch"]
         return [*launcher, "--config_file", accelerate_config_path(spec.accelerate_config), *module]

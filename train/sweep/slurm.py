@@ -13,7 +13,7 @@ evaluates the suite on each finished cell, records failed cells with the tail of
 results. ``<out>/slurm/array-<stamp>.json`` records the job id and which cell each task index ran.
 
 Invariants: the driver writes the cell recipes, the .cells file and the submission record before and after
-``sbatch``, never while tasks run; finished cells are never in an array; ``--dry-run`` writes nothing.
+``sbatch``, never while tasks run; finished cells are never in an array; ``--dry_run`` writes nothing.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _sbatch(command: list[str]) -> str:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise ConfigError(
-            "sbatch not found: --slurm needs a SLURM login node (try --slurm --dry-run)"
+            "sbatch not found: --slurm needs a SLURM login node (try --slurm --dry_run)"
         ) from None
     if result.returncode != 0:
         raise ConfigError(f"sbatch failed ({result.returncode}): {result.stderr.strip()}")

@@ -1,6 +1,6 @@
 """Evaluate a trained cell with an ``eval.matrix`` suite (configs/eval/suite_example.yaml format).
 
-The suite runs as ``python -m eval.matrix --models <cell> --suite S --output-dir <cell>/suite`` in a subprocess:
+The suite runs as ``python -m eval.matrix --models <cell> --suite S --output_dir <cell>/suite`` in a subprocess:
 the model is loaded there, not in the sweep driver, and the eval CLI is the boundary (its internals may change).
 The suite is parsed up front with ``eval.matrix.load_suite`` so a bad suite fails before any training.
 
@@ -37,7 +37,7 @@ def suite_columns(path: Path) -> list[SuiteColumn]:
 
 def suite_command(folder: Path, suite: Path) -> list[str]:
     return [sys.executable, "-m", "eval.matrix", "--models", str(folder), "--suite", str(suite),
-            "--output-dir", str(folder / SUITE_DIR)]  # fmt: skip
+            "--output_dir", str(folder / SUITE_DIR)]  # fmt: skip
 
 
 def evaluate_cell(folder: Path, suite: Path, log_path: Path) -> int:

@@ -20,7 +20,7 @@ completion starts where the two token sequences diverge (usually right after the
 Length guard (``fit_row``): when ``prompt + the longest answer`` exceeds ``max_length`` tokens, the input
 columns are shortened (tokens are removed from the longest column first); the system message, the template and
 the answer are never cut. ``truncation`` says which tokens of a shortened column stay: ``end`` its first ones,
-``head_tail`` its first and last ones (``data_utils.tokenizer_inputs.head_tail_counts`` splits the kept tokens,
+``head_tail`` its first and last ones (``lorasmith.tokenizer_inputs.head_tail_counts`` splits the kept tokens,
 by default 128 : 382 as in Sun et al. 2019). The spec is saved in ``lorasmith.json``, so label scoring at
 prediction shortens rows exactly as training did.
 """
@@ -31,8 +31,8 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from data_utils.tokenizer_inputs import check_truncation, head_and_tail, head_tail_counts
 from lorasmith.errors import ConfigError
+from lorasmith.tokenizer_inputs import check_truncation, head_and_tail, head_tail_counts
 
 FORMATS = ("auto", "chat", "plain")
 

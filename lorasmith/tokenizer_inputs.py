@@ -26,6 +26,8 @@ from lorasmith.errors import ConfigError
 from lorasmith.recipe_fields import option
 
 DEFAULT_MAX_LENGTH = 512
+# A training recipe's max_length when it sets none, capped by the model's own limit (train.common.modeling).
+DEFAULT_TRAINING_MAX_LENGTH = 256
 # transformers sets model_max_length to int(1e30) (VERY_LARGE_INTEGER) when a tokenizer states no limit; real
 # limits go up to ~1e7 (131072 for Llama 3 / Qwen2.5, 1010000 for Qwen2.5-1M), so anything below 1e12 is one.
 _NO_STATED_LIMIT = 10**12
@@ -82,6 +84,8 @@ class LongTextOptions:
     ``as_manifest()`` is what ``lorasmith.json`` records and ``LongTextOptions(**recorded)`` rebuilds at prediction.
     """
 
+    _argument_group_name = "Long texts"
+
     truncation: str = option(
         "Texts longer than max_length: 'end' cuts the end; 'head_tail' keeps the first head_tokens and the "
         "last tail_tokens (Sun et al. 2019; prompts: only the text columns are cut, template and answer stay).",
@@ -98,7 +102,7 @@ class LongTextOptions:
         "head_tail: tokens kept from the end. Unset: B - head_tokens (382 of BERT's 510).", default=None
     )
     long_documents: str = option(
-        "seq_classify only: 'truncate' (per truncation) or 'chunks': every text as overlapping windows of "
+        "'truncate' (per truncation) or 'chunks': every text as overlapping windows of "
         "max_length tokens, window logits pooled per text (chunk_pooling) for the loss and for prediction.",
         default="truncate",
         choices=list(LONG_DOCUMENTS),
