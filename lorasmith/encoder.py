@@ -11,7 +11,7 @@
    normalisation when a Normalize module is listed, max length from ``sentence_bert_config.json``, a square
    linear ``Dense`` module as ``rotation`` (any other module is refused: it could not be reproduced).
 4. any other HF model folder or hub id: mean pooling, normalized, max length the tokenizer's stated limit
-   (``lorasmith.tokenizer_inputs.model_max_length``; 512 when it states none).
+   (512 when it states none), never beyond the model's learned position table (``tokenizer_inputs.readable_length``).
 
 Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
 ``truncate_dim`` keeps the first ``d`` dimensions of every embedding (re-normalised when the embedder
@@ -35,7 +35,7 @@ from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.pooling import pool, validate_pooling_mode
 from lorasmith.run_folder import MERGED_DIR, read_manifest, read_rotation, read_sentence_transformers_config
-from lorasmith.tokenizer_inputs import DEFAULT_MAX_LENGTH, model_max_length
+from lorasmith.tokenizer_inputs import DEFAULT_MAX_LENGTH, readable_length
 
 
 def truncate(embeddings: torch.Tensor, dim: int | None, normalize: bool) -> torch.Tensor:
@@ -131,7 +131,7 @@ class Embedder:
             tokenizer,
             pooling=settings.get("pooling") or "mean",
             normalize=True if settings.get("normalize") is None else settings["normalize"],
-            max_length=settings.get("max_length") or model_max_length(tokenizer),
+            max_length=settings.get("max_length") or readable_length(tokenizer, hf_model),
             query_prefix=settings.get("query_prefix") or "",
             document_prefix=settings.get("document_prefix") or "",
             show_progress=show_progress,

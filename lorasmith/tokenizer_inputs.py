@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from torch import nn
+
 from lorasmith.errors import ConfigError
 from lorasmith.recipe_fields import option
 
@@ -56,6 +58,32 @@ def model_max_length(tokenizer, default: int | None = DEFAULT_MAX_LENGTH) -> int
     """
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and 0 < limit < _NO_STATED_LIMIT else default
+
+
+def learned_positions(config, modules: dict) -> int | None:
+    """How many positions the model's learned position table holds for text (``max_position_embeddings`` less the
+    padding offset of RoBERTa-style tables), or None for a model without one (rotary, relative positions)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(limit, int):
+        return None
+    tables = [
+        module
+        for name, module in modules.items()
+        if isinstance(module, nn.Embedding) and ("position" in name or name.endswith("wpe"))
+        and module.num_embeddings == limit
+    ]
+    if not tables:
+        return None
+    padding = tables[0].padding_idx  # RoBERTa-style tables count positions after the padding index
+    return limit - (padding + 1 if padding is not None else 0)
+
+
+def readable_length(tokenizer, model) -> int:
+    """The ``max_length`` a model is used with when nothing says one: the tokenizer's stated limit (else
+    :data:`DEFAULT_MAX_LENGTH`), never beyond the model's learned position table."""
+    table = learned_positions(model.config, dict(model.named_modules()))
+    stated = model_max_length(tokenizer)
+    return min(stated, table) if table else stated
 
 
 TRUNCATIONS = ("end", "head_tail")

@@ -203,7 +203,7 @@ def describe(plan: LaunchPlan) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="Print the plan and every node's command; run nothing.")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true", help="Print the plan and every node's command; run nothing.")
     parser.add_argument("--hostnames", default=None, help="Allocated hosts, head first (default: $LORASMITH_HOSTNAMES).")
     parser.add_argument("entrypoint", help=f"One of {', '.join(ENTRYPOINTS)}, or a .py script.")
     parser.add_argument("recipe", help="YAML recipe, e.g. configs/embed/quickstart.yaml.")

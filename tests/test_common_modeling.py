@@ -130,3 +130,19 @@ def test_lora_layers_that_select_every_layer_are_refused():
         layers_to_transform("last6", 6)
     with pytest.raises(ConfigError, match=r"selects all 2 of the model's 2 layers: remove lora_layers"):
         layers_to_transform([0, -1], 2)
+
+
+def test_unset_lora_targets_take_every_linear_layer_where_peft_has_no_default(tmp_path, tiny_bert_dir):
+    """DistilBERT has no peft default (get_peft_model would refuse it): every linear layer gets LoRA; BERT keeps
+    peft's own default (query, value)."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder = tmp_path / "tiny-distilbert"
+    DistilBertModel(DistilBertConfig(vocab_size=120, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(folder)
+    args = ModelArguments(model_name_or_path=str(folder), use_peft=True, lora_r=2)
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION")
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"}, adapted
+    bert_args = ModelArguments(model_name_or_path=str(tiny_bert_dir), use_peft=True, lora_r=2)
+    bert = apply_tuning(load_model(bert_args, AutoModel), bert_args, task_type="FEATURE_EXTRACTION")
+    assert {name.rsplit(".", 1)[-1] for name, module in bert.named_modules() if hasattr(module, "lora_A")} == {"query", "value"}

@@ -306,3 +306,19 @@ def test_split_and_gather_on_three_processes_keeps_input_order(tmp_path):
     script = tmp_path / "split.py"
     script.write_text(SPLIT_SCRIPT)
     run_multiprocess([str(script)], num_processes=3)
+
+
+def test_a_plain_model_folder_is_read_up_to_its_position_table(tmp_path, tiny_bert_dir):
+    """A 64-position encoder whose tokenizer states a longer limit (or none): eval reads 64 tokens, a long text
+    embeds instead of failing in the forward."""
+    from transformers import BertConfig, BertModel
+
+    source = BertConfig.from_pretrained(tiny_bert_dir)
+    short = tmp_path / "short"
+    config = BertConfig(vocab_size=source.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=source.pad_token_id)  # fmt: skip
+    BertModel(config).save_pretrained(short)
+    shutil.copytree(tiny_bert_dir, short, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    embedder = Embedder.load(short, show_progress=False)
+    assert embedder.max_length == 64
+    assert embedder.encode([" ".join(["word"] * 300)]).shape == (1, 32)

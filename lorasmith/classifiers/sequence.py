@@ -33,7 +33,7 @@ from lorasmith.tokenizer_inputs import (
     DEFAULT_MAX_LENGTH,
     LongTextOptions,
     encode_long_texts,
-    model_max_length,
+    readable_length,
     text_inputs,
 )
 
@@ -124,7 +124,7 @@ class SequenceClassifier:
                 labels,
                 ["text"],
                 multi_label=multi_label,
-                max_length=model_max_length(tokenizer),
+                max_length=readable_length(tokenizer, model),
             )
         if manifest.get("kind") != KIND:
             raise ConfigError(
@@ -140,7 +140,7 @@ class SequenceClassifier:
             manifest["text_columns"],
             multi_label=bool(manifest.get("multi_label")),
             threshold=float(manifest.get("threshold", 0.5)),
-            max_length=int(manifest.get("max_length") or model_max_length(tokenizer)),
+            max_length=int(manifest.get("max_length") or readable_length(tokenizer, model)),
             long_text=LongTextOptions(**manifest["long_text"]) if manifest.get("long_text") else None,
         )
 

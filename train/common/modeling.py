@@ -28,6 +28,7 @@ import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -37,6 +38,7 @@ from trl import get_peft_config
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.tokenizer_inputs import DEFAULT_TRAINING_MAX_LENGTH as DEFAULT_MAX_LENGTH
+from lorasmith.tokenizer_inputs import learned_positions
 from train.common.args import ModelArguments
 
 
@@ -291,7 +293,9 @@ def layers_to_transform(spec: str | list | None, total_layers: int) -> list[int]
 
 
 def lora_config(model_args: ModelArguments, task_type: str | None, config) -> LoraConfig | None:
-    """TRL's LoRA config from the recipe, plus ``layers_to_transform`` (``config``: the model's); None when LoRA is off."""
+    """TRL's LoRA config from the recipe, plus ``layers_to_transform`` (``config``: the model's); None when LoRA is off.
+    Unset target modules are peft's default for the architecture, or every linear layer where peft has none
+    (DistilBERT, ModernBERT, MPNet, Phi-3 ...)."""
     peft_config = get_peft_config(model_args)
     if peft_config is None:
         if model_args.lora_layers is not None:
@@ -299,6 +303,8 @@ def lora_config(model_args: ModelArguments, task_type: str | None, config) -> Lo
         return None
     peft_config.task_type = task_type
     peft_config.target_modules = _module_names(peft_config.target_modules)
+    if peft_config.target_modules is None and config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        peft_config.target_modules = "all-linear"  # peft has no default for this architecture and would refuse
     peft_config.layers_to_transform = layers_to_transform(model_args.lora_layers, num_hidden_layers(config))
     return peft_config
 
@@ -342,24 +348,6 @@ def check_model_fit(model_args: ModelArguments, config, model_class) -> None:
         check_adapter(model_args.adapter_path, model_args.model_name_or_path, modules)
     else:
         check_lora_targets(lora_config(model_args, None, config), model_args, modules)
-
-
-def learned_positions(config, modules: dict) -> int | None:
-    """How many positions the model's learned position table holds for text (``max_position_embeddings`` less the
-    padding offset of RoBERTa-style tables), or None for a model without one (rotary, relative positions)."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(limit, int):
-        return None
-    tables = [
-        module
-        for name, module in modules.items()
-        if isinstance(module, torch.nn.Embedding) and ("position" in name or name.endswith("wpe"))
-        and module.num_embeddings == limit
-    ]
-    if not tables:
-        return None
-    padding = tables[0].padding_idx  # RoBERTa-style tables count positions after the padding index
-    return limit - (padding + 1 if padding is not None else 0)
 
 
 def check_max_length(max_length: int | None, config, modules: dict) -> None:

@@ -52,7 +52,7 @@ def _tuning(model_args) -> str:
     if model_args.use_peft or model_args.adapter_path:
         parts.append(
             f"LoRA r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-            f"targets={model_args.lora_target_modules or 'model default'} layers={model_args.lora_layers or 'all'}"
+            f"targets={model_args.lora_target_modules or 'peft default (all linear layers where it has none)'} layers={model_args.lora_layers or 'all'}"
             + (f" continuing {model_args.adapter_path}" if model_args.adapter_path else "")
         )
     if model_args.full_finetune:
