@@ -49,6 +49,21 @@ class EmbeddingOptions:
     )
     batch_size: int = option("texts per forward pass (default 64)", default=64)
     device: str | None = option("cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)", default=None)
+    append_eos: bool | None = option(
+        "end every text with the tokenizer's EOS token (default: from the folder, else on for a decoder with "
+        "pooling last)",
+        default=None,
+    )
+    dtype: str | None = option(
+        "weights' dtype: float32, bfloat16, float16 (default: bfloat16 on GPU, float32 on CPU)",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+    )
+    load_in_4bit: bool = option(
+        "load the model in 4-bit (bitsandbytes nf4, double quantization, computing in dtype); a LoRA run's "
+        "adapter stays unmerged on the 4-bit base, as QLoRA trained it",
+        default=False,
+    )
     no_progress: bool = option("hide the progress bar", default=False)
 
     def __post_init__(self):
@@ -77,6 +92,9 @@ def load_embedder(args: EmbeddingOptions, model: str | None = None):
         device=args.device,
         show_progress=not args.no_progress,
         truncate_dim=args.truncate_dim,
+        append_eos=args.append_eos,
+        dtype=args.dtype,
+        load_in_4bit=args.load_in_4bit,
     )
 
 

@@ -13,7 +13,9 @@
 4. any other HF model folder or hub id: mean pooling, normalized, max length the tokenizer's stated limit
    (512 when it states none), never beyond the model's learned position table (``tokenizer_inputs.readable_length``).
 
-Explicit ``pooling`` / ``normalize`` / ``max_length`` arguments override what the folder says.
+Explicit ``pooling`` / ``normalize`` / ``max_length`` / ``append_eos`` arguments override what the folder says. A
+decoder pooled by its last token reads texts ending with the EOS token unless told otherwise
+(``lorasmith.pooling.wants_eos``), as train.embed trains it.
 ``truncate_dim`` keeps the first ``d`` dimensions of every embedding (re-normalised when the embedder
 normalises), as a Matryoshka-trained model is meant to be used at reduced width.
 ``Embedder.from_model`` wraps an in-memory model (trainers evaluating during training).
@@ -30,10 +32,11 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from lorasmith import tokenizer_inputs
 from lorasmith.distributed import split_and_gather
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
-from lorasmith.pooling import pool, validate_pooling_mode
+from lorasmith.pooling import is_causal, pool, validate_pooling_mode, wants_eos
 from lorasmith.run_folder import MERGED_DIR, read_manifest, read_rotation, read_sentence_transformers_config
 from lorasmith.tokenizer_inputs import DEFAULT_MAX_LENGTH, readable_length
 
@@ -90,6 +93,7 @@ class Embedder:
         if rotation is not None and tuple(rotation.shape) != (width, width):
             raise ConfigError(f"rotation must be ({width}, {width}) for this model; got {tuple(rotation.shape)}")
         self.rotation = None if rotation is None else rotation.detach().float().cpu()
+        self.causal = is_causal(model)  # a decoder's positions come from the mask (left padding embeds alike)
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS; pooling reads the attention mask
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -114,22 +118,33 @@ class Embedder:
         *,
         show_progress: bool = True,
         truncate_dim: int | None = None,
+        append_eos: bool | None = None,
+        dtype: str | None = None,
+        load_in_4bit: bool = False,
     ) -> Embedder:
         """Load ``model`` (see the module docstring for what it may be) in eval mode on ``device``
-        (default: this process's, ``PartialState().device``), fp32 on CPU and bf16 on GPU; ``truncate_dim``
-        keeps the first dimensions (ConfigError when wider than the model's embeddings)."""
-        settings = _resolve_settings(str(model))
-        overrides = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        (default: this process's, ``PartialState().device``) in ``dtype`` (float32, bfloat16, float16; default fp32
+        on CPU, bf16 on GPU), with ``load_in_4bit`` as bitsandbytes nf4 with double quantization computing in that
+        dtype (an adapter then stays unmerged on the 4-bit base, as in QLoRA training); ``truncate_dim``
+        keeps the first dimensions (ConfigError when wider than the model's embeddings); ``append_eos`` (default:
+        what the folder says, else ``lorasmith.pooling.wants_eos``) ends every text with the EOS token."""
+        settings = _resolve_settings(str(model), prefer_adapter=load_in_4bit)
+        overrides = {"pooling": pooling, "normalize": normalize, "max_length": max_length, "append_eos": append_eos}
         settings.update({key: value for key, value in overrides.items() if value is not None})
         device = torch.device(device) if device is not None else PartialState().device
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        hf_model, tokenizer = _load_hf_model(settings, dtype)
-        hf_model.to(device).eval()
+        dtype = _torch_dtype(dtype) if dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
+        hf_model, tokenizer = _load_hf_model(settings, dtype, device if load_in_4bit else None)
+        if not load_in_4bit:  # a quantized model is placed by its device_map
+            hf_model.to(device)
+        hf_model.eval()
         tokenizer.padding_side = "right"  # with default position ids, a padded text embeds as it does alone
+        pooling = settings.get("pooling") or "mean"
+        if wants_eos(settings.get("append_eos"), hf_model, pooling):
+            tokenizer_inputs.append_eos(tokenizer)
         return cls(
             hf_model,
             tokenizer,
-            pooling=settings.get("pooling") or "mean",
+            pooling=pooling,
             normalize=True if settings.get("normalize") is None else settings["normalize"],
             max_length=settings.get("max_length") or readable_length(tokenizer, hf_model),
             query_prefix=settings.get("query_prefix") or "",
@@ -162,7 +177,8 @@ class Embedder:
         batch = self.tokenize(texts)
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        positions = {"position_ids": tokenizer_inputs.positions_from_mask(attention_mask)} if self.causal else {}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
         embeddings = pool(hidden, attention_mask, self.pooling).float()
         if self.rotation is not None:
             embeddings = embeddings @ self.rotation.to(embeddings.device)
@@ -216,10 +232,11 @@ class Embedder:
         return embeddings
 
 
-def _resolve_settings(model: str) -> dict:
-    """Where the weights are and how to pool, from what ``model`` names (see module docstring).
+def _resolve_settings(model: str, prefer_adapter: bool = False) -> dict:
+    """Where the weights are and how to pool, from what ``model`` names (see module docstring); a lorasmith run
+    with both loads ``merged/``, or with ``prefer_adapter`` (4-bit loading) its base and adapter, as QLoRA trained.
 
-    Returns keys: path, adapter (or None), gguf_file (or None), pooling, normalize, max_length,
+    Returns keys: path, adapter (or None), gguf_file (or None), pooling, normalize, max_length, append_eos,
     query_prefix, document_prefix (None = not stated by the source), rotation (absent or None: none).
     """
     settings = {"path": model, "adapter": None, "gguf_file": None}
@@ -234,7 +251,7 @@ def _resolve_settings(model: str) -> dict:
         return settings  # a hub id ("org/name"): loaded by transformers (needs the hub or its cache)
     manifest = read_manifest(folder)
     if manifest is not None:
-        return _settings_from_manifest(folder, manifest)
+        return _settings_from_manifest(folder, manifest, prefer_adapter)
     try:
         st_config = read_sentence_transformers_config(folder)
     except ValueError as error:
@@ -245,7 +262,7 @@ def _resolve_settings(model: str) -> dict:
     return settings
 
 
-def _settings_from_manifest(folder: Path, manifest: dict) -> dict:
+def _settings_from_manifest(folder: Path, manifest: dict, prefer_adapter: bool = False) -> dict:
     if manifest.get("kind") != "embedding":
         raise ConfigError(
             f"{folder} holds a {manifest.get('kind')} model, not an embedding model; evaluate it with "
@@ -254,13 +271,14 @@ def _settings_from_manifest(folder: Path, manifest: dict) -> dict:
     embedding = manifest.get("embedding") or {}
     settings = {
         key: embedding.get(key)
-        for key in ("pooling", "normalize", "max_length", "query_prefix", "document_prefix")
+        for key in ("pooling", "normalize", "max_length", "query_prefix", "document_prefix", "append_eos")
     }
     if embedding.get("rotation"):
         settings["rotation"] = read_rotation(folder / embedding["rotation"])
-    if manifest.get("merged") and (folder / manifest["merged"]).is_dir():
+    has_adapter = bool(manifest.get("adapter")) and (folder / manifest["adapter"]).is_dir()
+    if manifest.get("merged") and (folder / manifest["merged"]).is_dir() and not (prefer_adapter and has_adapter):
         settings.update(path=str(folder / manifest["merged"]), adapter=None, gguf_file=None)
-    elif manifest.get("adapter") and (folder / manifest["adapter"]).is_dir():
+    elif has_adapter:
         settings.update(
             path=manifest["base_model"],
             adapter=str(folder / manifest["adapter"]),
@@ -273,19 +291,36 @@ def _settings_from_manifest(folder: Path, manifest: dict) -> dict:
     return settings
 
 
-def _load_hf_model(settings: dict, dtype: torch.dtype):
-    """(model, tokenizer): AutoModel (hidden states, no LM head) with the adapter merged in."""
-    from transformers import AutoModel, AutoTokenizer
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if str(name) not in ("float32", "bfloat16", "float16") or not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"dtype must be float32, bfloat16 or float16; got {name!r}")
+    return dtype
+
+
+def _load_hf_model(settings: dict, dtype: torch.dtype, quantize_on: torch.device | None = None):
+    """(model, tokenizer): AutoModel (hidden states, no LM head) in ``dtype`` with the adapter merged in, or, with
+    ``quantize_on`` (a device), quantized to 4-bit nf4 there with the adapter kept unmerged."""
+    from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig
 
     gguf = {"gguf_file": settings["gguf_file"]} if settings.get("gguf_file") else {}
+    if gguf and quantize_on is not None:
+        raise ConfigError("a GGUF model is dequantized on load; load it without load_in_4bit")
+    quantized = {} if quantize_on is None else {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        ),
+        "device_map": {"": str(quantize_on)},
+    }
     tokenizer_source = settings["adapter"] or settings["path"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **({} if settings["adapter"] else gguf))
-        model = AutoModel.from_pretrained(settings["path"], dtype=dtype, **gguf)
+        model = AutoModel.from_pretrained(settings["path"], dtype=dtype, **gguf, **quantized)
     except OSError as error:
         raise ConfigError(f"cannot load model {settings['path']}: {error}") from None
     if settings["adapter"]:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, settings["adapter"]).merge_and_unload()
+        model = PeftModel.from_pretrained(model, settings["adapter"])
+        model = model if quantized else model.merge_and_unload()
     return model, tokenizer

@@ -25,6 +25,12 @@ def is_causal(model: torch.nn.Module) -> bool:
     return any(getattr(module, "is_causal", False) is True for module in model.modules())
 
 
+def wants_eos(append_eos: bool | None, model: torch.nn.Module, pooling: str) -> bool:
+    """Whether texts end with the tokenizer's EOS token: ``append_eos`` when set, else on for a decoder pooled
+    by its last token (the EOS state then summarises the whole text) and off for everything else."""
+    return append_eos if append_eos is not None else (pooling == "last" and is_causal(model))
+
+
 def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) position of the first non-padding token of each row."""
     return attention_mask.to(torch.int32).argmax(dim=1)
@@ -42,7 +48,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     mode:
       * ``"mean"``: average of the non-padding token states (sums in fp32 for bf16/fp16 inputs);
       * ``"cls"``: state of the first non-padding token ([CLS] for BERT-style encoders);
-      * ``"last"``: state of the last non-padding token (decoder LLMs; append EOS when tokenising);
+      * ``"last"``: state of the last non-padding token (decoder LLMs, with an appended EOS: ``wants_eos``);
       * ``"max"``: element-wise max over the non-padding tokens.
     Output dtype = ``hidden.dtype``. Rows with no token at all are not supported (mask must have a 1
     in every row). Differentiable: the trainers back-propagate through it.

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tokenizers import processors
 from torch import nn
 
 from lorasmith.errors import ConfigError
@@ -76,6 +77,61 @@ def learned_positions(config, modules: dict) -> int | None:
         return None
     padding = tables[0].padding_idx  # RoBERTa-style tables count positions after the padding index
     return limit - (padding + 1 if padding is not None else 0)
+
+
+def appends_eos(tokenizer) -> bool:
+    """True when ``tokenizer`` ends a text with its EOS token by itself (its post-processor adds it)."""
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.eos_token_id is not None and bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
+def append_eos(tokenizer) -> None:
+    """Make ``tokenizer`` end every text with its EOS token, exactly once, also under truncation (which then cuts
+    the text, not the EOS): what a decoder's last-token pooling reads has seen the whole text. The fast tokenizer's
+    post-processor becomes a template that adds the special tokens it added before (a BOS stays) and then the EOS,
+    and
+    ``save_pretrained`` writes that into ``tokenizer.json``: a saved copy (``adapter/``, ``merged/``, so
+    sentence-transformers too) appends it as well. A tokenizer that appends it already is left as it is.
+
+    Raises:
+        ConfigError: the tokenizer has no EOS token, is not a fast tokenizer, or the result is not exactly the
+            former tokens plus one EOS.
+    """
+    name, eos = type(tokenizer).__name__, tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"append_eos: this tokenizer ({name}) has no EOS token; set append_eos: false")
+    if appends_eos(tokenizer):
+        return
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"append_eos needs a fast tokenizer; {name} is not one (set append_eos: false)")
+    probe = "an eos probe"
+    before, text = tokenizer(probe)["input_ids"], tokenizer(probe, add_special_tokens=False)["input_ids"]
+    start = next((i for i in range(len(before) - len(text) + 1) if before[i : i + len(text)] == text), None)
+    if start is None:
+        raise ConfigError(f"append_eos: cannot tell {name}'s special tokens from the text's; set append_eos: false")
+    prefix, suffix = before[:start], before[start + len(text) :]
+    added = [*prefix, *suffix, tokenizer.eos_token_id]
+    template = " ".join([*tokenizer.convert_ids_to_tokens(prefix), "$A", *tokenizer.convert_ids_to_tokens(suffix), eos])
+    previous = backend.post_processor
+    backend.post_processor = processors.TemplateProcessing(
+        single=template,
+        pair=f"{template} $B:1 {eos}:1",
+        special_tokens=sorted(set(zip(tokenizer.convert_ids_to_tokens(added), added, strict=True))),
+    )
+    after = tokenizer(probe)["input_ids"]
+    if after != [*before, tokenizer.eos_token_id]:
+        backend.post_processor = previous
+        raise ConfigError(
+            f"append_eos: {name} does not append {eos!r} exactly once ({before} became {after}); set append_eos: false"
+        )
+
+
+def positions_from_mask(attention_mask):
+    """``(N, T)`` attention mask -> ``(N, T)`` position ids counting from each text's first token (0 on padding), so
+    a left-padded text gets the positions it has alone; a decoder's forward takes them (its default counts from the
+    row's first slot)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def readable_length(tokenizer, model) -> int:

@@ -226,7 +226,7 @@ def test_existing_output_is_refused_without_overwrite(tiny_bert_dir, tmp_path, s
     assert main(common) == 2
     assert "pass --overwrite" in capsys.readouterr().err and output.read_text() == "keep me\n"
     code = main([*common, "--keep-short", "--overwrite"])
-    assert code == 2 and "--keep-short needs --format triplet" in capsys.readouterr().err
+    assert code == 2 and "--keep_short needs --format triplet" in capsys.readouterr().err
 
 
 def test_two_processes_write_the_file_one_process_writes(tiny_bert_dir, tmp_path, sample_pairs):

@@ -326,7 +326,10 @@ def resolve_max_length(model_args: ModelArguments) -> ModelArguments:
     above the table when the model is loaded)."""
     if model_args.max_length is not None:
         return model_args
-    config = load_config(model_args)
+    try:
+        config = load_config(model_args)
+    except ConfigError:  # an unreadable model is reported where it loads, after the data checks
+        return dataclasses.replace(model_args, max_length=DEFAULT_MAX_LENGTH)
     limit = learned_positions(config, meta_modules(model_args, config, AutoModel))
     stated = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     limit = limit or (stated if isinstance(stated, int) and stated > 0 else None)

@@ -28,7 +28,9 @@ from transformers import set_seed
 
 import data_utils
 from lorasmith import recipe_parser, run_folder
+from lorasmith.pooling import wants_eos
 from lorasmith.process import run_main
+from lorasmith.tokenizer_inputs import append_eos, appends_eos
 from train.common import launch, learnable, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, load_tokenizer, resolve_max_length
@@ -138,12 +140,16 @@ def main(argv=None):
     )
     if embed_run.objective.matryoshka is not None:
         embed_run.objective.matryoshka.check_width(model.hidden_size())
+    if wants_eos(config.append_eos, model.encoder, config.pooling):
+        append_eos(tokenizer)  # before anything tokenizes: packing's check, the collators, evaluation, the export
     packing = resolve_packing(config, model, tokenizer, model_args.max_length)
     collator, train_batches, batch_callbacks = training_batches(
         train_ds, tokenizer, embed_run.task, model_args, config, world_size, packing
     )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
-    plan.update(_plan(data_args, model_args, embed_run, train_ds, eval_ds, world_size, train_batches, packing))
+    plan.update(
+        _plan(data_args, model_args, embed_run, train_ds, eval_ds, world_size, train_batches, packing, tokenizer)
+    )
     print_plan("train.embed", plan)
     if run_args.dry_run:
         return None
@@ -193,7 +199,8 @@ def train_and_evaluate(trainer, extensions, train_ds, eval_ds, resume_from: str 
 
 
 def _plan(
-    data_args, model_args, embed_run: EmbedRun, train_ds, eval_ds, world_size: int, train_batches, packing: bool
+    data_args, model_args, embed_run: EmbedRun, train_ds, eval_ds, world_size: int, train_batches, packing: bool,
+    tokenizer,
 ) -> dict:
     """Plan rows of this entrypoint (the shared rows come from ``run_plan``)."""
     config, objective = embed_run.config, embed_run.objective
@@ -230,6 +237,7 @@ def _plan(
         "negatives per anchor": negatives,
         "encoding": encoding_mode(config, packing),
         "pooling": f"{config.pooling}, normalize={config.normalize}, max_length={model_args.max_length}"
+        + (", EOS appended" if appends_eos(tokenizer) else "")
         + "".join(f", {extension.plan_phrase(len(train_ds))}" for extension in embed_run.extensions),
         "best model by": config.metric_for_best_model if config.load_best_model_at_end else "(last model)",
         "output_dir": config.output_dir,

@@ -98,6 +98,11 @@ class EmbedConfig(TrainingArguments):
         f"Token states -> one vector: {', '.join(POOLING_MODES)} (last for decoder LLMs).", default="mean"
     )
     normalize: bool = option("L2-normalise embeddings (cosine = dot product).", default=True)
+    append_eos: bool | None = option(
+        "End every text with the tokenizer's EOS token (kept under truncation), in training, evaluation, mining "
+        "and the exported tokenizer. Default: on for a decoder LLM with pooling: last, off otherwise.",
+        default=None,
+    )
     dropout: float | None = option(
         "Set every dropout probability of the transformer (unsupervised SimCSE's two views come from "
         "dropout; 0 makes training deterministic). Default: the model's own (0.1 for BERT-like encoders).",

@@ -25,6 +25,7 @@ from lorasmith.run_folder import (
     write_rotation,
     write_sentence_transformers_files,
 )
+from lorasmith.tokenizer_inputs import appends_eos
 from train.common.args import ModelArguments
 from train.common.export import export_trained_model
 from train.common.run import manifest_fields
@@ -38,6 +39,8 @@ def export_embedding_model(
     """Save adapter and/or merged model of ``trainer``'s model to ``trainer.args.output_dir``; call on EVERY
     process (the adapter save may be collective). Returns the manifest's ``adapter`` / ``merged`` entries."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
+    # sentence-transformers passes no position ids: with right padding a decoder's default ones are each text's own
+    trainer.processing_class.padding_side = "right"
 
     def add_sentence_transformers_files(folder: Path) -> None:
         settings = embedding_settings(trainer)
@@ -68,7 +71,8 @@ def export_embedding_model(
 
 def embedding_settings(trainer) -> dict:
     """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
-    max length, the prefixes actually used (symmetric tasks use none), the Matryoshka widths trained
+    max length, the prefixes actually used (symmetric tasks use none), whether texts end with an appended EOS
+    (``append_eos``; the saved tokenizers append it themselves), the Matryoshka widths trained
     (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``) and the rotation file
     (``rotation``, None without a Matryoshka rotation)."""
     model: EmbeddingModel = trainer.accelerator.unwrap_model(trainer.model)
@@ -79,6 +83,7 @@ def embedding_settings(trainer) -> dict:
         "max_length": collator.max_length,
         "query_prefix": collator.query_prefix,
         "document_prefix": collator.document_prefix,
+        "append_eos": appends_eos(collator.tokenizer),
         "matryoshka_dims": trainer.args.matryoshka_dims,
         "rotation": ROTATION_NAME if model.rotation is not None else None,
     }

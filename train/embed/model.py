@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel
 
 from lorasmith.pooling import is_causal, pool, validate_pooling_mode
+from lorasmith.tokenizer_inputs import positions_from_mask
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model
 from train.embed.packing import packed_attention_mask
@@ -52,9 +53,11 @@ class EmbeddingModel(nn.Module):
         self.register_buffer("rotation", None, persistent=False)
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """``(N, T)`` token ids and mask -> ``(N, D)`` pooled (and normalised) embeddings, differentiable."""
+        """``(N, T)`` token ids and mask -> ``(N, D)`` pooled (and normalised) embeddings, differentiable. A decoder
+        gets positions from the mask, so left and right padding embed a text alike."""
+        positions = {"position_ids": positions_from_mask(attention_mask)} if self.causal else {}
         hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask
+            input_ids=input_ids, attention_mask=attention_mask, **positions
         ).last_hidden_state  # (N, T, D)
         return self.finish(pool(hidden, attention_mask, self.pooling))
 
