@@ -151,7 +151,12 @@ def test_every_embed_recipe_parses_and_loads_its_data(recipe, capsys, tiny_bert_
 
     argv = ["--config", f"configs/embed/{recipe}", "--dry_run", "true"]
     path = Path(__file__).parents[1] / "configs" / "embed" / recipe
-    if yaml.safe_load(path.read_text())["model_name_or_path"] not in ("minilm", "smollm2"):
+    values = yaml.safe_load(path.read_text())
+    if values["model_name_or_path"] not in ("minilm", "smollm2"):
         argv += ["--model_name_or_path", str(tiny_bert_dir)]  # a hub model cannot be fetched offline
+    if not (Path(__file__).parents[1] / values["train_data"]).exists():  # a hub dataset: the same task's sample
+        argv += ["--train_data", f"data_utils/samples/{values['task']}.jsonl", "--columns", "anchor=anchor,positive=positive"]
+    if values.get("bf16") or values.get("dtype") == "bfloat16":
+        argv += ["--bf16", "false", "--dtype", "float32"]  # a GPU recipe: bf16 is refused on this CPU
     assert run_main(main, argv) == 0
     assert "training rows" in capsys.readouterr().out
