@@ -127,3 +127,13 @@ def test_the_lorasmith_command_prints_its_help_without_library_warnings(tmp_path
     unknown = subprocess.run([sys.executable, "-m", "lorasmith", "embedd"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert unknown.returncode == 2 and "unknown command 'embedd'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_the_lorasmith_command_runs_under_accelerate_launch_on_two_processes(tmp_path):
+    """``accelerate launch -m lorasmith embed --config quickstart``: 2 ranks over gloo (the plan says so), one run
+    folder, finished."""
+    result = multiproc.run_multiprocess(["-m", "lorasmith", "embed", "--config", "quickstart", "--max_steps", "2",
+                                         "--eval_before_training", "false", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert re.search(r"world size +: 2 \(ddp, cpu\)", result.stdout), result.stdout[-2000:]
+    assert '"complete": true' in (tmp_path / "out" / "lorasmith_run.json").read_text()
