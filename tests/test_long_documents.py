@@ -302,5 +302,5 @@ def test_sft_classify_head_tail_is_recorded_and_label_scoring_applies_it(
 
     recipe.update(output_dir=str(tmp_path / "chunks"), long_documents="chunks", truncation="end")
     path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(ConfigError, match="seq_classify"):
+    with pytest.raises(ConfigError, match="'long_documents' does not apply to python -m train.sft_classify"):
         main(["--config", str(path)])
