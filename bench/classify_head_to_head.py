@@ -41,18 +41,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = REPO.parent / "shared" / "data"
 LABELS = ["negative", "positive"]  # label id 0 / 1 in both datasets
-DATASETS = {
-    # name: (train file, its text column, eval file, its text column, max_length, truncation for trained models)
-    "sst2": (DATA / "sst2" / "train.tsv", "sentence", DATA / "sst2" / "dev.tsv", "content", 128, "end"),
-    "imdb": (
-        DATA / "imdb" / "train_1k.jsonl",
-        "text",
-        DATA / "imdb" / "validation_1k.jsonl",
-        "text",
-        256,
-        "head_tail",
-    ),
-}
+
+
+def dataset_files(root: Path) -> dict:
+    """name: (train file, its text column, eval file, its text column, max_length, truncation for trained models)."""
+    return {
+        "sst2": (root / "sst2" / "train.tsv", "sentence", root / "sst2" / "dev.tsv", "content", 128, "end"),
+        "imdb": (root / "imdb" / "train_1k.jsonl", "text", root / "imdb" / "validation_1k.jsonl", "text", 256, "head_tail"),
+    }
+
+
+DATASETS = dataset_files(DATA)
 APPROACHES = {
     "a": "MiniLM frozen + logistic probe",
     "b": "MiniLM + LoRA + head",
@@ -193,7 +192,7 @@ def prepare(
     """(train file, train rows, evaluation rows) of ``dataset`` written under ``folder``."""
     train_source, train_column, eval_source, eval_column = DATASETS[dataset][:4]
     if not train_source.is_file() or not eval_source.is_file():
-        sys.exit(f"{dataset}: {train_source} or {eval_source} is missing (see ../shared/data/README.md)")
+        sys.exit(f"{dataset}: {train_source} or {eval_source} is missing (--data-root: the folder holding sst2/ and imdb/)")
     train_rows = SMOKE_ROWS if smoke else (sst2_train_rows if dataset == "sst2" else None)
     train_file = folder / f"{dataset}_train.jsonl"
     train = write_split(train_source, train_column, train_rows, 0, train_file)
@@ -215,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--smoke", action="store_true", help=f"{SMOKE_ROWS} rows, {SMOKE_STEPS} steps: checks wiring"
     )
     parser.add_argument("--output", type=Path, help="also write the results JSON here")
+    parser.add_argument("--data-root", type=Path, default=DATA, help="folder holding sst2/ and imdb/ (default %(default)s)")
     args = parser.parse_args(argv)
+    DATASETS.update(dataset_files(args.data_root))
     datasets, approaches = args.datasets.split(","), args.approaches.split(",")
     unknown = [d for d in datasets if d not in DATASETS] + [a for a in approaches if a not in APPROACHES]
     if unknown:

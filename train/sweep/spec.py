@@ -1,6 +1,7 @@
 """The sweep file: what to train (entrypoint + base recipe), which cells (grid or search), where, evaluated how.
 
-Format (paths are relative to the directory the sweep runs from, like every path in a recipe)::
+Format (paths are relative to the directory the sweep runs from, like every path in a recipe; a path of the
+project itself, e.g. ``configs/embed/sts_cosent.yaml``, or a packaged recipe's name is found from anywhere)::
 
     name: sts-loss-matrix             # optional; default: the sweep file's stem (SLURM job name, study name)
     entrypoint: embed                  # embed | seq_classify | sft_classify
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from lorasmith import project_files
 from lorasmith.errors import ConfigError
 
 ENTRYPOINTS = ("embed", "seq_classify", "sft_classify")
@@ -88,9 +90,7 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read ``path``, apply ``--key value`` ``overrides`` and validate. Raises ConfigError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
+    path = Path(path) if Path(path).is_file() else project_files.find_recipe(str(path))[0]
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping (entrypoint, recipe, grid or search, output_dir)")
@@ -131,11 +131,10 @@ def _validate(path: Path, raw: dict, cli_overrides: tuple) -> SweepSpec:
     entrypoint = str(raw["entrypoint"]).removeprefix("train.")
     if entrypoint not in ENTRYPOINTS:
         raise ConfigError(f"{path}: entrypoint {entrypoint!r}; choose one of {', '.join(ENTRYPOINTS)}")
-    recipe_path = Path(raw["recipe"])
-    if not recipe_path.is_file():
-        raise ConfigError(
-            f"{path}: recipe {recipe_path} not found (paths are relative to the current directory)"
-        )
+    try:  # relative to the current directory, else one of the project's own (a packaged recipe)
+        recipe_path = project_files.find_recipe(str(raw["recipe"]))[0]
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     base_recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
     if not isinstance(base_recipe, dict):
         raise ConfigError(f"{recipe_path}: a recipe is a YAML mapping")
@@ -156,6 +155,8 @@ def _validate(path: Path, raw: dict, cli_overrides: tuple) -> SweepSpec:
                 f"{path}: 'suite' evaluates embedding models (eval.matrix); {entrypoint} cells are scored by their "
                 "own eval_data (metrics.json)"
             )
+        if not suite.is_file() and (project_files.app_root() / suite).is_file():
+            suite = project_files.app_root() / suite  # the project's own suite file
         if not suite.is_file():
             raise ConfigError(f"{path}: suite {suite} not found")
     slurm = raw.get("slurm") or {}
