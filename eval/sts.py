@@ -59,11 +59,12 @@ def sts_correlations(
 ) -> dict[str, float]:
     """``{"spearman", "pearson"}`` x 100 of cosine(first[i], second[i]) against ``scores[i]``.
 
-    Each distinct sentence is embedded once, without prefixes (STS is symmetric); ``train.embed`` scores its
-    eval set with this same function."""
+    Each distinct sentence is embedded once, with the model's symmetric prefix (``Embedder.symmetric_prefix``: the
+    one instruction a model puts on both sides, else none); ``train.embed`` scores its eval set with this same
+    function."""
     unique = list(dict.fromkeys([*first, *second]))
     position = {text: i for i, text in enumerate(unique)}
-    embeddings = embedder.encode(unique, batch_size=batch_size)  # (U, D)
+    embeddings = embedder.encode(unique, batch_size=batch_size, prefix=embedder.symmetric_prefix)  # (U, D)
     left = embeddings[[position[text] for text in first]]
     right = embeddings[[position[text] for text in second]]
     cosine = F.cosine_similarity(left, right, dim=-1).double().numpy()

@@ -123,7 +123,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = (action.help or "").replace("%", "%%")
         default = action.default
         says_default = "default" in text.lower()
-        if action.nargs == 0 or action.required or default in (None, argparse.SUPPRESS) or says_default:
+        if action.nargs == 0 or action.required or default in (None, "", argparse.SUPPRESS) or says_default:
             return text
         return f"{text} (default: {shown_value(default).replace('%', '%%')})"
 

@@ -97,6 +97,12 @@ class Embedder:
         if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS; pooling reads the attention mask
             tokenizer.pad_token = tokenizer.eos_token
 
+    @property
+    def symmetric_prefix(self) -> str:
+        """What goes before both texts of a symmetric comparison (STS): the prefix queries and documents share
+        (a run trained with one instruction on both sides, E5's ``query: `` on both), else none."""
+        return self.query_prefix if self.query_prefix == self.document_prefix else ""
+
     # ---- construction ----
 
     @classmethod

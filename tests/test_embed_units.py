@@ -69,13 +69,12 @@ def test_triplet_candidates_are_positives_then_row_major_negatives(tokenizer):
     assert embedded.positive_ids[:, 0].tolist() == text_ids(["p1", "p2"]).tolist()
 
 
-def test_simcse_views_share_ids_and_symmetric_tasks_drop_prefixes(tokenizer):
+def test_simcse_views_share_ids_and_symmetric_tasks_put_one_instruction_on_both_sides(tokenizer):
     rows = [{"text": "the cat likes the map"}, {"text": "a dog reads"}]
-    collator = ContrastiveCollator(
-        tokenizer, EMBED_TASKS["simcse_unsup"], 32, query_prefix="q: ", document_prefix="d: "
-    )
+    collator = ContrastiveCollator(tokenizer, EMBED_TASKS["simcse_unsup"], 32, query_prefix="q: ")
     batch = collator(rows)
-    assert collator.query_prefix == collator.document_prefix == ""
+    assert collator.query_prefix == collator.document_prefix == "q: "
+    assert collator.texts(EMBED_TASKS["simcse_unsup"].roles(rows))[0] == "q: the cat likes the map"
     assert token_rows(batch)[:2] == token_rows(batch)[2:]
     embedded = embedded_batch(EMBED_TASKS["simcse_unsup"], torch.zeros(2, 4), torch.zeros(2, 4), batch)
     assert embedded.positive_ids[:, 0].tolist() == batch["anchor_ids"].tolist()

@@ -246,15 +246,17 @@ def test_misspelt_metric_for_best_model_with_a_suggestion(tmp_path, tiny_bert_di
     assert "did you mean 'accuracy'" in err
 
 
-def test_prefixes_on_a_symmetric_task_are_refused(tmp_path, tiny_bert_dir, capsys, no_weights):
+def test_a_document_prefix_on_a_symmetric_task_and_a_template_not_ending_in_text_are_refused(
+    tmp_path, tiny_bert_dir, capsys, no_weights
+):
     recipe = embed_recipe(
         tmp_path, tiny_bert_dir, task="scored_pairs", train_data=str(sample_path("sts.tsv")),
         eval_data=str(sample_path("sts_eval.tsv")),
     )  # fmt: skip
-    err = fails("embed", ["--config", recipe, "--query_prefix", "query: "], capsys)
-    assert "query_prefix / document_prefix do not apply to task scored_pairs" in err
-    err = fails("embed", ["--config", recipe, "--task", "simcse_unsup", "--document_prefix", "passage: "], capsys)
-    assert "do not apply to task simcse_unsup" in err
+    err = fails("embed", ["--config", recipe, "--document_prefix", "passage: "], capsys)
+    assert "document_prefix does not apply to task scored_pairs" in err and "query_prefix, put on both sides" in err
+    err = fails("embed", ["--config", recipe, "--query_prefix", "Query: {text} (STS)"], capsys)
+    assert "query_prefix: {text} must come last, once" in err
 
 
 # ---- 3. eval CLIs: device and outputs, before any work ----

@@ -38,6 +38,7 @@ from train.common.plan import print_plan, run_plan
 from train.embed.collator import ContrastiveCollator
 from train.embed.config import EmbedConfig, encoding_mode
 from train.embed.export import export_embedding_model, write_embedding_card, write_embedding_manifest
+from train.embed.instructions import Instructions
 from train.embed.model import build_embedding_model
 from train.embed.packing import resolve_packing
 from train.embed.resolve import EmbedRun, resolve_run
@@ -96,19 +97,18 @@ def load_datasets(data_args: DataArguments, config: EmbedConfig, sources: list[T
     return train, evaluation
 
 
-def training_batches(
-    train_ds, tokenizer, task: EmbedTask, model_args, config: EmbedConfig, world_size: int, packing: bool
-):
+def training_batches(train_ds, tokenizer, embed_run: EmbedRun, model_args, world_size: int, packing: bool):
     """(collator, batch sampler or None, extra callbacks): one dataset -> the task's collator and Trainer's
-    sampling; a ``DatasetMix`` -> single-dataset batches (``sampling.py``) collated by each dataset's task.
-    ``packing``: the run packs its forwards (``packing.resolve_packing``)."""
+    sampling; a ``DatasetMix`` -> single-dataset batches (``sampling.py``) collated by each dataset's task, with
+    its instructions. ``packing``: the run packs its forwards (``packing.resolve_packing``)."""
+    config, task = embed_run.config, embed_run.task
 
-    def collator(for_task):
-        prefixes, size = (config.query_prefix, config.document_prefix), config.mini_batch_size
+    def collator(for_task: EmbedTask, instructions: Instructions):
+        prefixes, size = (instructions.query, instructions.document), config.mini_batch_size
         return ContrastiveCollator(tokenizer, for_task, model_args.max_length, *prefixes, size, packing)
 
     if not isinstance(train_ds, DatasetMix):
-        return collator(task), None, []
+        return collator(task, embed_run.instructions), None, []
     sampler = SingleDatasetBatches(
         train_ds.sizes,
         config.per_device_train_batch_size,
@@ -118,7 +118,11 @@ def training_batches(
         drop_last=config.dataloader_drop_last,
     )
     return (
-        MixCollator([collator(t) for t in train_ds.tasks], collator(task)),
+        MixCollator(
+            [collator(t, embed_run.dataset_instructions[name]) for name, t in zip(train_ds.names, train_ds.tasks, strict=True)],
+            collator(task, embed_run.instructions),
+            train_ds.names,
+        ),
         sampler,
         [SamplerEpoch(sampler)],
     )
@@ -144,7 +148,7 @@ def main(argv=None):
         append_eos(tokenizer)  # before anything tokenizes: packing's check, the collators, evaluation, the export
     packing = resolve_packing(config, model, tokenizer, model_args.max_length)
     collator, train_batches, batch_callbacks = training_batches(
-        train_ds, tokenizer, embed_run.task, model_args, config, world_size, packing
+        train_ds, tokenizer, embed_run, model_args, world_size, packing
     )
     plan = run_plan(config, model_args, world_size, count_parameters(model))
     plan.update(

@@ -146,14 +146,14 @@ class ContrastiveCollator:
     packing: bool = False
 
     def __post_init__(self):
-        if self.task.symmetric:
-            self.query_prefix = self.document_prefix = ""
+        if self.task.symmetric:  # one instruction, both sides (instructions.py)
+            self.document_prefix = self.query_prefix
         if self.packing and not self.mini_batch_size:
             raise ValueError("packing needs mini_batch_size > 0 (the length-sorted rows it packs)")
 
     def texts(self, roles: Roles) -> list[str]:
         """The texts of a batch's ``roles`` as the encoder sees them: anchors with ``query_prefix``, then
-        candidates with ``document_prefix`` (none for symmetric tasks)."""
+        candidates with ``document_prefix`` (the query prefix, for symmetric tasks)."""
         return [self.query_prefix + text for text in roles.anchors] + [
             self.document_prefix + text for text in roles.candidates
         ]

@@ -109,10 +109,16 @@ class EmbedConfig(TrainingArguments):
         default=None,
     )
     query_prefix: str = option(
-        f"Instruction prepended to anchors / queries / texts (not for {SYMMETRIC}).", default=""
+        "Instruction put before anchors / queries: a prefix, or a template ending with {text} ('Instruct: Given a "
+        f"question, retrieve passages that answer it\\nQuery: {{text}}'); on both sides for {SYMMETRIC}. A dataset of "
+        "a multi-dataset train_data may set its own. Exported as the sentence-transformers prompt 'query' (and one "
+        "per dataset, by name). See train/embed/instructions.py.",
+        default="",
     )
     document_prefix: str = option(
-        f"Prepended to positives / negatives / tags (not for {SYMMETRIC}).", default=""
+        f"Put before positives / negatives / tags (a prefix or a template ending with {{text}}; not for {SYMMETRIC}, "
+        "which use query_prefix on both sides).",
+        default="",
     )
     # ---- evaluation ----
     eval_task: str | None = option(

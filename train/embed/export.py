@@ -29,7 +29,9 @@ from lorasmith.tokenizer_inputs import appends_eos
 from train.common.args import ModelArguments
 from train.common.export import export_trained_model
 from train.common.run import manifest_fields
+from train.embed.instructions import Instructions, sentence_transformers_prompts
 from train.embed.model import EmbeddingModel
+from train.embed.sampling import MixCollator
 from train.embed.trainer import ENCODER_PREFIX
 
 
@@ -50,11 +52,9 @@ def export_embedding_model(
             settings["normalize"],
             settings["max_length"],
             model.hidden_size(),
-            prompts={
-                name: prefix
-                for name, prefix in (("query", settings["query_prefix"]), ("document", settings["document_prefix"]))
-                if prefix
-            },
+            prompts=sentence_transformers_prompts(
+                Instructions(settings["query_prefix"], settings["document_prefix"]), dataset_instructions(trainer)
+            ),
             rotation=model.rotation,
         )
 
@@ -71,7 +71,8 @@ def export_embedding_model(
 
 def embedding_settings(trainer) -> dict:
     """How texts become vectors in this run (the manifest's ``embedding`` entry): pooling, normalisation,
-    max length, the prefixes actually used (symmetric tasks use none), whether texts end with an appended EOS
+    max length, the prefixes of the recipe's task (a symmetric task's one instruction on both sides) and of each
+    dataset of a multi-dataset run (``instructions``, None for one dataset), whether texts end with an appended EOS
     (``append_eos``; the saved tokenizers append it themselves), the Matryoshka widths trained
     (``matryoshka_dims``, None when off: any of them is a valid ``truncate_dim``) and the rotation file
     (``rotation``, None without a Matryoshka rotation)."""
@@ -83,9 +84,22 @@ def embedding_settings(trainer) -> dict:
         "max_length": collator.max_length,
         "query_prefix": collator.query_prefix,
         "document_prefix": collator.document_prefix,
-        "append_eos": appends_eos(collator.tokenizer),
+        "append_eos": appends_eos(trainer.processing_class),
+        "instructions": {name: instructions.as_manifest() for name, instructions in dataset_instructions(trainer).items()}
+        or None,
         "matryoshka_dims": trainer.args.matryoshka_dims,
         "rotation": ROTATION_NAME if model.rotation is not None else None,
+    }
+
+
+def dataset_instructions(trainer) -> dict[str, Instructions]:
+    """Each training dataset's prefixes by name (a multi-dataset run; empty for one dataset)."""
+    collator = trainer.data_collator
+    if not isinstance(collator, MixCollator):
+        return {}
+    return {
+        name: Instructions(one.query_prefix, one.document_prefix)
+        for name, one in zip(collator.names, collator.collators, strict=True)
     }
 
 

@@ -14,6 +14,7 @@ from train.common.launch import check_best_metric
 from train.common.run import replace_args
 from train.embed.config import DEFAULT_MINI_BATCH_SIZE, EmbedConfig
 from train.embed.evaluation import metric_names
+from train.embed.instructions import Instructions
 from train.embed.loss_spec import build_objective
 from train.embed.matryoshka import matryoshka_dims
 from train.embed.objective import ContrastiveObjective
@@ -41,13 +42,17 @@ class Extension(Protocol):
 class EmbedRun:
     """A resolved embedding run: the ``config`` the trainer gets (task defaults and ``mini_batch_size`` filled),
     the ``task`` record, the named training ``sources`` (None for one plain source), the ``objective`` (every loss
-    and weight at every Matryoshka width) and the recipe's ``extensions``, in the order they run."""
+    and weight at every Matryoshka width), the recipe's ``extensions``, in the order they run, and the
+    ``instructions`` (``instructions.py``) of the recipe's task and of each named source (``dataset_instructions``,
+    by name; empty for one plain source)."""
 
     config: EmbedConfig
     task: EmbedTask
     sources: list[TrainSource] | None
     objective: ContrastiveObjective
     extensions: tuple[Extension, ...]
+    instructions: Instructions
+    dataset_instructions: dict[str, Instructions]
 
 
 def resolve_run(data_args, config: EmbedConfig, distribution: str) -> EmbedRun:
@@ -82,7 +87,17 @@ def resolve_run(data_args, config: EmbedConfig, distribution: str) -> EmbedRun:
             raise ConfigError(f"train_data '{source.name}' (task {source.task}): {error}") from None
     config = resolve_mini_batches(config, distribution)
     config = resolve_task_defaults(config, task, has_eval_data=bool(data_args.eval_data))
-    return EmbedRun(config, task, sources, objective, extensions)
+    instructions = Instructions.resolve(config.query_prefix, config.document_prefix, task)
+    dataset_instructions = {
+        source.name: Instructions.resolve(
+            config.query_prefix if source.query_prefix is None else source.query_prefix,
+            config.document_prefix if source.document_prefix is None else source.document_prefix,
+            embed_task(source.task),
+            where=f"train_data '{source.name}': ",
+        )
+        for source in sources or ()
+    }
+    return EmbedRun(config, task, sources, objective, extensions, instructions, dataset_instructions)
 
 
 def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: bool) -> EmbedConfig:
@@ -94,13 +109,7 @@ def resolve_task_defaults(config: EmbedConfig, task: EmbedTask, has_eval_data: b
       evaluation does not produce) becomes the eval task's main metric (``EVAL_METRICS``), higher is better;
       a name the evaluation does not report is a ConfigError (``launch.check_best_metric``).
 
-    Query / document prefixes on a symmetric task (whose texts are embedded without them) are a ConfigError.
     """
-    if task.symmetric and (config.query_prefix or config.document_prefix):
-        raise ConfigError(
-            f"query_prefix / document_prefix do not apply to task {task.name}: both sides are the same kind of text "
-            "and are embedded without prefixes (as eval.sts does). Remove them, or use pairs / triplets / tags"
-        )
     eval_task = config.eval_task or task.eval_task
     if not has_eval_data:
         return replace_args(

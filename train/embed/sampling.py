@@ -52,18 +52,21 @@ from train.embed.loss_spec import LOSSES
 from train.embed.tasks import EmbedTask, closest_hint
 
 SAMPLING = ("proportional", "round_robin")
-SOURCE_KEYS = ("data", "task", "columns")
+SOURCE_KEYS = ("data", "task", "columns", "query_prefix", "document_prefix")
 
 
 @dataclass(frozen=True)
 class TrainSource:
     """One training dataset of a recipe: its name (logs, plan), what ``data_utils.load`` reads, its task name and
-    column map (the recipe's unless the map entry sets its own)."""
+    column map (the recipe's unless the map entry sets its own), and its own query / document prefixes (None: the
+    recipe's; ``instructions.py``)."""
 
     name: str
     data: str
     task: str
     columns: dict | str | None
+    query_prefix: str | None = None
+    document_prefix: str | None = None
 
 
 def train_sources(train_data, task: str, columns: dict | str | None) -> list[TrainSource] | None:
@@ -104,7 +107,8 @@ def _map_entry(name: str, entry, task: str, columns) -> TrainSource:
         return TrainSource(name, entry, task, columns)
     if not isinstance(entry, Mapping) or "data" not in entry:
         raise ConfigError(
-            f"train_data '{name}': expected a source or a mapping {{data: FILE, task: ..., columns: ...}}, got {entry!r}"
+            f"train_data '{name}': expected a source or a mapping {{data: FILE, task: ..., columns: ..., query_prefix: "
+            f"...}}, got {entry!r}"
         )
     unknown = sorted(set(entry) - set(SOURCE_KEYS))
     if unknown:
@@ -112,7 +116,10 @@ def _map_entry(name: str, entry, task: str, columns) -> TrainSource:
             f"train_data '{name}': unknown key(s) {', '.join(map(str, unknown))}{closest_hint(str(unknown[0]), SOURCE_KEYS)}. "
             f"Keys: {', '.join(SOURCE_KEYS)}"
         )
-    return TrainSource(name, str(entry["data"]), entry.get("task", task), entry.get("columns", columns))
+    return TrainSource(
+        name, str(entry["data"]), entry.get("task", task), entry.get("columns", columns),
+        entry.get("query_prefix"), entry.get("document_prefix"),
+    )
 
 
 def _names(sources: Sequence[str]) -> list[str]:
@@ -242,13 +249,14 @@ class MixCollator:
     """``[(k, row), ...]`` (one dataset ``k``) -> that dataset's collated batch plus ``dataset``: ``()`` int64 ``k``.
 
     ``main`` is the collator of the recipe's task: its ``max_length`` and prefixes are the run's (evaluation,
-    export), as in a single-dataset run. Batches of every dataset are cut by one chunker, the run's
+    export), as in a single-dataset run; ``names`` name ``collators`` (the export records each one's prefixes). Batches of every dataset are cut by one chunker, the run's
     (:meth:`chunker`, :meth:`chunks`): the cut depends only on ``mini_batch_size`` and the tokenizer, which every
     dataset's collator shares with ``main``.
     """
 
     collators: Sequence[ContrastiveCollator]
     main: ContrastiveCollator
+    names: Sequence[str] = ()
 
     def chunker(self) -> LengthSortedChunker | None:
         return self.main.chunker()
