@@ -114,8 +114,8 @@ def test_rotation_texts_take_each_role_with_its_training_prefix():
     assert rotation_texts(pairs, pair_collator, limit=4, seed=0) == texts
 
     scored = Dataset.from_list([{"sentence1": "a b", "sentence2": "c d", "score": 0.5}] * 3)
-    scored_collator = ContrastiveCollator(None, embed_task("scored_pairs"), 32, "q: ", "d: ")
-    assert rotation_texts(scored, scored_collator, limit=10, seed=0) == ["a b", "c d"]
+    scored_collator = ContrastiveCollator(None, embed_task("scored_pairs"), 32, "q: ")  # one instruction, both sides
+    assert rotation_texts(scored, scored_collator, limit=10, seed=0) == ["q: a b", "q: c d"]
 
     tags = Dataset.from_list([{"text": f"title {i}", "tags": ["x", "y"]} for i in range(30)])
     mix = DatasetMix(["pairs", "tags"], [pairs, tags], [embed_task("pairs"), embed_task("tags")])
