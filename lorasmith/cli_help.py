@@ -7,7 +7,7 @@ Every option belongs to one group, found from where its field is declared:
 - a field of TRL's ``ModelConfig`` goes to "Model" or "LoRA / quantization";
 - a field of ``TrainingArguments`` / ``SFTConfig`` goes to "Training" or "Launch & outputs" when it
   is one a recipe usually sets (:data:`TRAINING_KEYS`, :data:`OUTPUT_KEYS`), else to "Trainer passthrough": still
-  accepted on the command line and in recipes, listed only by ``--help-all``.
+  accepted on the command line and in recipes, listed only by ``--help_all``.
 
 Each option is shown once, in its canonical ``--snake_case`` spelling (``--dash-case`` and ``--no_<flag>`` are
 accepted as aliases and not listed), with its real default (after the CPU defaults; with ``--config``, the
@@ -64,7 +64,7 @@ def group_of(dataclass_type: type, field: dataclasses.Field) -> str:
 
 def group_order(dataclass_types: Iterable[type]) -> list[str]:
     """The groups of a recipe command in the order ``--help`` shows them: data, model, LoRA, the entrypoint's own
-    groups (in declaration order), training, launch, logging, passthrough."""
+    groups (the entrypoint's first), training, launch & outputs, passthrough."""
     own = []
     for dataclass_type in dataclass_types:
         for field in dataclasses.fields(dataclass_type):
@@ -129,7 +129,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class ShowAllHelp(argparse.Action):
-    """``--help-all``: the help with the trainer passthrough options listed too."""
+    """``--help_all``: the help with the trainer passthrough options listed too."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)

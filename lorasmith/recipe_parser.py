@@ -52,7 +52,6 @@ class RecipeParser(TrlParser):
     """
 
     def __init__(self, dataclass_types: Sequence[type], *, module: str, **kwargs):
-        self.module = module
         self.not_offered = frozenset().union(*(getattr(dc, "not_offered", ()) for dc in dataclass_types))
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         self._passthrough: list[argparse.Action] = []
@@ -80,7 +79,7 @@ class RecipeParser(TrlParser):
                     self._passthrough.append(action)
 
     def add_recipe_options(self) -> None:
-        """``--config`` (read by ``parse_recipe`` before parsing) and ``--help-all``, beside ``--help``."""
+        """``--config`` (read by ``parse_recipe`` before parsing) and ``--help_all``, beside ``--help``."""
         self._optionals.title = "Recipe"
         self.add_argument(
             "--config",

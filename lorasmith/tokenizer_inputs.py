@@ -61,11 +61,17 @@ def model_max_length(tokenizer, default: int | None = DEFAULT_MAX_LENGTH) -> int
     return limit if isinstance(limit, int) and 0 < limit < _NO_STATED_LIMIT else default
 
 
+def stated_positions(config) -> int | None:
+    """The positions a model's config states (``max_position_embeddings``, GPT-2's ``n_positions``), or None."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
 def learned_positions(config, modules: dict) -> int | None:
     """How many positions the model's learned position table holds for text (``max_position_embeddings`` less the
     padding offset of RoBERTa-style tables), or None for a model without one (rotary, relative positions)."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not isinstance(limit, int):
+    limit = stated_positions(config)
+    if limit is None:
         return None
     tables = [
         module
@@ -89,8 +95,7 @@ def append_eos(tokenizer) -> None:
     """Make ``tokenizer`` end every text with its EOS token, exactly once, also under truncation (which then cuts
     the text, not the EOS): what a decoder's last-token pooling reads has seen the whole text. The fast tokenizer's
     post-processor becomes a template that adds the special tokens it added before (a BOS stays) and then the EOS,
-    and
-    ``save_pretrained`` writes that into ``tokenizer.json``: a saved copy (``adapter/``, ``merged/``, so
+    and ``save_pretrained`` writes that into ``tokenizer.json``: a saved copy (``adapter/``, ``merged/``, so
     sentence-transformers too) appends it as well. A tokenizer that appends it already is left as it is.
 
     Raises:

@@ -38,7 +38,7 @@ from trl import get_peft_config
 from lorasmith.embedded_models import embedded_model_files
 from lorasmith.errors import ConfigError
 from lorasmith.tokenizer_inputs import DEFAULT_TRAINING_MAX_LENGTH as DEFAULT_MAX_LENGTH
-from lorasmith.tokenizer_inputs import learned_positions
+from lorasmith.tokenizer_inputs import learned_positions, stated_positions
 from train.common.args import ModelArguments
 
 
@@ -330,9 +330,7 @@ def resolve_max_length(model_args: ModelArguments) -> ModelArguments:
         config = load_config(model_args)
     except ConfigError:  # an unreadable model is reported where it loads, after the data checks
         return dataclasses.replace(model_args, max_length=DEFAULT_MAX_LENGTH)
-    limit = learned_positions(config, meta_modules(model_args, config, AutoModel))
-    stated = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    limit = limit or (stated if isinstance(stated, int) and stated > 0 else None)
+    limit = learned_positions(config, meta_modules(model_args, config, AutoModel)) or stated_positions(config)
     resolved = min(DEFAULT_MAX_LENGTH, limit) if limit else DEFAULT_MAX_LENGTH
     resolved_args = dataclasses.replace(model_args, max_length=resolved)
     resolved_args.max_length_note = (
@@ -359,7 +357,7 @@ def check_max_length(max_length: int | None, config, modules: dict) -> None:
     usable = learned_positions(config, modules)
     if usable is None or max_length is None:
         return
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = stated_positions(config)
     if max_length > usable:
         raise ConfigError(
             f"max_length {max_length} is above this model's limit of {usable} positions "

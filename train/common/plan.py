@@ -38,7 +38,7 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
         "quantization": _quantization(model_args),
         "tuning": _tuning(model_args),
         "max length": f"{model_args.max_length} tokens"
-        + (f" ({model_args.max_length_note})" if getattr(model_args, "max_length_note", "") else ""),
+        + (f" ({model_args.max_length_note})" if model_args.max_length_note else ""),
     }
     if parameters is not None:
         trainable, total = parameters
