@@ -21,11 +21,12 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.common.modeling import load_tokenizer
+from train.common.packing import pack_steps
 from train.embed import main
 from train.embed.collator import ContrastiveCollator, length_sorted_chunks
 from train.embed.config import EmbedConfig
 from train.embed.model import build_embedding_model
-from train.embed.packing import pack_steps, packing_problem, resolve_packing
+from train.embed.packing import packing_problem, resolve_packing
 from train.embed.resolve import resolve_mini_batches
 from train.embed.tasks import EMBED_TASKS
 

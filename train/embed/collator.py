@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from train.common.packing import cheapest_cut, pack_chunk, pack_steps
 from train.embed.batch import PAD_ID, text_ids
-from train.embed.packing import cheapest_cut, pack_chunk, pack_steps
 from train.embed.tasks import EmbedTask, Roles
 
 # Cost of one more encoder forward (+ its backward) in padded token slots: the fixed per-call work. Measured by

@@ -25,7 +25,7 @@ from lorasmith.pooling import is_causal, pool, validate_pooling_mode
 from lorasmith.tokenizer_inputs import positions_from_mask
 from train.common.args import ModelArguments
 from train.common.modeling import apply_tuning, load_model
-from train.embed.packing import packed_attention_mask
+from train.common.packing import first_position, packed_model_inputs, unpack
 
 
 class EmbeddingModel(nn.Module):
@@ -65,12 +65,10 @@ class EmbeddingModel(nn.Module):
         """A packed chunk (``packing.py``: ``n`` texts in ``R`` rows of ``L`` tokens) -> ``(n, D)`` embeddings,
         differentiable: one encoder call with per-text positions and block-diagonal attention, then each text's
         token states gathered into the padded per-text layout ``(n, T, D)`` that :func:`lorasmith.pooling.pool` reads."""
-        mask = packed_attention_mask(self.base_model.config, chunk["segments"], self.embedding_dtype(), self.causal)
-        positions = chunk["position_ids"] + self.first_position
-        hidden = self.encoder(
-            input_ids=chunk["input_ids"], attention_mask=mask, position_ids=positions
-        ).last_hidden_state  # (R, L, D)
-        per_text = hidden.reshape(-1, hidden.shape[-1])[chunk["token_index"]]  # (n, T, D)
+        config, dtype = self.base_model.config, self.embedding_dtype()
+        inputs = packed_model_inputs(config, chunk, dtype, self.causal, self.first_position)
+        hidden = self.encoder(**inputs).last_hidden_state  # (R, L, D)
+        per_text = unpack(hidden, chunk)  # (n, T, D)
         return self.finish(pool(per_text, chunk["attention_mask"], self.pooling))
 
     def finish(self, embeddings: Tensor) -> Tensor:
@@ -123,16 +121,6 @@ class EmbeddingModel(nn.Module):
     def hidden_size(self) -> int:
         """``D``: width of the embeddings (the transformer's hidden size)."""
         return self.base_model.config.hidden_size
-
-
-def first_position(encoder: nn.Module) -> int:
-    """Position id of a text's first token: ``padding_idx + 1`` for models whose learned position embeddings
-    reserve the padding index (RoBERTa, XLM-R: positions count from ``pad_token_id + 1``), else 0."""
-    for module in encoder.modules():
-        positions = getattr(module, "position_embeddings", None)
-        if isinstance(positions, nn.Embedding):
-            return 0 if positions.padding_idx is None else positions.padding_idx + 1
-    return 0
 
 
 def in_text_order(embeddings: Tensor, text_order: Tensor) -> Tensor:
