@@ -35,8 +35,9 @@ tries rows wider than the longest text, which leave less room unused at their en
 from __future__ import annotations
 
 import bisect
+import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,11 @@ from transformers.masking_utils import (
     create_causal_mask,
     packed_sequence_mask_function,
 )
+
+from lorasmith.errors import ConfigError
+from lorasmith.recipe_fields import option
+
+logger = logging.getLogger(__name__)
 
 # Texts of very different lengths whose two short ones share a row when packed: the second starts at position
 # 3 or so of its row, so a model that ignored position_ids or the mask would give it other outputs.
@@ -206,7 +212,7 @@ def pack_batch(
         rows = [list(range(len(sorted_lengths)))]
     else:  # slots for every text at full width: pack_steps lays them all in one forward
         ((_, rows),) = pack_steps(sorted_lengths, len(sorted_lengths) * max_width, max_width)
-    left_padded = bool((attention_mask[:, -1] == 0).any())
+    left_padded = bool((attention_mask[:, 0] == 0).any())  # a right-padded batch starts with real tokens
     reorder = {name: (tensor[order], fill) for name, (tensor, fill) in (per_token or {}).items()}
     chunk = pack_chunk(input_ids[order], sorted_lengths, 0, rows, left_padded, pad_id, reorder)
     return chunk, order
@@ -298,3 +304,27 @@ def packed_attention_mask(config, segments: Tensor, dtype: torch.dtype, causal: 
     )
 
 
+def packing_option():
+    """The ``packing`` recipe key of the two classifiers (a dataclass field; ``train.embed`` has its own, which also
+    sizes its forwards)."""
+    return option(
+        "Pack the texts of each batch several to a row of one forward (each with its own positions, attention "
+        "block-diagonal; position-id varlen rows under FlashAttention): the same batches, outputs, loss and "
+        "gradients as padded rows, checked on the model at start, with little padding. Default: on where the "
+        "start-up check passes, else padded batches (logged); true makes a failed check an error.",
+        default=None,
+    )
+
+
+def decide_packing(setting: bool | None, problem: Callable[[], str | None], entrypoint: str) -> bool:
+    """Whether a run packs, from its ``packing`` key: None -> True when ``problem()`` (the start-up check: None
+    when packed outputs equal padded ones, else why not) finds nothing, else False with a warning; True with a
+    problem -> ConfigError; False -> False without a check."""
+    if setting is False:
+        return False
+    found = problem()
+    if found and setting:
+        raise ConfigError(f"packing: true, but {found}. Set packing: false")
+    if found:
+        logger.warning("%s: packing off (padded batches instead): %s", entrypoint, found)
+    return found is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from accelerate import PartialState
 
 from train.common import launch
+from train.common.packing import padding_shares
 
 
 def print_plan(title: str, plan: dict) -> None:
@@ -44,6 +45,19 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
         trainable, total = parameters
         plan["trainable parameters"] = f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
     return plan
+
+
+def padding_row(token_ids, training_args, max_length: int, packing: bool) -> str:
+    """The plan's ``padding`` row: the expected padding share of the training forwards (``packing.padding_shares``
+    of the rows' token counts under the run's sampler), packed and padded, and which one the run uses."""
+    grouped = training_args.train_sampling_strategy == "group_by_length"
+    padded, packed = padding_shares(
+        [len(ids) for ids in token_ids], training_args.per_device_train_batch_size, max_length,
+        training_args.seed, group_by_length=grouped,
+    )  # fmt: skip
+    batches = "length-grouped batches" if grouped else "random batches"
+    used = f"packed rows {packed:.2f} (padded would be {padded:.2f})" if packing else f"padded rows {padded:.2f}"
+    return f"{used} of the token slots are padding, expected over {batches} of the training rows"
 
 
 def _tuning(model_args) -> str:

@@ -4,14 +4,16 @@ several to a row (``train.common.packing``) as it embeds them padded one per row
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from lorasmith.errors import ConfigError
-from train.common.packing import PROBE_TEXTS, check_tolerance, pack_chunk, pack_steps, relative_difference
-
-logger = logging.getLogger(__name__)
+from train.common.packing import (
+    PROBE_TEXTS,
+    check_tolerance,
+    decide_packing,
+    pack_chunk,
+    pack_steps,
+    relative_difference,
+)
 
 
 def resolve_packing(config, model, tokenizer, max_length: int) -> bool:
@@ -19,14 +21,9 @@ def resolve_packing(config, model, tokenizer, max_length: int) -> bool:
     default) -> True when the model embeds packed rows as padded ones (:func:`packing_problem`), False otherwise
     (logged); True on a model that does not is a ConfigError; False, or no mini-batches (``mini_batch_size`` 0),
     -> False without a check."""
-    if config.packing is False or not config.mini_batch_size:
+    if not config.mini_batch_size:
         return False
-    problem = packing_problem(model, tokenizer, max_length)
-    if problem and config.packing:
-        raise ConfigError(f"packing: true, but {problem}. Set packing: false")
-    if problem:
-        logger.warning("packing off (length-sorted padded chunks instead): %s", problem)
-    return problem is None
+    return decide_packing(config.packing, lambda: packing_problem(model, tokenizer, max_length), "train.embed")
 
 
 def packing_problem(model, tokenizer, max_length: int, tolerance: float | None = None) -> str | None:

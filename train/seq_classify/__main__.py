@@ -30,12 +30,14 @@ from lorasmith.process import run_main
 from train.common import run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import count_parameters, resolve_max_length
-from train.common.plan import print_plan, run_plan
+from train.common.packing import decide_packing
+from train.common.plan import padding_row, print_plan, run_plan
 from train.seq_classify.chunks import WindowCollator
 from train.seq_classify.config import SeqClassifyConfig
 from train.seq_classify.data import PreparedData, data_summary, long_rows_summary, prepare_data
 from train.seq_classify.export import classifier_manifest, export_classifier, write_classifier_files
 from train.seq_classify.model import build_classifier
+from train.seq_classify.packing import PackedClassifier, packing_problem
 from train.seq_classify.trainer import (
     ClassificationLoss,
     SeqClassifyTrainer,
@@ -65,8 +67,13 @@ def main(argv=None):
         gradient_checkpointing=training_args.activation_checkpointing,
         head_pooling=training_args.head_pooling,
     )
+    packing = not data.long_text.chunks and decide_packing(
+        training_args.packing, lambda: packing_problem(built.model, data.tokenizer, model_args.max_length),
+        "train.seq_classify",
+    )  # fmt: skip
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
     plan.update(_plan(data_args, model_args, training_args, data, built))
+    plan["padding"] = padding_row(data.train.dataset["input_ids"], training_args, model_args.max_length, packing)
     print_plan("train.seq_classify", plan)
     if run_args.dry_run:
         return None
@@ -83,6 +90,7 @@ def main(argv=None):
         callbacks=run.lifecycle_callbacks(),
         loss=ClassificationLoss(multi_label, data.class_weights),
         chunk_pooling=long_text.chunk_pooling if long_text.chunks else None,
+        packed=PackedClassifier(built.model, data.tokenizer.pad_token_id, model_args.max_length) if packing else None,
     )
     recipe, resume_from = run.prepare_output_dir(args)
 

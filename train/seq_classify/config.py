@@ -23,6 +23,7 @@ from lorasmith.errors import ConfigError
 from lorasmith.recipe_fields import option
 from lorasmith.tokenizer_inputs import LongTextOptions
 from train.common.args import HUB_FIELDS
+from train.common.packing import packing_option
 
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
 
@@ -52,6 +53,7 @@ class SeqClassifyConfig(TrainingArguments, LongTextOptions):
         default="model",
         choices=list(HEAD_POOLINGS),
     )
+    packing: bool | None = packing_option()
 
     # --- defaults that differ from TrainingArguments ---
     learning_rate: float = option("Peak learning rate (LoRA; ~2e-5 for full fine-tuning).", default=5e-4)

@@ -26,7 +26,9 @@ from eval.metrics.classification import classification_metrics, metric_names
 from lorasmith.classifiers.sequence import decide, probabilities_from_logits
 from lorasmith.errors import ConfigError
 from lorasmith.run_folder import scalar_metrics
+from train.common.telemetry import ForwardTelemetry
 from train.seq_classify.chunks import pooled_forward
+from train.seq_classify.packing import PackedClassifier
 
 
 def class_weight_vector(
@@ -93,8 +95,12 @@ class ClassificationLoss(nn.Module):
         return nn.functional.cross_entropy(logits, labels.long(), weight=weights)
 
 
-class SeqClassifyTrainer(Trainer):
+class SeqClassifyTrainer(ForwardTelemetry, Trainer):
     """``Trainer`` whose loss is ``ClassificationLoss`` applied to the model's (B, L) logits.
+
+    With ``packed`` (``packing``, ``seq_classify.packing``) every batch, training and evaluation, runs as packed
+    rows: the same logits as the padded batch. Training logs carry ``padding_share`` and the tokens and examples
+    per second (``train.common.telemetry``).
 
     With ``chunk_pooling`` (``long_documents: chunks``, batches from ``seqcls_chunks.WindowCollator``) the (B, L)
     logits are the pooled window logits of each document (``seqcls_chunks.pooled_forward``), for the loss and for
@@ -103,18 +109,31 @@ class SeqClassifyTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation steps
 
-    def __init__(self, *args, loss: ClassificationLoss, chunk_pooling: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss: ClassificationLoss,
+        chunk_pooling: str | None = None,
+        packed: PackedClassifier | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.classification_loss = loss
         self.chunk_pooling = chunk_pooling
+        self.packed = packed
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        slots = inputs["input_ids"].numel()
         if self.chunk_pooling is not None:
             outputs = pooled_forward(model, inputs, self.chunk_pooling)
+        elif self.packed is not None:
+            outputs, slots = self.packed.forward(model, inputs)
         else:
             outputs = model(**inputs)
+        if self.model.training and "attention_mask" in inputs:
+            self.record_forward(inputs["attention_mask"].sum().item(), slots, labels.shape[0])
         loss = self.classification_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 

@@ -29,10 +29,12 @@ from lorasmith.process import run_main
 from train.common import export, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
 from train.common.modeling import apply_tuning, count_parameters, load_model
-from train.common.plan import print_plan, run_plan
+from train.common.packing import decide_packing
+from train.common.plan import padding_row, print_plan, run_plan
 from train.sft_classify.config import SFTClassifyConfig, resolve_sft_config
 from train.sft_classify.data import PromptData, label_rows, prepare_prompt_data
 from train.sft_classify.export import write_prompt_classifier_files
+from train.sft_classify.packing import PackedCausalLM, packing_problem
 from train.sft_classify.trainer import PromptClassificationTrainer, generation_report
 
 
@@ -51,8 +53,12 @@ def main(argv=None):
     set_seed(training_args.seed)  # LoRA's random init must not depend on what ran before (resume compares runs)
     model = load_model(model_args, AutoModelForCausalLM)
     model = apply_tuning(model, model_args, "CAUSAL_LM", training_args.activation_checkpointing)
+    packing = decide_packing(
+        training_args.packing, lambda: packing_problem(model, data.tokenizer, model_args.max_length), "train.sft_classify"
+    )
     plan = run_plan(training_args, model_args, world_size, count_parameters(model))
     plan.update(_plan(model_args, training_args, data))
+    plan["padding"] = padding_row(data.train_rows.dataset["input_ids"], training_args, model_args.max_length, packing)
     print_plan("train.sft_classify", plan)
     if run_args.dry_run:
         return None
@@ -67,6 +73,7 @@ def main(argv=None):
         prompt_spec=data.spec,
         scoring_rows=label_rows(data.evaluation, data.spec) if data.evaluation is not None else (),
         scoring_labels=data.evaluation["label"] if data.evaluation is not None else (),
+        packed=PackedCausalLM(model, data.tokenizer.pad_token_id, model_args.max_length) if packing else None,
     )
     recipe, resume_from = run.prepare_output_dir(args)
 

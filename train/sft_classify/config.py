@@ -26,6 +26,7 @@ from lorasmith.recipe_fields import option
 from lorasmith.tokenizer_inputs import LongTextOptions
 from train.common.args import HUB_FIELDS, DataArguments, ModelArguments
 from train.common.modeling import resolve_max_length
+from train.common.packing import packing_option
 from train.common.run import replace_args, require_train_data
 
 
@@ -33,9 +34,11 @@ from train.common.run import replace_args, require_train_data
 class SFTClassifyConfig(SFTConfig, LongTextOptions):
 
     _argument_group_name = "Prompt classification"
-    # TRL's MoE loss and deprecated pad_token, and the chunked long-document mode of the sequence classifier.
+    # TRL's MoE loss and deprecated pad_token, the chunked long-document mode of the sequence classifier, and TRL's
+    # dataset packing (rows concatenated to max_length: a step's example count varies; ``packing`` replaces it).
     not_offered = HUB_FIELDS | {
-        "score_range", "router_aux_loss_coef", "pad_token", "long_documents", "chunk_overlap", "max_chunks", "chunk_pooling"
+        "score_range", "router_aux_loss_coef", "pad_token", "long_documents", "chunk_overlap", "max_chunks",
+        "chunk_pooling", "packing_strategy", "padding_free", "eval_packing",
     }
     system_message: str | None = option(
         "System turn: the role, the task and the condition to decide.", default=None
@@ -50,6 +53,7 @@ class SFTClassifyConfig(SFTConfig, LongTextOptions):
         default="auto",
         choices=list(FORMATS),
     )
+    packing: bool | None = packing_option()
     eval_before_training: bool = option(
         "Also evaluate the untrained model; metrics.json gets 'before' and 'eval'.", default=False
     )

@@ -8,6 +8,10 @@ is TRL's):
   checkpoint. Rows are sharded across processes and gathered: N processes report what one process reports.
   The full report (per class, confusion matrix) of the last evaluation is kept in ``last_report``;
 - a batch without a single supervised (answer) token raises instead of training on a silent zero loss;
+- with ``packed`` (``packing``, ``sft_classify.packing``) each training and evaluation batch runs as packed rows
+  (same loss and gradients, little padding); TRL's own ``packing`` (of the dataset into full rows, which changes
+  how many examples a step holds) stays off. Training logs carry ``padding_share`` and the tokens and examples per
+  second (``train.common.telemetry``);
 - on a machine without CUDA the adapter weights stay in float32: TRL casts them to bf16 for a quantized base
   (the QLoRA paper's choice on GPUs), but bf16 arithmetic is emulated on most CPUs and ~25-100x slower.
 """
@@ -24,15 +28,19 @@ from lorasmith.classifiers.prompt import PromptClassifier
 from lorasmith.errors import DataError
 from lorasmith.prompts import PromptSpec
 from lorasmith.run_folder import scalar_metrics
+from train.common.run import replace_args
+from train.common.telemetry import ForwardTelemetry
+from train.sft_classify.packing import PackedCausalLM
 
 
-class PromptClassificationTrainer(SFTTrainer):
+class PromptClassificationTrainer(ForwardTelemetry, SFTTrainer):
     """``SFTTrainer`` for prompt classification.
 
     Args (besides ``SFTTrainer``'s):
         prompt_spec: how rows are rendered (the same spec built the tokenized datasets).
         scoring_rows: evaluation rows ``{text column: text}`` to classify at each evaluation (may be empty).
         scoring_labels: their gold label ids, (N,) in ``prompt_spec.label_names`` order.
+        packed: packs every batch (``sft_classify.packing``); None runs TRL's padded batches.
     """
 
     def __init__(
@@ -41,9 +49,12 @@ class PromptClassificationTrainer(SFTTrainer):
         prompt_spec: PromptSpec,
         scoring_rows: Sequence[Mapping[str, str]] = (),
         scoring_labels: Sequence[int] = (),
+        packed: PackedCausalLM | None = None,
         **kwargs,
     ):
+        kwargs["args"] = replace_args(kwargs["args"], packing=False)  # TRL's dataset packing: never (class docstring)
         super().__init__(*args, **kwargs)
+        self.packed = packed
         self.prompt_spec = prompt_spec
         self.scoring_rows = list(scoring_rows)
         self.scoring_labels = list(scoring_labels)
@@ -90,9 +101,21 @@ class PromptClassificationTrainer(SFTTrainer):
                 "a batch has no supervised answer token (every label is -100), so its loss would be a silent 0: "
                 "the dataset must come from train.sft_classify.data.build_sft_rows, which keeps every answer"
             )
-        return super().compute_loss(
+        real_tokens, examples = inputs["attention_mask"].sum(), inputs["input_ids"].shape[0]
+        slots = inputs["input_ids"].numel()
+        counted = self._total_train_tokens
+        if self.packed is not None and not return_outputs:  # outputs (logits) keep the batch's padded layout
+            inputs, _ = self.packed.pack(inputs)
+            slots = inputs["input_ids"].numel()
+        loss = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if self.model.training:
+            # TRL counts a batch's tokens from its 2D attention_mask; a packed batch's is 4D
+            self._total_train_tokens = counted + self.accelerator.gather_for_metrics(real_tokens).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            self.record_forward(real_tokens.item(), slots, examples)
+        return loss
 
 
 def reported_metrics(label_names: Sequence[str]) -> list[str]:
