@@ -57,6 +57,13 @@ def distribution(training_args) -> str:
     return "ddp" if PartialState().num_processes > 1 else "single"
 
 
+def sharded_forward(training_args) -> str | None:
+    """``"DeepSpeed ZeRO-3"`` or ``"FSDP"`` when the launch shards the parameters (every forward gathers them,
+    and none can run before the trainer wraps the model), else None."""
+    kind = distribution(training_args)
+    return {"deepspeed-zero3": "DeepSpeed ZeRO-3", "fsdp": "FSDP"}.get(kind)
+
+
 def global_batch_accumulation(training_args, run_args, world_size: int) -> int:
     """The ``gradient_accumulation_steps`` that ``run_args.global_batch_size`` asks for (the recipe's own when
     it is unset).

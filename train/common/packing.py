@@ -316,13 +316,19 @@ def packing_option():
     )
 
 
-def decide_packing(setting: bool | None, problem: Callable[[], str | None], entrypoint: str) -> bool:
+def decide_packing(
+    setting: bool | None, problem: Callable[[], str | None], entrypoint: str, sharded: str | None = None
+) -> bool:
     """Whether a run packs, from its ``packing`` key: None -> True when ``problem()`` (the start-up check: None
     when packed outputs equal padded ones, else why not) finds nothing, else False with a warning; True with a
-    problem -> ConfigError; False -> False without a check."""
+    problem -> ConfigError; False -> False without a check. ``sharded`` (``launch.sharded_forward``): the launch
+    shards the parameters, so the check cannot run before training: a problem of its own."""
     if setting is False:
         return False
-    found = problem()
+    if sharded:
+        found = f"{sharded} shards the parameters until training starts, so the start-up check cannot run"
+    else:
+        found = problem()
     if found and setting:
         raise ConfigError(f"packing: true, but {found}. Set packing: false")
     if found:

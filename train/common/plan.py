@@ -56,8 +56,8 @@ def padding_row(token_ids, training_args, max_length: int, packing: bool) -> str
         training_args.seed, group_by_length=grouped,
     )  # fmt: skip
     batches = "length-grouped batches" if grouped else "random batches"
-    used = f"packed rows {packed:.2f} (padded would be {padded:.2f})" if packing else f"padded rows {padded:.2f}"
-    return f"{used} of the token slots are padding, expected over {batches} of the training rows"
+    used = f"{packed:.2f} (packed rows; padded: {padded:.2f})" if packing else f"{padded:.2f} (padded rows)"
+    return f"{used} of the token slots, expected over {batches} of the training rows"
 
 
 def _tuning(model_args) -> str:

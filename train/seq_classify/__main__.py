@@ -29,6 +29,7 @@ from lorasmith import recipe_parser
 from lorasmith.process import run_main
 from train.common import run
 from train.common.args import DataArguments, ModelArguments, RunArguments
+from train.common.launch import sharded_forward
 from train.common.modeling import count_parameters, resolve_max_length
 from train.common.packing import decide_packing
 from train.common.plan import padding_row, print_plan, run_plan
@@ -69,7 +70,7 @@ def main(argv=None):
     )
     packing = not data.long_text.chunks and decide_packing(
         training_args.packing, lambda: packing_problem(built.model, data.tokenizer, model_args.max_length),
-        "train.seq_classify",
+        "train.seq_classify", sharded=sharded_forward(training_args),
     )  # fmt: skip
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
     plan.update(_plan(data_args, model_args, training_args, data, built))

@@ -28,6 +28,7 @@ from lorasmith import recipe_parser
 from lorasmith.process import run_main
 from train.common import export, run
 from train.common.args import DataArguments, ModelArguments, RunArguments
+from train.common.launch import sharded_forward
 from train.common.modeling import apply_tuning, count_parameters, load_model
 from train.common.packing import decide_packing
 from train.common.plan import padding_row, print_plan, run_plan
@@ -54,8 +55,9 @@ def main(argv=None):
     model = load_model(model_args, AutoModelForCausalLM)
     model = apply_tuning(model, model_args, "CAUSAL_LM", training_args.activation_checkpointing)
     packing = decide_packing(
-        training_args.packing, lambda: packing_problem(model, data.tokenizer, model_args.max_length), "train.sft_classify"
-    )
+        training_args.packing, lambda: packing_problem(model, data.tokenizer, model_args.max_length),
+        "train.sft_classify", sharded=sharded_forward(training_args),
+    )  # fmt: skip
     plan = run_plan(training_args, model_args, world_size, count_parameters(model))
     plan.update(_plan(model_args, training_args, data))
     plan["padding"] = padding_row(data.train_rows.dataset["input_ids"], training_args, model_args.max_length, packing)
