@@ -7,7 +7,8 @@ Part 1 runs ``train.sft_classify`` (the real entrypoint) on a random sample of S
 ``eval_before_training``: metrics.json holds the zero-shot label-scoring metrics (``before``) and those after
 LoRA SFT (``eval``) on the dev set, with the same prompt.
 
-Part 2 times training steps of ``PromptClassificationTrainer`` (what sft_classify trains with) against a plain
+Part 2 times training steps of ``PromptClassificationTrainer`` (what sft_classify trains with, here on padded
+batches: bench/classify_throughput.py measures its packed ones) against a plain
 ``trl.SFTTrainer`` given the same rows as a conversational prompt-completion dataset: same model, LoRA, batch,
 token sequences (the encoding is identical, see tests/test_prompts.py) and seed. Rounds alternate between the
 two; steps are timed in CPU time of the process (robust to other jobs on a shared machine); the table reports

@@ -30,10 +30,12 @@ PASSTHROUGH = "Trainer passthrough"
 MODEL = "Model"
 
 # The TrainingArguments a recipe usually sets, shown by --help; every other trainer field is passthrough.
+# (packing: TRL's SFTConfig declares one, which sft_classify redefines as lorasmith's packed batches.)
 TRAINING_KEYS = (
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
     "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
     "max_grad_norm", "optim", "gradient_checkpointing", "bf16", "fp16", "use_cpu", "seed", "dataloader_num_workers",
+    "packing",
 )
 OUTPUT_KEYS = (
     "output_dir", "logging_steps", "report_to", "run_name", "eval_strategy", "eval_steps", "save_strategy",

@@ -278,7 +278,8 @@ def test_sft_two_processes_log_the_losses_of_one_with_the_double_batch(tiny_llam
 
 
 @pytest.mark.slow
-def test_packed_sft_run_resumes_after_kill_9_with_the_uninterrupted_losses(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_packed_sft_run_resumes_after_kill_9_with_the_uninterrupted_losses(tiny_llama_dir, tmp_path, sampling):
     import signal
     import subprocess
     import sys
@@ -289,7 +290,8 @@ def test_packed_sft_run_resumes_after_kill_9_with_the_uninterrupted_losses(tiny_
 
     data = sft_data(tmp_path)
     settings = {"max_steps": 6, "save_steps": 2, "logging_steps": 1, "eval_strategy": "no", "lora_dropout": 0.3,
-                "load_best_model_at_end": False, "eval_data": None, "per_device_train_batch_size": 4}  # fmt: skip
+                "load_best_model_at_end": False, "eval_data": None, "per_device_train_batch_size": 4,
+                "train_sampling_strategy": sampling}  # fmt: skip
     script = KILL_EMBED.replace("train.embed", "train.sft_classify")
 
     def train(name: str, kill_at: int = -1) -> subprocess.CompletedProcess:
