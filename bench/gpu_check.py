@@ -1,6 +1,7 @@
 """One-GPU check (< 8 minutes on an H100/H200): step time and MFU of LoRA embedding and LoRA SFT steps in bf16,
-QLoRA 4-bit peak memory against the weights' size, gradient-cache memory at a 4096 batch, then
-``pytest tests/test_launch_gpu.py``. Random-initialised models of real shapes, nothing downloaded. Prints a table.
+QLoRA 4-bit peak memory against the weights' size, a 4-bit decoder embedding step, gradient-cache memory at a 4096
+batch, then ``pytest tests/test_launch_gpu.py``. Random-initialised models of real shapes, nothing downloaded.
+Prints a table.
 
     python bench/gpu_check.py            # on the GPU machine
     python bench/gpu_check.py --smoke    # tiny shapes, fp32, CPU, seconds (tests/test_gpu_check_smoke.py)
@@ -11,13 +12,19 @@ InfoNCE, 128 tokens per text; a ~1.1B Llama-shaped decoder (TinyLlama: 22 x 2048
 / the GPU's dense bf16 peak (``--peak-tflops``, default 989 = H100/H200 SXM), counting 6 x parameters x tokens for a
 step (LoRA's frozen weights skip their weight gradient, so real work is ~4/6 of that: the MFU shown is the usual
 6N convention). QLoRA: the SFT model saved once in bf16 to a temp folder, reloaded 4-bit NF4 through
-``train.common.modeling.load_model``; peak GPU memory vs the bf16 weights' bytes. Gradient cache: one
-``gradient_cache_step`` at 4096 anchors + 4096 positives, mini-batch 64, vs one plain step at 256.
+``train.common.modeling.load_model``; peak GPU memory vs the bf16 weights' bytes. 4-bit decoder embedding step:
+the same saved Llama loaded 4-bit NF4 the same way (bf16 compute; fp32 on the CPU smoke), LoRA r=16 on every linear
+layer, last-token pooling (each text's last token is the EOS id), pairs, InfoNCE, one ``gradient_cache_step`` at 256
+anchors + 256 positives of 128 tokens in chunks of 64; step time and peak memory. Estimated, not yet measured on a
+GPU: ~20 s to quantize on load + 6 steps of ~2-4 s (~4 x 10^14 FLOPs each: a gradient-free forward, a forward and
+a backward of 65k tokens), about a minute of the budget. Gradient cache: one ``gradient_cache_step`` at 4096
+anchors + 4096 positives, mini-batch 64, vs one plain step at 256.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -87,18 +94,24 @@ def embedding_model(shape: dict, device, dtype) -> EmbeddingModel:
     return EmbeddingModel(lora(encoder, ["query", "key", "value", "dense"]), "mean", True).train()
 
 
-def pair_chunks(shape: dict, batch: int, mini: int, device) -> tuple[list[dict], torch.Tensor]:
-    """``2 * batch`` random texts of ``embed_tokens`` tokens in chunks of ``mini`` (0: two role chunks)."""
+def pair_chunks(
+    shape: dict, batch: int, mini: int, device, vocab: int = 30000, eos: int | None = None
+) -> tuple[list[dict], torch.Tensor]:
+    """``2 * batch`` random texts of ``embed_tokens`` token ids in [1000, vocab) (smaller vocabularies: [10, vocab)),
+    in chunks of ``mini`` (0: two role chunks); ``eos``: every text's last token is that id."""
     tokens = shape["embed_tokens"]
-    ids = torch.randint(1000, 30000, (2 * batch, tokens), device=device)
+    ids = torch.randint(1000 if vocab > 2000 else 10, vocab, (2 * batch, tokens), device=device)
+    if eos is not None:
+        ids[:, -1] = eos
     size = mini or batch
     chunks = [{"input_ids": ids[i : i + size], "attention_mask": torch.ones_like(ids[i : i + size])}
               for i in range(0, 2 * batch, size)]  # fmt: skip
     return chunks, torch.arange(2 * batch, device=device)
 
 
-def embed_loss(batch: int):
-    objective = build_objective(EMBED_TASKS["pairs"], {"infonce": {"temperature": 0.05}})
+def embed_loss(batch: int, temperature: float = 0.05):
+    """``(2 * batch, D)`` embeddings (anchors, then their positives) -> the pairs InfoNCE output."""
+    objective = build_objective(EMBED_TASKS["pairs"], {"infonce": {"temperature": temperature}})
     ids = torch.arange(2 * batch)
 
     def loss_of(embeddings):
@@ -152,24 +165,71 @@ def check_sft_step(shape, device, dtype, autocast) -> dict:
     return {"seconds": seconds, "flops": 6 * params * ids.numel(), "peak": peak_memory_gib(device)}
 
 
-def check_qlora_memory(shape, device) -> dict:
-    """Peak memory of a 4-bit load + one LoRA step, against the bf16 weights' bytes."""
-    from transformers import AutoModelForCausalLM
-
-    from train.common.args import ModelArguments
-    from train.common.modeling import apply_tuning, load_model
-
+@contextlib.contextmanager
+def saved_llama(shape):
+    """``(folder, bf16 weight bytes)`` of the random SFT Llama saved in bf16 to a temp folder (removed after)."""
     with tempfile.TemporaryDirectory() as folder:
         model = llama(shape, torch.device("cpu"), torch.bfloat16)
         weights = sum(p.numel() * 2 for p in model.parameters())
         model.save_pretrained(folder)
         del model
-        reset_peak(device)
-        args = ModelArguments(model_name_or_path=folder, load_in_4bit=True, dtype="bfloat16", use_peft=True, lora_r=16)
-        model = apply_tuning(load_model(args, AutoModelForCausalLM), args, "CAUSAL_LM").train()
-        ids = torch.randint(10, shape["llama"]["vocab_size"], (1, shape["sft_tokens"]), device=model.device)
-        model(input_ids=ids, labels=ids).loss.backward()
+        yield folder, weights
+
+
+def check_qlora_memory(shape, device, folder: str, weights: int) -> dict:
+    """Peak memory of a 4-bit load of ``folder`` + one LoRA step, against the bf16 weights' bytes."""
+    from transformers import AutoModelForCausalLM
+
+    from train.common.args import ModelArguments
+    from train.common.modeling import apply_tuning, load_model
+
+    reset_peak(device)
+    args = ModelArguments(model_name_or_path=folder, load_in_4bit=True, dtype="bfloat16", use_peft=True, lora_r=16)
+    model = apply_tuning(load_model(args, AutoModelForCausalLM), args, "CAUSAL_LM").train()
+    ids = torch.randint(10, shape["llama"]["vocab_size"], (1, shape["sft_tokens"]), device=model.device)
+    model(input_ids=ids, labels=ids).loss.backward()
     return {"weights_gib": weights / 2**30, "peak": peak_memory_gib(device)}
+
+
+def decoder_embedding_model(folder: str, dtype: str, load_in_4bit: bool = True) -> EmbeddingModel:
+    """The decoder in ``folder`` as train.embed trains it: loaded by ``train.common.modeling.load_model`` in
+    ``dtype`` (``load_in_4bit``: NF4 with double quantization computing in ``dtype``), LoRA r=16 / alpha 32 /
+    dropout 0 on every linear layer, last-token pooling, L2-normalised; in train mode."""
+    from train.common.args import ModelArguments
+    from train.embed.model import build_embedding_model
+
+    args = ModelArguments(model_name_or_path=folder, dtype=dtype, load_in_4bit=load_in_4bit, use_peft=True, lora_r=16,
+                          lora_alpha=32, lora_dropout=0.0, lora_target_modules=["all-linear"])  # fmt: skip
+    return build_embedding_model(args, "last", True).train()
+
+
+def cached_step(model, chunks: list, order: torch.Tensor, loss_of, autocast):
+    """``step()``: one ``gradient_cache_step`` of ``model`` over ``chunks`` (``order``: their rows' text order,
+    ``loss_of``: text-ordered embeddings -> objective output), gradients cleared after."""
+
+    def encode(chunk):
+        with autocast():
+            return model([chunk])
+
+    def step():
+        gradient_cache_step(chunks, order, encode=encode, loss_of=loss_of,
+                            backward=lambda surrogate, last: surrogate.backward())  # fmt: skip
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def check_qlora_embed_step(shape, device, folder: str, autocast) -> dict:
+    """Mean step time and peak memory of the 4-bit decoder embedding step (module docstring) on ``folder``."""
+    reset_peak(device)
+    model = decoder_embedding_model(folder, "bfloat16" if device.type == "cuda" else "float32")
+    if not any(type(module).__name__ == "Linear4bit" for module in model.modules()):
+        raise RuntimeError("the decoder did not load in 4-bit: no bitsandbytes Linear4bit layer")
+    batch, llama_shape = shape["embed_batch"], shape["llama"]
+    chunks, order = pair_chunks(shape, batch, shape["cache_mini"], model.encoder.device, llama_shape["vocab_size"],
+                                model.base_model.config.eos_token_id)  # fmt: skip
+    seconds = timed(cached_step(model, chunks, order, embed_loss(batch), autocast), shape["steps"], device)
+    return {"batch": batch, "seconds": seconds, "peak": peak_memory_gib(device)}
 
 
 def check_cache_memory(shape, device, dtype, autocast) -> dict:
@@ -182,20 +242,15 @@ def check_cache_memory(shape, device, dtype, autocast) -> dict:
         reset_peak(device)
         start = time.perf_counter()
         if mini:
-            def encode(chunk):
-                with autocast():
-                    return model([chunk])
-
-            gradient_cache_step(chunks, order, encode=encode, loss_of=loss_of,
-                                backward=lambda surrogate, last: surrogate.backward())  # fmt: skip
+            cached_step(model, chunks, order, loss_of, autocast)()
         else:
             with autocast():
                 output = loss_of(in_text_order(model(chunks), order))
             output.loss.backward()
+            model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         results[name] = {"batch": batch, "seconds": time.perf_counter() - start, "peak": peak_memory_gib(device)}
-        model.zero_grad(set_to_none=True)
     return results
 
 
@@ -226,12 +281,20 @@ def main() -> int:
                      result["peak"]])  # fmt: skip
     print(format_table(["step (bf16 autocast)" if bf16 else "step (fp32 smoke)", "time", "MFU", "peak GiB"], rows))
 
-    if cuda or not args.smoke:
-        qlora = check_qlora_memory(shape, device)
-        print(f"\nQLoRA 4-bit: bf16 weights {qlora['weights_gib']:.2f} GiB, peak GPU memory {qlora['peak']} GiB "
-              "(load + one LoRA step at 1 x sft_tokens)")  # fmt: skip
-    else:
-        print("\nQLoRA 4-bit: skipped (no CUDA device)")
+    with saved_llama(shape) as (folder, weights):
+        if cuda:
+            qlora = check_qlora_memory(shape, device, folder, weights)
+            print(f"\nQLoRA 4-bit: bf16 weights {qlora['weights_gib']:.2f} GiB, peak GPU memory {qlora['peak']} GiB "
+                  "(load + one LoRA step at 1 x sft_tokens)")  # fmt: skip
+        else:
+            print("\nQLoRA 4-bit: skipped (no CUDA device)")
+        decoder = check_qlora_embed_step(shape, device, folder, autocast)
+    compute = "bf16" if bf16 else "fp32, bitsandbytes CPU backend"
+    print("\n" + format_table(
+        [f"4-bit decoder embedding step ({compute})", "global batch", "time", "peak GiB"],
+        [["QLoRA embed step (1.1B Llama, nf4, cache)", decoder["batch"], f"{decoder['seconds'] * 1000:.1f} ms",
+          decoder["peak"]]],
+    ))  # fmt: skip
 
     cache = check_cache_memory(shape, device, dtype, autocast)
     print("\n" + format_table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,5 +15,7 @@ def test_gpu_check_smoke_prints_its_tables():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LoRA embed step (BERT-base)" in result.stdout
     assert "LoRA SFT step (1.1B Llama)" in result.stdout
+    # the 4-bit decoder embedding step ran (bitsandbytes' CPU backend): smoke batch 8, a time in ms
+    assert re.search(r"QLoRA embed step \(1\.1B Llama, nf4, cache\) +8 +\d+\.\d ms", result.stdout), result.stdout
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("plain", "cached"))}
     assert lines["plain"][1] == "8" and lines["cached"][1] == "32"  # smoke batches: plain 8, cached 32
