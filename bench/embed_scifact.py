@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval.report import format_table  # noqa: E402
-from eval.retrieval import RetrievalTask, load_beir_task, read_qrels, run_retrieval  # noqa: E402
+from eval.retrieval import RetrievalTask, load_beir_task, run_retrieval  # noqa: E402
 from lorasmith.encoder import Embedder  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@10", "recall@100")
@@ -63,15 +63,7 @@ def prepare(data: Path, work: Path) -> dict:
     ids = sorted(train_task.query_ids)
     random.Random(SPLIT_SEED).shuffle(ids)
     dev_ids = set(ids[: round(len(ids) * DEV_SHARE)])
-    documents = dict(zip(train_task.corpus_ids, train_task.corpus_texts, strict=True))
-    qrels = read_qrels(str(data / "qrels/train.tsv"))
-    pairs = [
-        {"anchor": text, "positive": documents[doc]}
-        for query, text in zip(train_task.query_ids, train_task.query_texts, strict=True)
-        if query not in dev_ids
-        for doc, grade in qrels[query].items()
-        if grade > 0
-    ]
+    pairs = relevant_pairs(train_task, skip=dev_ids)
     write_jsonl(work / "train_pairs.jsonl", pairs)
     write_jsonl(work / "corpus.jsonl", [{"text": text} for text in train_task.corpus_texts])
     keep = [i for i, query in enumerate(train_task.query_ids) if query in dev_ids]
@@ -80,10 +72,23 @@ def prepare(data: Path, work: Path) -> dict:
         [train_task.query_texts[i] for i in keep],
         train_task.corpus_ids,
         train_task.corpus_texts,
-        {train_task.query_ids[i]: qrels[train_task.query_ids[i]] for i in keep},
+        {train_task.query_ids[i]: train_task.qrels[train_task.query_ids[i]] for i in keep},
     )
     return {"pairs": work / "train_pairs.jsonl", "corpus": work / "corpus.jsonl", "dev": dev_task, "test": test_task,
             "num_pairs": len(pairs)}  # fmt: skip
+
+
+def relevant_pairs(task: RetrievalTask, skip: set[str] = frozenset()) -> list[dict]:
+    """``{"anchor": query text, "positive": document text}`` for every document graded > 0 for a query of ``task``
+    (queries in ``skip`` left out), in query then qrels order."""
+    documents = dict(zip(task.corpus_ids, task.corpus_texts, strict=True))
+    return [
+        {"anchor": text, "positive": documents[doc]}
+        for query, text in zip(task.query_ids, task.query_texts, strict=True)
+        if query not in skip
+        for doc, grade in task.qrels[query].items()
+        if grade > 0
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -118,16 +123,19 @@ def train(
     return output_dir
 
 
-def mine(files: dict, output: Path, model: str = "minilm", num_negatives: int = 1, reuse: bool = False) -> Path:
+def mine(
+    files: dict, output: Path, model: str = "minilm", num_negatives: int = 1, reuse: bool = False,
+    extra: tuple[str, ...] = (),
+) -> Path:
     """``num_negatives`` hard negatives per training pair from the whole corpus (never the dev or test queries).
     ``reuse``: an existing ``output`` is kept (train.mine writes it atomically, so it is whole), as the finished
-    runs trained on it are."""
+    runs trained on it are. ``extra``: further train.mine flags (e.g. ``--max_length 64``)."""
     if reuse and output.is_file():
         return output
     command = [sys.executable, "-m", "train.mine", "--model", model, "--pairs", str(files["pairs"]),
                "--corpus", str(files["corpus"]), "--range-min", "10", "--range-max", "100",
                "--relative-margin", "0.05", "--num-negatives", str(num_negatives), "--output", str(output),
-               "--overwrite", "--no-progress"]  # fmt: skip
+               "--overwrite", "--no-progress", *extra]  # fmt: skip
     subprocess.run(command, cwd=REPO, env=ENV, check=True)
     return output
 
