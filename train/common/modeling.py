@@ -427,7 +427,8 @@ def apply_tuning(
 ):
     """Make the loaded model trainable as the recipe says; returns the model to train.
 
-    - quantized model: ``prepare_model_for_kbit_training`` (non-reentrant checkpointing when asked);
+    - quantized model: ``prepare_model_for_kbit_training`` (non-reentrant checkpointing when asked), and its 4-bit
+      layers kept off bitsandbytes' CPU inference kernel (``keep_4bit_layers_differentiable``);
     - ``adapter_path``: load that adapter trainable (continue training an earlier run);
     - ``use_peft``: new LoRA adapter (optionally on chosen layers only);
     - ``full_finetune``: every base weight trains too (with LoRA: both).
@@ -442,6 +443,7 @@ def apply_tuning(
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        keep_4bit_layers_differentiable(model)
     if model_args.adapter_path:
         model = PeftModel.from_pretrained(model, model_args.adapter_path, is_trainable=True)
     else:
@@ -459,6 +461,20 @@ def apply_tuning(
     if gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # reentrant checkpointing + frozen embeddings would give LoRA no gradient
     return model
+
+
+def keep_4bit_layers_differentiable(model: torch.nn.Module) -> None:
+    """Keep every bitsandbytes 4-bit layer of a model that trains off its CPU inference kernel.
+
+    On a CPU with AVX512-BF16, ``Linear4bit`` repacks its weight for a fused kernel at its first forward in eval mode
+    without grad (train.embed's packing check, any evaluation) and runs that kernel on every later forward, also in
+    training; the kernel has no backward, so the gradient through the frozen 4-bit weights is silently dropped (the
+    tiny test Llama's LoRA gradients came out 89 % off, with a warning that ``gemv_4bit`` has no autograd kernel). Its
+    ``support_avx512bf16_for_cpu`` flag gates the repacking; off, the layer dequantizes as in training.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
