@@ -3,6 +3,7 @@ evaluation, mining and the exported sentence-transformers folder; left and right
 loading for evaluation on the CPU backend of bitsandbytes."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -157,3 +158,43 @@ def test_a_4bit_decoder_run_trains_resumes_after_kill_9_exactly_and_reloads_in_4
     merged = Embedder.load(output_dir["baseline"] / "merged", show_progress=False)
     cosines = (reloaded.encode(TEXTS) * merged.encode(TEXTS)).sum(-1)
     assert cosines.min() > 0.9, cosines
+
+
+@pytest.mark.slow
+def test_a_4bit_run_with_the_gradient_cache_on_two_processes_logs_the_losses_of_one_process_with_the_double_batch(
+    tiny_llama_dir, tmp_path
+):
+    """QLoRA on CPU (bitsandbytes' CPU backend, nf4, fp32 compute) with ``gradient_cache: true`` over gloo: 2 processes
+    x 4 pairs log, step by step, the losses of 1 process x 8 (dropout off: ``lora_dropout 0``, the tiny Llama has no
+    other). Each process quantizes the same weights the same way, and the cache's chunks embed alone what a bigger
+    forward embeds, so the losses agree to float rounding (rel 1e-4)."""
+    import re
+
+    from multiproc import run_multiprocess
+    from test_embed_distributed import STEPS, logged_steps
+    from test_embed_train import sentences, write_jsonl
+
+    from lorasmith.process import run_main
+
+    texts = sentences(8 * STEPS)  # exactly STEPS global batches of 8
+    rows = [{"anchor": a, "positive": b} for a, b in zip(texts, sentences(len(texts), offset=3), strict=True)]
+    common = ["--model_name_or_path", str(tiny_llama_dir), "--task", "pairs", "--train_data", write_jsonl(tmp_path / "train.jsonl", rows),
+              "--pooling", "last", "--load_in_4bit", "true", "--dtype", "float32", "--use_peft", "true", "--lora_r", "4",
+              "--lora_target_modules", "all-linear", "--lora_dropout", "0", "--gradient_cache", "true", "--mini_batch_size", "2",
+              "--max_length", "24", "--max_steps", str(STEPS), "--logging_steps", "1", "--learning_rate", "1e-2",
+              "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", str(STEPS), "--eval_strategy", "no",
+              "--load_best_model_at_end", "false", "--export_merged", "false", "--report_to", "none", "--seed", "7"]  # fmt: skip
+    assert run_main(train.embed.main, [*common, "--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"]) == 0
+    result = run_multiprocess(["-m", "train.embed", *common, "--output_dir", str(tmp_path / "two"),
+                               "--per_device_train_batch_size", "4"])  # fmt: skip
+    assert re.search(r"world size\s+: 2 \(ddp, cpu\)", result.stdout), result.stdout[-2000:]
+    assert re.search(r"quantization\s+: 4-bit nf4", result.stdout), result.stdout[-2000:]
+    # the 4-bit layers trained through their backward: bitsandbytes' CPU inference kernel (no backward) stayed off
+    assert "gemv_4bit" not in result.stderr
+
+    one, two = logged_steps(tmp_path / "one"), logged_steps(tmp_path / "two")
+    assert len(one) == len(two) == STEPS
+    for step_one, step_two in zip(one, two, strict=True):
+        assert step_two["global_batch_size"] == step_one["global_batch_size"] == 8
+        assert math.isfinite(step_one["loss"]) and step_two["loss"] == pytest.approx(step_one["loss"], rel=1e-4)
+    assert len({round(step["loss"], 4) for step in one}) > 1  # it trains: the losses move
