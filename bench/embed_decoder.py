@@ -127,9 +127,9 @@ class BothPoolings(Embedder):
     @torch.no_grad()
     def embed_batch(self, texts) -> torch.Tensor:
         batch = self.tokenize(texts)
-        mask = batch["attention_mask"].to(self.device)  # (B, T)
-        hidden = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
-                            position_ids=positions_from_mask(mask)).last_hidden_state  # (B, T, D)  # fmt: skip
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)  # (B, T) each
+        positions = positions_from_mask(mask)
+        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, T, D)
         before_eos = mask.clone()
         before_eos[torch.arange(mask.shape[0]), last_token_index(mask)] = 0
         halves = (pool(hidden, mask, "last"), pool(hidden, before_eos, "mean"))
@@ -350,6 +350,7 @@ def quality_table(results: dict) -> str:
 
 
 def speed_table(results: list[dict], sizes: Sizes) -> str:
+    """One row per ``measure_step`` result: step seconds, peak and growth of memory, parameters' bytes."""
     cuda = results[0]["device"] == "cuda"
     dtype = "bf16" if cuda else "fp32"
     memory = "allocated" if cuda else "RSS"
@@ -372,7 +373,7 @@ def main() -> int:
                         help=f"SciFact max tokens per query and document (default {DEFAULT.doc_max_length})")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=None, help="runs and the model copy (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--smoke", action="store_true", help="a few texts and 2 steps per part (~2 minutes)")
+    parser.add_argument("--smoke", action="store_true", help="a few texts, 2 training steps a run (~2 minutes)")
     parser.add_argument("--measure-step", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_step:
