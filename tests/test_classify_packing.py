@@ -145,6 +145,45 @@ def test_sft_packed_batch_gives_the_padded_loss_and_gradients(tiny_llama_dir, at
         torch.testing.assert_close(candidate[1][name], grad, rtol=1e-6, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sft_answer_only_scoring_gives_trls_loss_gradients_and_metrics(tiny_llama_dir, attention):
+    """TRL's fused LM head handed only the answer-predicting states of the packed rows (what the trainer runs):
+    the padded batch's loss, entropy, token accuracy and gradients, from N scored positions instead of B x W."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float64, attn_implementation=attention)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules="all-linear")).eval()
+    batch = sft_batch(tokenizer, TEXTS)
+    answer = torch.zeros_like(batch["labels"], dtype=torch.bool)  # the last two tokens of each text: the answer
+    for row, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()):
+        answer[row, length - 2 : length] = True
+    batch["labels"] = batch["labels"].masked_fill(~answer, -100)
+    targets = int((batch["labels"][:, 1:] != -100).sum())  # what the padded batch scores (a text's first: never)
+
+    def step(inputs):
+        model.zero_grad()
+        outputs = model(**inputs, fused_lm_head=True)
+        outputs.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return outputs, grads
+
+    reference, reference_grads = step(batch)
+    with PackedCausalLM(model, tokenizer.pad_token_id, batch["input_ids"].shape[1]).answer_inputs(batch) as packed:
+        assert "labels" not in packed and packed["shift_labels"].shape == (1, targets)
+        candidate, candidate_grads = step(packed)
+    assert candidate.log_probs.shape == (1, targets) and targets > len(TEXTS)  # only the answers were scored
+    assert candidate.loss.item() == pytest.approx(reference.loss.item(), rel=1e-6)
+    assert candidate.entropy.sum().item() == pytest.approx(reference.entropy.sum().item(), rel=1e-6)
+    assert int(candidate.is_top1.sum()) == int(reference.is_top1.sum())
+    assert candidate_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(candidate_grads[name], grad, rtol=1e-6, atol=1e-10, msg=name)
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape  # the hook is gone with the context
+
+
 def test_start_up_checks_pass_on_real_attention_and_fail_on_a_model_ignoring_the_mask(tiny_llama_dir, tiny_bert_dir):
     llama_tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     llama = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)

@@ -29,7 +29,7 @@ index (RoBERTa; :func:`first_position`).
 
 ``T`` is the chunk's longest text, ``L >= T`` its fullest row. Texts arrive longest first (the collator sorts a
 step's rows), and best-fit in that order is best-fit decreasing, so rows fill well; :func:`pack_steps` also
-tries rows wider than the longest text, which leave less room unused at their ends.
+tries rows wider than the longest text and rows of even fill, which leave less room unused at their ends.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ PROBE_TEXTS = ("packing check: a longer sentence to set the row length of the ch
 # Row widths tried, as multiples of a forward's longest text: wider rows leave less room unused at their ends.
 WIDTH_FACTORS = (1, 1.5, 2, 3, 4)
 
+# What one attention pair (a token and a position of its row, masked or not) costs, in token slots, in the
+# classifiers' layouts: MiniLM + LoRA forward and backward on CPU over 864 slots took 0.36 s in rows of 54 and 1.06 s
+# in one row of 864 (~1e-6 s a pair, ~3.6e-4 s a slot), about 1 / hidden size. Wide rows fill better but attend more.
+ATTENTION_PAIR_COST = 1 / 384
+
 
 def pack_steps(
     sorted_lengths: Sequence[int],
@@ -66,26 +71,43 @@ def pack_steps(
     max_width: int,
     forward_cost: float = 0.0,
     texts_per_padded_forward: int = 0,
+    attention_cost: float = 0.0,
 ) -> list[tuple[int, list[list[int]]]]:
     """Packed forwards of a step's texts, longest first: ``[(first text, rows)]`` where ``rows`` lists, row by row,
     the positions (in ``sorted_lengths``) of the texts laid in it.
 
-    Of the layouts :func:`best_fit` gives for each of :data:`WIDTH_FACTORS` (and, with
+    Of the layouts :func:`best_fit` gives for each of :data:`WIDTH_FACTORS` and :func:`balanced_factors` (and, with
     ``texts_per_padded_forward``, the :func:`cheapest_cut` of one text per row, at most that many per forward:
     what packing falls back to when texts too long to share rows would leave them half empty), the one with the
-    fewest token slots (rows x their longest fill) + ``forward_cost`` per forward. Rows are at most ``max_width``
+    fewest token slots (rows x their longest fill ``w``, each slot costing ``1 + attention_cost x w``: its
+    attention pairs) + ``forward_cost`` per forward. Rows are at most ``max_width``
     long (the run's ``max_length``: a forward's attention then needs no more memory than
     ``slots_per_forward / max_width`` padded texts of that length) unless a text is longer."""
 
     def cost(forwards) -> float:
-        return sum(len(rows) * row_width(rows, sorted_lengths) + forward_cost for _, rows in forwards)
+        widths = [(len(rows), row_width(rows, sorted_lengths)) for _, rows in forwards]
+        return sum(count * width * (1 + attention_cost * width) + forward_cost for count, width in widths)
 
-    layouts = [best_fit(sorted_lengths, slots_per_forward, max_width, factor) for factor in WIDTH_FACTORS]
+    factors = (*WIDTH_FACTORS, *balanced_factors(sorted_lengths, max_width, slots_per_forward))
+    layouts = [best_fit(sorted_lengths, slots_per_forward, max_width, factor) for factor in factors]
     if texts_per_padded_forward:
         starts = cheapest_cut(sorted_lengths, texts_per_padded_forward, forward_cost)
         ends = [*starts[1:], len(sorted_lengths)]
         layouts.append([(a, [[text] for text in range(a, b)]) for a, b in zip(starts, ends, strict=True)])
     return min(layouts, key=cost)
+
+
+def balanced_factors(sorted_lengths: Sequence[int], max_width: int, slots_per_forward: int) -> list[float]:
+    """Width factors (x the first text) of rows that share the texts' tokens evenly in one forward: the fewest rows
+    of at most ``max_width`` that could hold them all, and one or two rows more, each with 0-10 % room for
+    best-fit's gaps. A forward's rows are as long as its fullest one, so even rows leave no half-empty last row.
+    Empty when the texts need several forwards (``slots_per_forward``)."""
+    total, first = sum(sorted_lengths), sorted_lengths[0]
+    if total > slots_per_forward:
+        return []
+    fewest = -(-total // max(max_width, first))
+    return [(total / rows * (1 + slack / 100) + 0.5) / first
+            for rows in (fewest, fewest + 1, fewest + 2) for slack in range(0, 11, 2)]  # fmt: skip
 
 
 def cheapest_cut(sorted_lengths: Sequence[int], max_size: int, forward_cost: float) -> list[int]:
@@ -202,7 +224,8 @@ def pack_batch(
     first, ``order``: ``(B,)`` the batch row of each of the chunk's texts).
 
     Rows are at most ``max_width`` tokens (the run's ``max_length``) unless a text is longer, so a forward's
-    attention never needs more memory than the padded batch's; ``one_row`` lays every text end to end in a single
+    attention never needs more memory than the padded batch's; of :func:`pack_steps`' layouts the one with the
+    fewest slots and attention pairs (:data:`ATTENTION_PAIR_COST`). ``one_row`` lays every text end to end in a single
     row instead (varlen attention, :func:`packed_model_inputs`). ``per_token`` as in :func:`pack_chunk`."""
     lengths = attention_mask.sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
@@ -211,7 +234,9 @@ def pack_batch(
     if one_row:
         rows = [list(range(len(sorted_lengths)))]
     else:  # slots for every text at full width: pack_steps lays them all in one forward
-        ((_, rows),) = pack_steps(sorted_lengths, len(sorted_lengths) * max_width, max_width)
+        ((_, rows),) = pack_steps(
+            sorted_lengths, len(sorted_lengths) * max_width, max_width, attention_cost=ATTENTION_PAIR_COST
+        )
     left_padded = bool((attention_mask[:, 0] == 0).any())  # a right-padded batch starts with real tokens
     reorder = {name: (tensor[order], fill) for name, (tensor, fill) in (per_token or {}).items()}
     chunk = pack_chunk(input_ids[order], sorted_lengths, 0, rows, left_padded, pad_id, reorder)
@@ -282,7 +307,7 @@ def padding_shares(lengths: Sequence[int], batch_size: int, max_width: int, seed
         real += sum(batch)
         padded += len(batch) * batch[0]
         width = max(max_width, batch[0])
-        ((_, rows),) = pack_steps(batch, len(batch) * width, width)
+        ((_, rows),) = pack_steps(batch, len(batch) * width, width, attention_cost=ATTENTION_PAIR_COST)
         packed += len(rows) * row_width(rows, batch)
     return 1 - real / max(padded, 1), 1 - real / max(packed, 1)
 

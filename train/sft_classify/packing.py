@@ -6,11 +6,18 @@ The labels are packed with the ids. A causal LM's loss pairs the state at each p
 label; in a packed row the position after a text's last token is the next text's first, so every text's first
 label is set to -100 (it is never a target in the padded batch either: the shift drops it). Padding is -100.
 Label scoring (``lorasmith.classifiers.prompt``) reads its own padded batches and is unchanged.
+
+Only the answer is scored. TRL's fused LM head projects every position onto the vocabulary where Triton does not
+run (a CPU: for SmolLM2-135M the head is a fifth of each token's forward, and it runs three times per step), though
+the loss reads a handful of answer positions. :meth:`PackedCausalLM.answer_inputs` hands it only the states that
+predict an answer token (``shift_labels``, TRL's pre-shifted targets): the same loss, gradients and logged entropy
+and token accuracy, for the head's cost on a few positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +42,8 @@ class PackedCausalLM:
         self.config = model.config
         self.dtype = model.get_input_embeddings().weight.dtype
         self.pad_id, self.max_width = pad_id, max_width
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
+        self.backbone = causal_lm.base_model  # the transformer whose states TRL's fused LM head scores
 
     def pack(self, inputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """A padded batch (``input_ids`` / ``attention_mask`` / ``labels`` ``(B, W)``, as TRL's collator gives it) ->
@@ -48,6 +57,29 @@ class PackedCausalLM:
         packed_labels = chunk["labels"].masked_fill(chunk["position_ids"] == 0, IGNORE)
         model_inputs = packed_model_inputs(self.config, chunk, self.dtype, causal=True)
         return {**model_inputs, "labels": packed_labels}, chunk
+
+    @contextmanager
+    def answer_inputs(self, inputs: Mapping[str, Tensor]) -> Iterator[dict[str, Tensor]]:
+        """The packed model inputs of a padded batch (:meth:`pack`) for TRL's fused LM head, scoring answers only:
+        the ``(R, L)`` labels become ``shift_labels`` ``(1, N)``, the batch's N answer targets in row order, and
+        while the context is open the backbone returns only the ``(1, N, H)`` states that predict them (a forward
+        hook; TRL scores ``shift_labels`` against the states as they come, without shifting). No attention mask
+        under varlen attention (TRL then counts tokens from the positions)."""
+        model_inputs, _ = self.pack(inputs)
+        targets = model_inputs.pop("labels")[:, 1:]  # (R, L - 1): the label each position predicts
+        answers = targets != IGNORE
+
+        def keep_answer_states(module, args, output):
+            output.last_hidden_state = output.last_hidden_state[:, :-1][answers].unsqueeze(0)
+            return output
+
+        if model_inputs["attention_mask"] is None:
+            del model_inputs["attention_mask"]
+        handle = self.backbone.register_forward_hook(keep_answer_states)
+        try:
+            yield {**model_inputs, "shift_labels": targets[answers].unsqueeze(0)}
+        finally:
+            handle.remove()
 
 
 def packing_problem(model: nn.Module, tokenizer, max_length: int) -> str | None:

@@ -8,8 +8,8 @@ is TRL's):
   checkpoint. Rows are sharded across processes and gathered: N processes report what one process reports.
   The full report (per class, confusion matrix) of the last evaluation is kept in ``last_report``;
 - a batch without a single supervised (answer) token raises instead of training on a silent zero loss;
-- with ``packed`` (``packing``, ``sft_classify.packing``) each training and evaluation batch runs as packed rows
-  (same loss and gradients, little padding); TRL's own ``packing`` (of the dataset into full rows, which changes
+- with ``packed`` (``packing``, ``sft_classify.packing``) each training batch runs as packed rows whose LM head
+  scores the answer positions only (same loss and gradients, little padding); TRL's own ``packing`` (of the dataset into full rows, which changes
   how many examples a step holds) stays off. Training logs carry ``padding_share`` and the tokens and examples per
   second (``train.common.telemetry``);
 - on a machine without CUDA the adapter weights stay in float32: TRL casts them to bf16 for a quantized base
@@ -19,6 +19,7 @@ is TRL's):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 from trl import SFTTrainer
@@ -102,14 +103,18 @@ class PromptClassificationTrainer(ForwardTelemetry, SFTTrainer):
                 "the dataset must come from train.sft_classify.data.build_sft_rows, which keeps every answer"
             )
         real_tokens, examples = inputs["attention_mask"].sum(), inputs["input_ids"].shape[0]
-        slots = inputs["input_ids"].numel()
         counted = self._total_train_tokens
+        model_inputs = nullcontext(inputs)
         if self.packed is not None and not return_outputs:  # outputs (logits) keep the batch's padded layout
-            inputs, _ = self.packed.pack(inputs)
+            if self.label_smoother is None:
+                model_inputs = self.packed.answer_inputs(inputs)
+            else:  # TRL's label smoothing reads full logits: the packed labels, every position scored
+                model_inputs = nullcontext(self.packed.pack(inputs)[0])
+        with model_inputs as inputs:
             slots = inputs["input_ids"].numel()
-        loss = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+            loss = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         if self.model.training:
             # TRL counts a batch's tokens from its 2D attention_mask; a packed batch's is 4D
             self._total_train_tokens = counted + self.accelerator.gather_for_metrics(real_tokens).sum().item()
