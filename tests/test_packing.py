@@ -21,7 +21,7 @@ from lorasmith.errors import ConfigError
 from lorasmith.process import run_main
 from train.common.args import ModelArguments
 from train.common.modeling import load_tokenizer
-from train.common.packing import ATTENTION_PAIR_COST, pack_steps, row_width
+from train.common.packing import attention_pair_cost, pack_steps, row_width
 from train.embed import main
 from train.embed.collator import ContrastiveCollator, length_sorted_chunks
 from train.embed.config import EmbedConfig
@@ -29,6 +29,8 @@ from train.embed.model import build_embedding_model
 from train.embed.packing import packing_problem, resolve_packing
 from train.embed.resolve import resolve_mini_batches
 from train.embed.tasks import EMBED_TASKS
+
+MINILM_PAIR_COST = 1 / 384  # attention_pair_cost of a model of hidden size 384, head size 32 (MiniLM)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -64,7 +66,7 @@ def test_short_texts_pack_into_few_forwards_with_little_padding():
     assert len(forwards) == 1 and 1 - sum(lengths) / slots < 0.03
 
 
-@pytest.mark.parametrize("attention_cost", [0.0, ATTENTION_PAIR_COST])
+@pytest.mark.parametrize("attention_cost", [0.0, MINILM_PAIR_COST])
 def test_rows_of_even_fill_leave_no_half_empty_last_row(attention_cost):
     """Batches of 16 prompts of 30-90 tokens in rows of at most 192 (a classifier's batch): measured 0.040 / 0.070
     padding with the even-fill widths, 0.083 / 0.125 with the multiples of the longest text alone."""
@@ -81,14 +83,23 @@ def test_rows_of_even_fill_leave_no_half_empty_last_row(attention_cost):
 
 def test_attention_cost_prefers_narrow_rows_of_short_texts():
     """32 short sentences (472 tokens): 8 rows of 60 pad least (1.7 %), but 17 rows of 30 (7.5 %) attend to half
-    as many positions, which costs more than the padding on a CPU (``ATTENTION_PAIR_COST``)."""
+    as many positions, which costs more than the padding on a CPU (``attention_pair_cost``)."""
     rng = random.Random(1)
     lengths = sorted((rng.randint(8, 20) for _ in range(32)), reverse=True)
     ((_, wide),) = pack_steps(lengths, 32 * 256, 256)
-    ((_, narrow),) = pack_steps(lengths, 32 * 256, 256, attention_cost=ATTENTION_PAIR_COST)
+    ((_, narrow),) = pack_steps(lengths, 32 * 256, 256, attention_cost=MINILM_PAIR_COST)
     assert row_width(narrow, lengths) <= row_width(wide, lengths) / 2
     assert len(wide) * row_width(wide, lengths) < 1.02 * sum(lengths)
     assert len(narrow) * row_width(narrow, lengths) < 1.10 * sum(lengths)  # still under 10 % padding
+
+
+def test_attention_pair_cost_reads_the_width_and_head_size_of_the_config():
+    from transformers import BertConfig, LlamaConfig
+
+    assert attention_pair_cost(BertConfig(hidden_size=384, num_attention_heads=12)) == pytest.approx(MINILM_PAIR_COST)
+    smollm2 = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, head_dim=64)
+    assert attention_pair_cost(smollm2) == pytest.approx(1 / 2304)  # measured 1 / 1950 on a CPU
+    assert attention_pair_cost(BertConfig(hidden_size=32, num_attention_heads=4)) == MINILM_PAIR_COST  # capped
 
 
 @pytest.fixture(scope="module")

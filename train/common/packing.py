@@ -59,10 +59,6 @@ PROBE_TEXTS = ("packing check: a longer sentence to set the row length of the ch
 # Row widths tried, as multiples of a forward's longest text: wider rows leave less room unused at their ends.
 WIDTH_FACTORS = (1, 1.5, 2, 3, 4)
 
-# What one attention pair (a token and a position of its row, masked or not) costs, in token slots, in the
-# classifiers' layouts: MiniLM + LoRA forward and backward on CPU over 864 slots took 0.36 s in rows of 54 and 1.06 s
-# in one row of 864 (~1e-6 s a pair, ~3.6e-4 s a slot), about 1 / hidden size. Wide rows fill better but attend more.
-ATTENTION_PAIR_COST = 1 / 384
 
 
 def pack_steps(
@@ -219,13 +215,14 @@ def pack_batch(
     max_width: int,
     one_row: bool = False,
     per_token: Mapping[str, tuple[Tensor, int]] | None = None,
+    attention_cost: float = 0.0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """A padded batch (``(B, W)`` ids and 0/1 mask, either padding side) -> (one packed chunk of its texts, longest
     first, ``order``: ``(B,)`` the batch row of each of the chunk's texts).
 
     Rows are at most ``max_width`` tokens (the run's ``max_length``) unless a text is longer, so a forward's
     attention never needs more memory than the padded batch's; of :func:`pack_steps`' layouts the one with the
-    fewest slots and attention pairs (:data:`ATTENTION_PAIR_COST`). ``one_row`` lays every text end to end in a single
+    fewest slots and attention pairs (``attention_cost``: :func:`attention_pair_cost`). ``one_row`` lays every text end to end in a single
     row instead (varlen attention, :func:`packed_model_inputs`). ``per_token`` as in :func:`pack_chunk`."""
     lengths = attention_mask.sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
@@ -235,12 +232,24 @@ def pack_batch(
         rows = [list(range(len(sorted_lengths)))]
     else:  # slots for every text at full width: pack_steps lays them all in one forward
         ((_, rows),) = pack_steps(
-            sorted_lengths, len(sorted_lengths) * max_width, max_width, attention_cost=ATTENTION_PAIR_COST
+            sorted_lengths, len(sorted_lengths) * max_width, max_width, attention_cost=attention_cost
         )
     left_padded = bool((attention_mask[:, 0] == 0).any())  # a right-padded batch starts with real tokens
     reorder = {name: (tensor[order], fill) for name, (tensor, fill) in (per_token or {}).items()}
     chunk = pack_chunk(input_ids[order], sorted_lengths, 0, rows, left_padded, pad_id, reorder)
     return chunk, order
+
+
+def attention_pair_cost(config) -> float:
+    """What one attention pair (a token and a position of its row, masked or not) costs in a packed forward, in
+    token slots: ``1024 / (hidden_size x head_dim^2)``, fitted to LoRA forward + backward on a CPU, where a slot
+    costs the model's linear layers and a pair its attention: MiniLM (384, 32) measured 1/360 (864 slots: 0.36 s in
+    rows of 54, 1.06 s in one row), SmolLM2-135M (576, 64) 1/1950 (576 slots: 2.28 s in rows of 48-192, 2.72 s in
+    one). Wide rows fill better but attend more; this weighs the two when a batch's layout is chosen. At most
+    MiniLM's 1/384: smaller models (tests' tiny ones) are outside the fit."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return min(1024 / (config.hidden_size * head_dim**2), 1 / 384)
 
 
 def uses_varlen_attention(config) -> bool:
@@ -289,10 +298,11 @@ def check_tolerance(parameter: Tensor) -> float:
 
 
 def padding_shares(lengths: Sequence[int], batch_size: int, max_width: int, seed: int, group_by_length: bool = False,
-                   batches: int = 200) -> tuple[float, float]:
+                   batches: int = 200, attention_cost: float = 0.0) -> tuple[float, float]:
     """(padded, packed) expected padding share (padding token slots / all token slots of a forward) of batches of
     ``batch_size`` texts of ``lengths``, drawn as the trainer's sampler draws them (shuffled; sorted buckets of a
-    shuffled mega-batch with ``group_by_length``), over at most ``batches`` batches: what the plan prints."""
+    shuffled mega-batch with ``group_by_length``), over at most ``batches`` batches, laid out as :func:`pack_batch`
+    lays them (``attention_cost``): what the plan prints."""
     if group_by_length:
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -307,7 +317,7 @@ def padding_shares(lengths: Sequence[int], batch_size: int, max_width: int, seed
         real += sum(batch)
         padded += len(batch) * batch[0]
         width = max(max_width, batch[0])
-        ((_, rows),) = pack_steps(batch, len(batch) * width, width, attention_cost=ATTENTION_PAIR_COST)
+        ((_, rows),) = pack_steps(batch, len(batch) * width, width, attention_cost=attention_cost)
         packed += len(rows) * row_width(rows, batch)
     return 1 - real / max(padded, 1), 1 - real / max(packed, 1)
 

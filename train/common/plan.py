@@ -9,7 +9,7 @@ from __future__ import annotations
 from accelerate import PartialState
 
 from train.common import launch
-from train.common.packing import padding_shares
+from train.common.packing import attention_pair_cost, padding_shares
 
 
 def print_plan(title: str, plan: dict) -> None:
@@ -47,13 +47,14 @@ def run_plan(training_args, model_args, world_size: int, parameters: tuple[int, 
     return plan
 
 
-def padding_row(token_ids, training_args, max_length: int, packing: bool) -> str:
+def padding_row(token_ids, training_args, max_length: int, packing: bool, model_config) -> str:
     """The plan's ``padding`` row: the expected padding share of the training forwards (``packing.padding_shares``
-    of the rows' token counts under the run's sampler), packed and padded, and which one the run uses."""
+    of the rows' token counts under the run's sampler, laid out for ``model_config``), packed and padded, and which
+    one the run uses."""
     grouped = training_args.train_sampling_strategy == "group_by_length"
     padded, packed = padding_shares(
         [len(ids) for ids in token_ids], training_args.per_device_train_batch_size, max_length,
-        training_args.seed, group_by_length=grouped,
+        training_args.seed, group_by_length=grouped, attention_cost=attention_pair_cost(model_config),
     )  # fmt: skip
     batches = "length-grouped batches" if grouped else "random batches"
     used = f"{packed:.2f} (packed rows; padded: {padded:.2f})" if packing else f"{padded:.2f} (padded rows)"

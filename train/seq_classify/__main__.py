@@ -74,7 +74,9 @@ def main(argv=None):
     )  # fmt: skip
     plan = run_plan(training_args, model_args, world_size, count_parameters(built.model))
     plan.update(_plan(data_args, model_args, training_args, data, built))
-    plan["padding"] = padding_row(data.train.dataset["input_ids"], training_args, model_args.max_length, packing)
+    plan["padding"] = padding_row(
+        data.train.dataset["input_ids"], training_args, model_args.max_length, packing, built.model.config
+    )
     print_plan("train.seq_classify", plan)
     if run_args.dry_run:
         return None

@@ -23,6 +23,7 @@ from lorasmith.classifiers.head_pooling import classification_backbone
 from lorasmith.pooling import is_causal
 from train.common.packing import (
     PROBE_TEXTS,
+    attention_pair_cost,
     check_tolerance,
     first_position,
     pack_batch,
@@ -51,6 +52,7 @@ class PackedClassifier:
         chunk, order = pack_batch(
             inputs["input_ids"], inputs["attention_mask"], self.pad_id, self.max_width,
             one_row=uses_varlen_attention(config), per_token=per_token,
+            attention_cost=attention_pair_cost(config),
         )  # fmt: skip
         mask = chunk["attention_mask"]  # (B, T): each text's tokens, on the right
         per_text = {

@@ -60,7 +60,9 @@ def main(argv=None):
     )  # fmt: skip
     plan = run_plan(training_args, model_args, world_size, count_parameters(model))
     plan.update(_plan(model_args, training_args, data))
-    plan["padding"] = padding_row(data.train_rows.dataset["input_ids"], training_args, model_args.max_length, packing)
+    plan["padding"] = padding_row(
+        data.train_rows.dataset["input_ids"], training_args, model_args.max_length, packing, model.config
+    )
     print_plan("train.sft_classify", plan)
     if run_args.dry_run:
         return None

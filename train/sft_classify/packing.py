@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from train.common.packing import (
     PROBE_TEXTS,
+    attention_pair_cost,
     check_tolerance,
     pack_batch,
     packed_model_inputs,
@@ -53,6 +54,7 @@ class PackedCausalLM:
         chunk, _ = pack_batch(
             inputs["input_ids"], inputs["attention_mask"], self.pad_id, self.max_width,
             one_row=uses_varlen_attention(self.config), per_token={"labels": (labels, IGNORE)},
+            attention_cost=attention_pair_cost(self.config),
         )  # fmt: skip
         packed_labels = chunk["labels"].masked_fill(chunk["position_ids"] == 0, IGNORE)
         model_inputs = packed_model_inputs(self.config, chunk, self.dtype, causal=True)
