@@ -60,7 +60,6 @@ PROBE_TEXTS = ("packing check: a longer sentence to set the row length of the ch
 WIDTH_FACTORS = (1, 1.5, 2, 3, 4)
 
 
-
 def pack_steps(
     sorted_lengths: Sequence[int],
     slots_per_forward: int,
@@ -222,8 +221,9 @@ def pack_batch(
 
     Rows are at most ``max_width`` tokens (the run's ``max_length``) unless a text is longer, so a forward's
     attention never needs more memory than the padded batch's; of :func:`pack_steps`' layouts the one with the
-    fewest slots and attention pairs (``attention_cost``: :func:`attention_pair_cost`). ``one_row`` lays every text end to end in a single
-    row instead (varlen attention, :func:`packed_model_inputs`). ``per_token`` as in :func:`pack_chunk`."""
+    fewest slots and attention pairs (``attention_cost``: :func:`attention_pair_cost`). ``one_row`` lays every text
+    end to end in a single row instead (varlen attention, :func:`packed_model_inputs`). ``per_token`` as in
+    :func:`pack_chunk`."""
     lengths = attention_mask.sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
     sorted_lengths = lengths[order].tolist()
