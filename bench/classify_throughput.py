@@ -7,8 +7,8 @@ Rows of the table:
 
 - ``sst2`` / ``imdb``: ``train.seq_classify`` (the entrypoint, packing on) vs a plain ``transformers.Trainer`` with
   ``DataCollatorWithPadding`` on the same tokenized rows: the packaged MiniLM + LoRA r=8 on
-  query/key/value/dense (dropout 0.05) + the head, max length 256, batch 32 (SST-2 train, short sentences) / 16 (IMDb train_1k,
-  reviews, most cut at 256 tokens);
+  query/key/value/dense (dropout 0.05) + the head, max length 256, batch 32 (SST-2 train, short sentences) / 16
+  (IMDb train_1k, reviews, most cut at 256 tokens);
 - ``sft``: ``train.sft_classify`` (packing on) vs a plain ``trl.SFTTrainer`` given the same rows as a conversational
   prompt-completion dataset (the same token sequences, tests/test_prompts.py), with its default collator and with
   ``padding_free=True``: the packaged SmolLM2-135M-Instruct + LoRA r=8 on the attention and MLP projections, the
@@ -124,8 +124,8 @@ def seq_classify(data: Path, folder: Path, rows: int, batch: int, max_length: in
     steps = rows // batch
     recipe = {
         "model_name_or_path": "minilm", "train_data": str(data), "use_peft": True, "lora_r": 8, "lora_alpha": 16,
-        "lora_dropout": 0.05, "lora_target_modules": SEQ_TARGETS, "max_length": max_length, "per_device_train_batch_size": batch,
-        "max_steps": steps, "learning_rate": 5e-4, "eval_strategy": "no", "save_strategy": "no",
+        "lora_dropout": 0.05, "lora_target_modules": SEQ_TARGETS, "max_length": max_length,
+        "per_device_train_batch_size": batch, "max_steps": steps, "learning_rate": 5e-4, "eval_strategy": "no", "save_strategy": "no",
         "load_best_model_at_end": False, "logging_steps": 1, "report_to": "none", "export_merged": False,
         "disable_tqdm": True, "seed": SEED, "output_dir": str(folder / "ours"),
     }  # fmt: skip

@@ -42,6 +42,7 @@ class PackedClassifier:
         self.pad_id, self.max_width = pad_id, max_width
         self.causal = is_causal(self.backbone)
         self.first_position = first_position(self.backbone)
+        self.attention_cost = attention_pair_cost(self.backbone.config)
 
     def forward(self, model: nn.Module, inputs: Mapping[str, Tensor]):
         """``model`` (the trainer's, possibly DDP-wrapped) on a padded batch (``input_ids`` / ``attention_mask``
@@ -52,7 +53,7 @@ class PackedClassifier:
         chunk, order = pack_batch(
             inputs["input_ids"], inputs["attention_mask"], self.pad_id, self.max_width,
             one_row=uses_varlen_attention(config), per_token=per_token,
-            attention_cost=attention_pair_cost(config),
+            attention_cost=self.attention_cost,
         )  # fmt: skip
         mask = chunk["attention_mask"]  # (B, T): each text's tokens, on the right
         per_text = {

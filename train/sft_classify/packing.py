@@ -43,21 +43,24 @@ class PackedCausalLM:
         self.config = model.config
         self.dtype = model.get_input_embeddings().weight.dtype
         self.pad_id, self.max_width = pad_id, max_width
+        self.attention_cost = attention_pair_cost(self.config)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
         self.backbone = causal_lm.base_model  # the transformer whose states TRL's fused LM head scores
 
     def pack(self, inputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """A padded batch (``input_ids`` / ``attention_mask`` / ``labels`` ``(B, W)``, as TRL's collator gives it) ->
-        (the model inputs of its packed rows: ``input_ids`` / ``position_ids`` / ``labels`` ``(R, L)`` and the
-        attention mask, 4D or None under varlen attention; the packed chunk, ``train.common.packing``)."""
+        (the model inputs of its packed rows: ``input_ids`` / ``position_ids`` / ``labels`` ``(R, L)`` and the 4D
+        attention mask, absent under varlen attention; the packed chunk, ``train.common.packing``)."""
         labels = inputs.get("labels", inputs["input_ids"])
         chunk, _ = pack_batch(
             inputs["input_ids"], inputs["attention_mask"], self.pad_id, self.max_width,
             one_row=uses_varlen_attention(self.config), per_token={"labels": (labels, IGNORE)},
-            attention_cost=attention_pair_cost(self.config),
+            attention_cost=self.attention_cost,
         )  # fmt: skip
         packed_labels = chunk["labels"].masked_fill(chunk["position_ids"] == 0, IGNORE)
         model_inputs = packed_model_inputs(self.config, chunk, self.dtype, causal=True)
+        if model_inputs["attention_mask"] is None:  # varlen: TRL then counts tokens from the positions
+            del model_inputs["attention_mask"]
         return {**model_inputs, "labels": packed_labels}, chunk
 
     @contextmanager
@@ -65,8 +68,7 @@ class PackedCausalLM:
         """The packed model inputs of a padded batch (:meth:`pack`) for TRL's fused LM head, scoring answers only:
         the ``(R, L)`` labels become ``shift_labels`` ``(1, N)``, the batch's N answer targets in row order, and
         while the context is open the backbone returns only the ``(1, N, H)`` states that predict them (a forward
-        hook; TRL scores ``shift_labels`` against the states as they come, without shifting). No attention mask
-        under varlen attention (TRL then counts tokens from the positions)."""
+        hook; TRL scores ``shift_labels`` against the states as they come, without shifting)."""
         model_inputs, _ = self.pack(inputs)
         targets = model_inputs.pop("labels")[:, 1:]  # (R, L - 1): the label each position predicts
         answers = targets != IGNORE
@@ -75,8 +77,6 @@ class PackedCausalLM:
             output.last_hidden_state = output.last_hidden_state[:, :-1][answers].unsqueeze(0)
             return output
 
-        if model_inputs["attention_mask"] is None:
-            del model_inputs["attention_mask"]
         handle = self.backbone.register_forward_hook(keep_answer_states)
         try:
             yield {**model_inputs, "shift_labels": targets[answers].unsqueeze(0)}
