@@ -125,8 +125,8 @@ def seq_classify(data: Path, folder: Path, rows: int, batch: int, max_length: in
     recipe = {
         "model_name_or_path": "minilm", "train_data": str(data), "use_peft": True, "lora_r": 8, "lora_alpha": 16,
         "lora_dropout": 0.05, "lora_target_modules": SEQ_TARGETS, "max_length": max_length,
-        "per_device_train_batch_size": batch, "max_steps": steps, "learning_rate": 5e-4, "eval_strategy": "no", "save_strategy": "no",
-        "load_best_model_at_end": False, "logging_steps": 1, "report_to": "none", "export_merged": False,
+        "per_device_train_batch_size": batch, "max_steps": steps, "learning_rate": 5e-4, "eval_strategy": "no",
+        "save_strategy": "no", "load_best_model_at_end": False, "logging_steps": 1, "report_to": "none", "export_merged": False,
         "disable_tqdm": True, "seed": SEED, "output_dir": str(folder / "ours"),
     }  # fmt: skip
     (folder / "seq.yaml").write_text(yaml.safe_dump(recipe))

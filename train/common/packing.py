@@ -227,17 +227,20 @@ def pack_batch(
     lengths = attention_mask.sum(dim=1)
     order = torch.argsort(lengths, descending=True, stable=True)
     sorted_lengths = lengths[order].tolist()
-    max_width = max(max_width, sorted_lengths[0])
-    if one_row:
-        rows = [list(range(len(sorted_lengths)))]
-    else:  # slots for every text at full width: pack_steps lays them all in one forward
-        ((_, rows),) = pack_steps(
-            sorted_lengths, len(sorted_lengths) * max_width, max_width, attention_cost=attention_cost
-        )
+    rows = [list(range(len(sorted_lengths)))] if one_row else batch_rows(sorted_lengths, max_width, attention_cost)
     left_padded = bool((attention_mask[:, 0] == 0).any())  # a right-padded batch starts with real tokens
     reorder = {name: (tensor[order], fill) for name, (tensor, fill) in (per_token or {}).items()}
     chunk = pack_chunk(input_ids[order], sorted_lengths, 0, rows, left_padded, pad_id, reorder)
     return chunk, order
+
+
+def batch_rows(sorted_lengths: Sequence[int], max_width: int, attention_cost: float) -> list[list[int]]:
+    """The rows of one batch's forward (indices into ``sorted_lengths``, longest first): :func:`pack_steps` given
+    slots for every text at full width (``max_width``, or the longest text where that is longer), so it lays them
+    all in one forward."""
+    width = max(max_width, sorted_lengths[0])
+    ((_, rows),) = pack_steps(sorted_lengths, len(sorted_lengths) * width, width, attention_cost=attention_cost)
+    return rows
 
 
 def attention_pair_cost(config) -> float:
@@ -316,8 +319,7 @@ def padding_shares(lengths: Sequence[int], batch_size: int, max_width: int, seed
         batch = sorted((lengths[i] for i in order[start : start + batch_size]), reverse=True)
         real += sum(batch)
         padded += len(batch) * batch[0]
-        width = max(max_width, batch[0])
-        ((_, rows),) = pack_steps(batch, len(batch) * width, width, attention_cost=attention_cost)
+        rows = batch_rows(batch, max_width, attention_cost)
         packed += len(rows) * row_width(rows, batch)
     return 1 - real / max(padded, 1), 1 - real / max(packed, 1)
 

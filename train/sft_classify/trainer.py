@@ -10,8 +10,8 @@ is TRL's):
 - a batch without a single supervised (answer) token raises instead of training on a silent zero loss;
 - with ``packed`` (``packing``, ``sft_classify.packing``) each training batch runs as packed rows whose LM head
   scores the answer positions only (same loss and gradients, little padding); TRL's own ``packing`` (of the
-  dataset into full rows, which changes how many examples a step holds) stays off. Training logs carry ``padding_share`` and the tokens and examples per
-  second (``train.common.telemetry``);
+  dataset into full rows, which changes how many examples a step holds) stays off. Training logs carry
+  ``padding_share`` and the tokens and examples per second (``train.common.telemetry``);
 - on a machine without CUDA the adapter weights stay in float32: TRL casts them to bf16 for a quantized base
   (the QLoRA paper's choice on GPUs), but bf16 arithmetic is emulated on most CPUs and ~25-100x slower.
 """
